@@ -1,0 +1,349 @@
+"""The ``pushsync`` command (CONTRACT section 4).
+
+Errors print one line to stderr: exit 2 for bad input (a field, a setting, a file), exit 1
+for everything else (unknown pool or device, the store or the broker unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from pushsync import contract
+from pushsync.contract import ValidationError
+from pushsync.settings import SettingsError, get_settings
+
+
+class CommandError(Exception):
+    """A failure that is not the caller's input: exit 1 with this message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors: one line, exit 2
+        self.exit(2, f"pushsync: {message}\n")
+
+
+def _session():
+    from store.db import session_scope
+
+    return session_scope()
+
+
+def _ensure_schema() -> None:
+    from sqlalchemy import inspect
+
+    from store.db import get_engine
+
+    if not inspect(get_engine()).has_table("devices"):
+        raise CommandError("the store has no schema yet: run `pushsync db upgrade` first")
+
+
+# -- db, pool -------------------------------------------------------------------------------
+
+def cmd_db_upgrade(args) -> int:
+    from store.migrate import current, upgrade
+
+    url = get_settings().database_url
+    upgrade(url)
+    print(f"store at revision {current(url)}")
+    return 0
+
+
+def cmd_pool_create(args) -> int:
+    from pushsync.credentials import load_apns_key, load_fcm_service_account
+    from store import repo
+
+    pool_id = contract.pool_id(args.pool_id)
+    fcm = load_fcm_service_account(args.fcm_service_account) if args.fcm_service_account else None
+    apns_given = any([args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic])
+    apns = load_apns_key(args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic) if apns_given else None
+    _ensure_schema()
+    with _session() as s:
+        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns)
+    enabled = [name for name, cred in (("GCM", fcm), ("APNS", apns)) if cred]
+    print(f"pool {pool_id} {'created' if created else 'updated'}"
+          + (f"; push credentials set for {', '.join(enabled)}" if enabled else ""))
+    return 0
+
+
+def cmd_pool_show(args) -> int:
+    from store import repo
+
+    pool_id = contract.pool_id(args.pool_id)
+    _ensure_schema()
+    with _session() as s:
+        summary = repo.pool_summary(s, pool_id)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# -- devices --------------------------------------------------------------------------------
+
+def cmd_device_register(args) -> int:
+    from store import repo
+
+    pool_id = contract.pool_id(args.pool_id)
+    identity = contract.identity_id(args.identity_id)
+    platform = contract.platform(args.platform)
+    token = contract.device_token(args.token, platform)
+    _ensure_schema()
+    with _session() as s:
+        repo.require_pool(s, pool_id)
+        device_id = repo.register_device(s, pool_id, identity, platform, token)
+    print(device_id)
+    return 0
+
+
+def cmd_device_unregister(args) -> int:
+    from store import repo
+
+    device_id = contract.device_id(args.device_id)
+    _ensure_schema()
+    with _session() as s:
+        repo.unregister_device(s, device_id)
+    print(f"device {device_id} unregistered")
+    return 0
+
+
+IMPORT_CHUNK = 2000
+
+
+def parse_import_line(line: str) -> tuple[str, str, str, str, list[str]]:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValidationError("line", f"not JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValidationError("line", "must be a JSON object")
+    for key in ("identityPoolId", "identityId", "platform", "token"):
+        if key not in data:
+            raise ValidationError(key, "is required")
+    platform = contract.platform(data["platform"])
+    datasets = data.get("datasets", [])
+    if not isinstance(datasets, list):
+        raise ValidationError("datasets", "must be a list of dataset names")
+    return (contract.pool_id(data["identityPoolId"]), contract.identity_id(data["identityId"]), platform,
+            contract.device_token(data["token"], platform), [contract.dataset_name(d) for d in datasets])
+
+
+def import_devices(lines, *, on_bad: Callable[[int, str], None],
+                   on_progress: Callable[[int, int, int], None] | None = None) -> tuple[int, int]:
+    """Register and subscribe devices from JSON lines, one transaction per chunk of lines.
+
+    Returns (imported, bad). A bad line is reported through ``on_bad(line_number, message)``
+    and skipped; the good lines of its chunk are still imported.
+    """
+    from store import repo
+
+    known_pools: dict[str, bool] = {}
+    imported = bad = seen = 0
+    pending: list[tuple[str, str, str, str, list[str]]] = []
+
+    def flush():
+        nonlocal imported
+        if not pending:
+            return
+        with _session() as s:
+            repo.import_devices(s, pending)
+        imported += len(pending)
+        pending.clear()
+
+    for number, line in enumerate(lines, start=1):
+        seen = number
+        if not line.strip():
+            continue
+        try:
+            row = parse_import_line(line)
+        except ValidationError as exc:
+            bad += 1
+            on_bad(number, str(exc))
+            continue
+        pool = row[0]
+        if pool not in known_pools:
+            with _session() as s:
+                known_pools[pool] = bool(repo.pool_versions(s, [pool]))
+        if not known_pools[pool]:
+            bad += 1
+            on_bad(number, f"identityPoolId: unknown pool {pool} (create it with `pushsync pool create`)")
+            continue
+        pending.append(row)
+        if len(pending) >= IMPORT_CHUNK:
+            flush()
+            if on_progress:
+                on_progress(seen, imported, bad)
+    flush()
+    if on_progress:
+        on_progress(seen, imported, bad)
+    return imported, bad
+
+
+def cmd_device_import(args) -> int:
+    _ensure_schema()
+    stream = sys.stdin if args.file == "-" else _open_input(args.file)
+    started = time.monotonic()
+    last = [0.0]
+
+    def bad(number: int, message: str) -> None:
+        print(f"line {number}: {message}", file=sys.stderr)
+
+    def progress(seen: int, imported: int, n_bad: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0:
+            last[0] = now
+            rate = imported / max(now - started, 1e-9)
+            print(f"... {seen} lines read, {imported} devices imported, {n_bad} bad ({rate:,.0f}/s)",
+                  file=sys.stderr)
+
+    with stream:
+        imported, n_bad = import_devices(stream, on_bad=bad, on_progress=progress)
+    elapsed = time.monotonic() - started
+    print(f"imported {imported} devices, {n_bad} bad lines, in {elapsed:.1f} s")
+    return 1 if n_bad else 0
+
+
+def _open_input(path: str):
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError("FILE", f"cannot read {path}: {exc.strerror}") from None
+
+
+# -- subscriptions --------------------------------------------------------------------------
+
+def _pid_iid_dev(args) -> tuple[str, str, str]:
+    return (contract.pool_id(args.pool_id), contract.identity_id(args.identity_id),
+            contract.device_id(args.device_id))
+
+
+def cmd_subscribe(args) -> int:
+    from store import repo
+
+    pool_id, identity, device_id = _pid_iid_dev(args)
+    dataset = contract.dataset_name(args.dataset)
+    _ensure_schema()
+    with _session() as s:
+        repo.require_pool(s, pool_id)
+        new = repo.subscribe(s, pool_id, identity, [dataset], device_id)
+    print(f"device {device_id} {'subscribed' if new else 'already subscribed'} to {dataset}")
+    return 0
+
+
+def cmd_unsubscribe(args) -> int:
+    from store import repo
+
+    pool_id, identity, device_id = _pid_iid_dev(args)
+    dataset = contract.dataset_name(args.dataset)
+    _ensure_schema()
+    with _session() as s:
+        repo.require_pool(s, pool_id)
+        removed = repo.unsubscribe(s, pool_id, identity, dataset, device_id)
+    print(f"device {device_id} {'unsubscribed from' if removed else 'was not subscribed to'} {dataset}")
+    return 0
+
+
+def cmd_subscribe_all(args) -> int:
+    from store import repo
+
+    pool_id, identity, device_id = _pid_iid_dev(args)
+    subset = None
+    if args.datasets is not None:
+        subset = [contract.dataset_name(d.strip()) for d in args.datasets.split(",")]
+    _ensure_schema()
+    with _session() as s:
+        repo.require_pool(s, pool_id)
+        datasets = subset if subset is not None else repo.known_datasets(s, pool_id, identity)
+        repo.subscribe(s, pool_id, identity, datasets, device_id)
+    print(f"device {device_id} subscribed to {len(datasets)} datasets"
+          + (f": {', '.join(datasets)}" if datasets else ""))
+    return 0
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pushsync", description="Self-hosted push sync for FCM and APNs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = sub.add_parser("db", help="the store schema").add_subparsers(dest="db_command", required=True,
+                                                                       parser_class=_Parser)
+    db.add_parser("upgrade", help="create or migrate the store schema").set_defaults(func=cmd_db_upgrade)
+
+    pool = sub.add_parser("pool", help="identity pools and their push credentials").add_subparsers(
+        dest="pool_command", required=True, parser_class=_Parser)
+    create = pool.add_parser("create", help="register a pool and its push credentials")
+    create.add_argument("pool_id", metavar="POOL_ID")
+    create.add_argument("--fcm-service-account", metavar="FILE")
+    create.add_argument("--apns-key", metavar="FILE")
+    create.add_argument("--apns-key-id", metavar="ID")
+    create.add_argument("--apns-team-id", metavar="ID")
+    create.add_argument("--apns-topic", metavar="BUNDLE_ID")
+    create.set_defaults(func=cmd_pool_create)
+    show = pool.add_parser("show", help="the pool's settings, secrets redacted")
+    show.add_argument("pool_id", metavar="POOL_ID")
+    show.set_defaults(func=cmd_pool_show)
+
+    device = sub.add_parser("device", help="device registration").add_subparsers(
+        dest="device_command", required=True, parser_class=_Parser)
+    reg = device.add_parser("register", help="register a device; prints its id")
+    reg.add_argument("pool_id", metavar="POOL_ID")
+    reg.add_argument("identity_id", metavar="IDENTITY_ID")
+    reg.add_argument("--platform", required=True, metavar="P")
+    reg.add_argument("--token", required=True, metavar="T")
+    reg.set_defaults(func=cmd_device_register)
+    unreg = device.add_parser("unregister", help="remove a device and its subscriptions")
+    unreg.add_argument("device_id", metavar="DEVICE_ID")
+    unreg.set_defaults(func=cmd_device_unregister)
+    imp = device.add_parser("import", help="bulk registration from JSON lines (FILE or - for stdin)")
+    imp.add_argument("file", metavar="FILE")
+    imp.set_defaults(func=cmd_device_import)
+
+    for name, func, text in (("subscribe", cmd_subscribe, "subscribe a device to a dataset"),
+                             ("unsubscribe", cmd_unsubscribe, "unsubscribe a device from a dataset")):
+        sp = sub.add_parser(name, help=text)
+        for arg in ("pool_id", "identity_id", "dataset", "device_id"):
+            sp.add_argument(arg, metavar=arg.upper())
+        sp.set_defaults(func=func)
+    sa = sub.add_parser("subscribe-all", help="subscribe a device to every dataset of its identity")
+    for arg in ("pool_id", "identity_id", "device_id"):
+        sa.add_argument(arg, metavar=arg.upper())
+    sa.add_argument("--datasets", metavar="A,B", help="only these datasets")
+    sa.set_defaults(func=cmd_subscribe_all)
+
+    for extend in _EXTENSIONS:
+        extend(sub)
+    return p
+
+
+# Later parts of the CLI (publish, worker, emulator, dlq ...) register themselves here.
+_EXTENSIONS: list[Callable] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from store.repo import NotFound
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        get_settings()
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (ValidationError, SettingsError) as exc:
+        print(f"pushsync: {exc}", file=sys.stderr)
+        return 2
+    except (NotFound, CommandError) as exc:
+        print(f"pushsync: {exc}", file=sys.stderr)
+        return 1
+    except OperationalError as exc:
+        print(f"pushsync: the store is unreachable or failing: {str(exc.orig).strip().splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

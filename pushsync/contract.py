@@ -1,0 +1,133 @@
+"""Validation of everything that enters from outside (CONTRACT section 1 and 2).
+
+Each check returns the normalised value or raises ``ValidationError`` naming the field and
+its rule, so that the CLI, the Python client and the worker all refuse the same things.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SOURCE = "cognito-sync"
+PLATFORMS = ("GCM", "APNS", "APNS_SANDBOX")
+_PLATFORM_ALIASES = {"GCM": "GCM", "FCM": "GCM", "APNS": "APNS", "APNS_SANDBOX": "APNS_SANDBOX"}
+MAX_SYNC_COUNT = 2**63
+
+_ID_RE = re.compile(r"[\w-]+:[0-9a-fA-F-]+", re.ASCII)
+_DATASET_RE = re.compile(r"[a-zA-Z0-9_.:-]+")
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
+
+
+class ValidationError(ValueError):
+    def __init__(self, field: str, rule: str, value: Any = None):
+        self.field = field
+        self.rule = rule
+        shown = "" if value is None else f" (got {_short(value)})"
+        super().__init__(f"{field}: {rule}{shown}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _identifier(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 55 or not _ID_RE.fullmatch(value):
+        raise ValidationError(field, "must be 1-55 characters of the form REGION:HEX-UUID", value)
+    return value
+
+
+def pool_id(value: Any) -> str:
+    return _identifier("identityPoolId", value)
+
+
+def identity_id(value: Any) -> str:
+    return _identifier("identityId", value)
+
+
+def dataset_name(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not _DATASET_RE.fullmatch(value):
+        raise ValidationError("datasetName", "must be 1-128 characters from [a-zA-Z0-9_.:-]", value)
+    return value
+
+
+def sync_count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValidationError("syncCount", "must be an integer 0 <= n < 2^63", value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,19}", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value < MAX_SYNC_COUNT:
+        raise ValidationError("syncCount", "must be an integer 0 <= n < 2^63", value)
+    return value
+
+
+def platform(value: Any) -> str:
+    if isinstance(value, str) and value.upper() == "ADM":
+        raise ValidationError("platform", "ADM (Amazon Device Messaging) is not supported")
+    normal = _PLATFORM_ALIASES.get(value.upper()) if isinstance(value, str) else None
+    if normal is None:
+        raise ValidationError("platform", "must be one of GCM (or FCM), APNS, APNS_SANDBOX", value)
+    return normal
+
+
+def device_token(value: Any, platform_name: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 4096
+        or not value.isprintable()
+        or value != value.strip()
+    ):
+        raise ValidationError("token", "must be 1-4096 printable characters without surrounding spaces")
+    if platform_name in ("APNS", "APNS_SANDBOX"):
+        if not _HEX_RE.fullmatch(value):
+            raise ValidationError("token", "an APNs device token must be hexadecimal")
+        return value.lower()
+    return value
+
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def device_id(value: Any, field: str = "deviceId") -> str:
+    if not isinstance(value, str) or not _UUID_RE.fullmatch(value.lower()):
+        raise ValidationError(field, "must be a device id as returned by registration (a UUID)", value)
+    return value.lower()
+
+
+_EVENT_KEYS = {"identityPoolId", "identityId", "datasetName", "syncCount", "originDeviceId", "eventId"}
+
+
+def event(data: Any) -> dict[str, Any]:
+    """Check one change event and return it normalised (optional keys present, maybe None)."""
+    if not isinstance(data, dict):
+        raise ValidationError("event", "must be a JSON object", type(data).__name__)
+    unknown = set(data) - _EVENT_KEYS
+    if unknown:
+        raise ValidationError("event", f"unknown keys {sorted(unknown)}")
+    for key in ("identityPoolId", "identityId", "datasetName", "syncCount"):
+        if key not in data:
+            raise ValidationError(key, "is required")
+    origin = data.get("originDeviceId")
+    event_id = data.get("eventId")
+    if event_id is not None and (not isinstance(event_id, str) or not 1 <= len(event_id) <= 128):
+        raise ValidationError("eventId", "must be a string of 1-128 characters", event_id)
+    return {
+        "identityPoolId": pool_id(data["identityPoolId"]),
+        "identityId": identity_id(data["identityId"]),
+        "datasetName": dataset_name(data["datasetName"]),
+        "syncCount": sync_count(data["syncCount"]),
+        "originDeviceId": None if origin is None else device_id(origin, "originDeviceId"),
+        "eventId": event_id,
+    }
+
+
+def push_data(pool: str, identity: str, dataset: str, count: int) -> dict[str, str]:
+    """The five keys every device receives (CONTRACT section 3); all values are strings."""
+    return {
+        "source": SOURCE,
+        "identityPoolId": pool,
+        "identityId": identity,
+        "datasetName": dataset,
+        "syncCount": str(count),
+    }

@@ -1,0 +1,67 @@
+"""Checks for a pool's push credentials, done when they are registered rather than at the
+first push, so that a wrong file is refused at the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from pushsync.contract import ValidationError
+
+_APPLE_ID_RE = re.compile(r"[A-Z0-9]{10}")
+_BUNDLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,254}")
+
+
+def _read(path: str, field: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ValidationError(field, f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_fcm_service_account(path: str) -> dict:
+    field = "--fcm-service-account"
+    try:
+        account = json.loads(_read(path, field))
+    except json.JSONDecodeError:
+        raise ValidationError(field, f"{path} is not a JSON service account file") from None
+    if not isinstance(account, dict) or account.get("type") != "service_account":
+        raise ValidationError(field, f"{path} is not a service account file (type must be service_account)")
+    for key in ("project_id", "private_key", "client_email", "token_uri"):
+        if not isinstance(account.get(key), str) or not account[key]:
+            raise ValidationError(field, f"{path} has no {key}")
+    if not account["token_uri"].startswith(("https://", "http://")):
+        raise ValidationError(field, f"{path}: token_uri must be an http(s) URL")
+    try:
+        key = load_pem_private_key(account["private_key"].encode(), password=None)
+    except ValueError:
+        raise ValidationError(field, f"{path}: private_key is not a PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValidationError(field, f"{path}: private_key must be an RSA key")
+    return account
+
+
+def load_apns_key(path: str | None, key_id: str | None, team_id: str | None, topic: str | None) -> dict:
+    given = {"--apns-key": path, "--apns-key-id": key_id, "--apns-team-id": team_id, "--apns-topic": topic}
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ValidationError(missing[0], "APNs token authentication needs --apns-key, --apns-key-id, "
+                                          "--apns-team-id and --apns-topic together")
+    pem = _read(path, "--apns-key")
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except ValueError:
+        raise ValidationError("--apns-key", f"{path} is not a PEM private key (.p8)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValidationError("--apns-key", f"{path} must be an EC P-256 key, as Apple issues")
+    if not _APPLE_ID_RE.fullmatch(key_id):
+        raise ValidationError("--apns-key-id", "must be Apple's 10-character key id", key_id)
+    if not _APPLE_ID_RE.fullmatch(team_id):
+        raise ValidationError("--apns-team-id", "must be Apple's 10-character team id", team_id)
+    if not _BUNDLE_RE.fullmatch(topic):
+        raise ValidationError("--apns-topic", "must be the app's bundle id", topic)
+    return {"key": pem, "key_id": key_id, "team_id": team_id, "topic": topic}

@@ -1,0 +1,118 @@
+"""Settings from the environment, read once and checked at start-up.
+
+A bad value stops the program with one line naming the variable (see ``SettingsError``);
+``Settings.redacted()`` is the only form that may be printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///pushsync.db"
+    broker_url: str = "redis://localhost:6379/0"
+    fcm_url: str = "https://fcm.googleapis.com"
+    apns_production_url: str = "https://api.push.apple.com:443"
+    apns_sandbox_url: str = "https://api.sandbox.push.apple.com:443"
+    ca_file: str | None = None
+    batch_size: int = 500
+    ingest_chunk: int = 100
+    fcm_connections: int = 8
+    apns_connections: int = 4
+    send_timeout: float = 10.0
+
+    def redacted(self) -> dict[str, object]:
+        out = asdict(self)
+        out["database_url"] = redact_url(self.database_url)
+        out["broker_url"] = redact_url(self.broker_url)
+        return out
+
+
+# variable name -> (field, kind, lower bound for numbers)
+_VARS: dict[str, tuple[str, str, float | None]] = {
+    "PUSHSYNC_DATABASE_URL": ("database_url", "db_url", None),
+    "PUSHSYNC_BROKER_URL": ("broker_url", "redis_url", None),
+    "PUSHSYNC_FCM_URL": ("fcm_url", "http_url", None),
+    "PUSHSYNC_APNS_PRODUCTION_URL": ("apns_production_url", "http_url", None),
+    "PUSHSYNC_APNS_SANDBOX_URL": ("apns_sandbox_url", "http_url", None),
+    "PUSHSYNC_CA_FILE": ("ca_file", "file", None),
+    "PUSHSYNC_BATCH_SIZE": ("batch_size", "int", 1),
+    "PUSHSYNC_INGEST_CHUNK": ("ingest_chunk", "int", 1),
+    "PUSHSYNC_FCM_CONNECTIONS": ("fcm_connections", "int", 1),
+    "PUSHSYNC_APNS_CONNECTIONS": ("apns_connections", "int", 1),
+    "PUSHSYNC_SEND_TIMEOUT": ("send_timeout", "float", 0.1),
+}
+
+assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
+    raw = raw.strip()
+    if kind in ("int", "float"):
+        try:
+            value = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+        if low is not None and value < low:
+            raise SettingsError(f"{name}: must be at least {low}, got {raw!r}")
+        return value
+    if kind == "file":
+        if not os.path.isfile(raw):
+            raise SettingsError(f"{name}: no such file {raw!r}")
+        return raw
+    parts = urlsplit(raw)
+    if kind == "redis_url" and parts.scheme not in ("redis", "rediss"):
+        raise SettingsError(f"{name}: expected a redis:// or rediss:// URL, got {redact_url(raw)!r}")
+    if kind == "http_url":
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"{name}: expected an https:// URL with a host, got {raw!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise SettingsError(f"{name}: bad port in {raw!r}") from None
+        return raw.rstrip("/")
+    if kind == "db_url":
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(raw)
+        except ArgumentError:
+            raise SettingsError(f"{name}: not a database URL: {redact_url(raw)!r}") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise SettingsError(f"{name}: only sqlite and postgresql are supported, got {url.drivername!r}")
+    return raw
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values = {}
+    for name, (field, kind, low) in _VARS.items():
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        values[field] = _parse(name, kind, low, raw)
+    return Settings(**values)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Make sure the local PostgreSQL and Redis that the tests use answer; start them if not.
+set -uo pipefail
+
+wait_for() {  # wait_for NAME COMMAND...
+  local name=$1; shift
+  for _ in $(seq 1 60); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "services: $name did not come up" >&2
+  return 1
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "services: installing redis-server" >&2
+  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "services: starting Redis on 127.0.0.1:6379" >&2
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+fi
+wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping || exit 1
+
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  if ls /etc/postgresql >/dev/null 2>&1; then
+    echo "services: starting PostgreSQL" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  else
+    echo "services: PostgreSQL is not installed; installing it" >&2
+    (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+fi
+wait_for PostgreSQL pg_isready -h 127.0.0.1 -p 5432 || exit 1

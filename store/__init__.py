@@ -1,0 +1,1 @@
+"""The store: models, sessions, repository functions and migrations."""

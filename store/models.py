@@ -1,0 +1,100 @@
+"""Tables of the store. Migrations in ``store/migrations`` create exactly these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Pool(Base):
+    __tablename__ = "pools"
+
+    id: Mapped[str] = mapped_column(String(55), primary_key=True)
+    # FCM: the service account file as given (JSON text); it holds a private key.
+    fcm_service_account: Mapped[str | None] = mapped_column(Text)
+    fcm_project_id: Mapped[str | None] = mapped_column(String(128))
+    # APNs token auth: the .p8 key (PEM), its key id, the team id and the app's bundle id.
+    apns_key: Mapped[str | None] = mapped_column(Text)
+    apns_key_id: Mapped[str | None] = mapped_column(String(32))
+    apns_team_id: Mapped[str | None] = mapped_column(String(32))
+    apns_topic: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    __table_args__ = (
+        UniqueConstraint("token", "platform", "pool_id", name="uq_devices_token_platform_pool"),
+        Index("ix_devices_pool_identity", "pool_id", "identity_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pool_id: Mapped[str] = mapped_column(String(55), ForeignKey("pools.id", ondelete="CASCADE"))
+    identity_id: Mapped[str] = mapped_column(String(55))
+    platform: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(4096))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    deactivated_reason: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    device_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Dataset(Base):
+    """A dataset the store knows for an identity, with the last sync count notified (None: never)."""
+
+    __tablename__ = "datasets"
+
+    pool_id: Mapped[str] = mapped_column(String(55), ForeignKey("pools.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    identity_id: Mapped[str] = mapped_column(String(55), primary_key=True)
+    dataset_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sync_count: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "event" or "delivery"
+    reason: Mapped[str] = mapped_column(String(255))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)  # JSON: the event, or the delivery item
+    pool_id: Mapped[str | None] = mapped_column(String(128))
+    platform: Mapped[str | None] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

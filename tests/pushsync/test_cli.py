@@ -1,0 +1,235 @@
+"""Every CLI command through the real entry point (a subprocess), good and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ..conftest import IDENT, IDENT2, POOL, run_cli
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@pytest.fixture
+def store(db_url):
+    r = run_cli(db_url, "pool", "create", POOL)
+    assert r.returncode == 0, r.stderr
+    return db_url
+
+
+def _register(url, ident=IDENT, platform="GCM", token="tok"):
+    r = run_cli(url, "device", "register", POOL, ident, "--platform", platform, "--token", token)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def _one_error_line(r, code):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def creds(tmp_path):
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    account = {
+        "type": "service_account", "project_id": "demo-project", "private_key_id": "k1",
+        "private_key": rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()).decode(),
+        "client_email": "pushsync@demo-project.iam.gserviceaccount.com",
+        "token_uri": "https://127.0.0.1:1/token",
+    }
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps(account))
+    p8 = tmp_path / "AuthKey.p8"
+    p8.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return {"sa": str(sa), "p8": str(p8), "rsa_pem": account["private_key"], "p8_pem": p8.read_text()}
+
+
+def test_db_upgrade_is_idempotent(db_url):
+    for _ in range(2):
+        r = run_cli(db_url, "db", "upgrade")
+        assert r.returncode == 0, r.stderr
+        assert "revision 0001" in r.stdout
+
+
+def test_commands_before_db_upgrade_say_so(tmp_path):
+    r = run_cli(f"sqlite:///{tmp_path}/empty.db", "pool", "create", POOL)
+    assert "pushsync db upgrade" in _one_error_line(r, 1)
+
+
+def test_bad_setting_names_the_variable(db_url):
+    from ..conftest import cli_env
+
+    r = run_cli(db_url, "pool", "show", POOL, env=cli_env(db_url, PUSHSYNC_BATCH_SIZE="zero"))
+    assert _one_error_line(r, 2).startswith("pushsync: PUSHSYNC_BATCH_SIZE:")
+
+
+def test_pool_create_with_credentials_and_show_redacts_secrets(db_url, creds):
+    r = run_cli(db_url, "pool", "create", POOL, "--fcm-service-account", creds["sa"], "--apns-key", creds["p8"],
+                "--apns-key-id", "ABC123DEFG", "--apns-team-id", "TEAM123456", "--apns-topic", "com.example.app")
+    assert r.returncode == 0, r.stderr
+    assert "GCM, APNS" in r.stdout
+    r = run_cli(db_url, "pool", "show", POOL)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["pushSync"] == {"GCM": True, "APNS": True}
+    assert shown["apns"]["topic"] == "com.example.app" and shown["fcm"]["project_id"] == "demo-project"
+    body = creds["rsa_pem"].splitlines()[1]
+    assert body not in r.stdout and creds["p8_pem"].splitlines()[1] not in r.stdout
+    assert "PRIVATE KEY" not in r.stdout
+    # a second create updates in place
+    r = run_cli(db_url, "pool", "create", POOL, "--apns-key", creds["p8"], "--apns-key-id", "ABC123DEFG",
+                "--apns-team-id", "TEAM123456", "--apns-topic", "com.example.other")
+    assert "updated" in r.stdout
+    assert json.loads(run_cli(db_url, "pool", "show", POOL).stdout)["apns"]["topic"] == "com.example.other"
+
+
+@pytest.mark.parametrize("args,field", [
+    (["not-a-pool"], "identityPoolId"),
+    ([POOL, "--apns-key-id", "ABC123DEFG"], "--apns-key"),
+    ([POOL, "--fcm-service-account", "/no/such/file.json"], "--fcm-service-account"),
+])
+def test_pool_create_bad_input_exits_2(db_url, args, field):
+    r = run_cli(db_url, "pool", "create", *args)
+    assert field in _one_error_line(r, 2)
+
+
+def test_pool_create_refuses_wrong_key_files(db_url, creds, tmp_path):
+    r = run_cli(db_url, "pool", "create", POOL, "--fcm-service-account", creds["p8"])
+    assert "--fcm-service-account" in _one_error_line(r, 2)
+    r = run_cli(db_url, "pool", "create", POOL, "--apns-key", creds["sa"], "--apns-key-id", "ABC123DEFG",
+                "--apns-team-id", "TEAM123456", "--apns-topic", "com.example.app")
+    assert "--apns-key" in _one_error_line(r, 2)
+    r = run_cli(db_url, "pool", "create", POOL, "--apns-key", creds["p8"], "--apns-key-id", "short",
+                "--apns-team-id", "TEAM123456", "--apns-topic", "com.example.app")
+    assert "--apns-key-id" in _one_error_line(r, 2)
+    assert "unknown pool" in _one_error_line(run_cli(db_url, "pool", "show", POOL), 1)
+
+
+def test_pool_show_unknown_exits_1(db_url):
+    assert "unknown pool" in _one_error_line(run_cli(db_url, "pool", "show", POOL), 1)
+
+
+def test_device_register_prints_the_id_alone_and_is_stable(store):
+    first = run_cli(store, "device", "register", POOL, IDENT, "--platform", "APNS", "--token", "ABCDEF0123")
+    assert first.returncode == 0 and UUID_RE.match(first.stdout.strip()) and first.stdout.count("\n") == 1
+    again = run_cli(store, "device", "register", POOL, IDENT, "--platform", "APNS", "--token", "abcdef0123")
+    assert again.stdout == first.stdout  # APNs tokens are stored lower-case
+    assert _register(store, platform="FCM", token="x") == _register(store, platform="GCM", token="x")
+
+
+@pytest.mark.parametrize("args,code,text", [
+    ([POOL, IDENT, "--platform", "ADM", "--token", "t"], 2, "not supported"),
+    ([POOL, IDENT, "--platform", "WNS", "--token", "t"], 2, "platform"),
+    ([POOL, IDENT, "--platform", "APNS", "--token", "nothex"], 2, "token"),
+    ([POOL, "bad", "--platform", "GCM", "--token", "t"], 2, "identityId"),
+    (["bad", IDENT, "--platform", "GCM", "--token", "t"], 2, "identityPoolId"),
+    ([POOL, IDENT, "--platform", "GCM", "--token", ""], 2, "token"),
+    ([POOL, IDENT, "--token", "t"], 2, "--platform"),
+    (["us-west-2:00000000-0000-0000-0000-000000000000", IDENT, "--platform", "GCM", "--token", "t"], 1,
+     "unknown pool"),
+])
+def test_device_register_bad_input(store, args, code, text):
+    r = run_cli(store, "device", "register", *args)
+    assert text in _one_error_line(r, code)
+    assert r.stdout == ""
+
+
+def test_device_unregister(store):
+    dev = _register(store)
+    assert run_cli(store, "device", "unregister", dev).returncode == 0
+    assert "unknown device" in _one_error_line(run_cli(store, "device", "unregister", dev), 1)
+    assert "deviceId" in _one_error_line(run_cli(store, "device", "unregister", "nope"), 2)
+    # the token can be registered again and gets a new id
+    assert _register(store) != dev
+
+
+def test_subscribe_unsubscribe_and_subscribe_all(store):
+    from store import repo
+    from store.db import engine_for, session_scope
+
+    a = _register(store, token="a")
+    b = _register(store, token="b")
+    for ds in ("contacts", "notes"):
+        r = run_cli(store, "subscribe", POOL, IDENT, ds, a)
+        assert r.returncode == 0 and "subscribed" in r.stdout
+    assert "already" in run_cli(store, "subscribe", POOL, IDENT, "notes", a).stdout
+    r = run_cli(store, "subscribe-all", POOL, IDENT, b)
+    assert r.returncode == 0 and "2 datasets" in r.stdout
+    c = _register(store, token="c")
+    r = run_cli(store, "subscribe-all", POOL, IDENT, c, "--datasets", "notes,photos")
+    assert r.returncode == 0, r.stderr
+    r = run_cli(store, "unsubscribe", POOL, IDENT, "notes", a)
+    assert r.returncode == 0 and "unsubscribed" in r.stdout
+    assert "was not" in run_cli(store, "unsubscribe", POOL, IDENT, "notes", a).stdout
+    with session_scope(engine_for(store)) as s:
+        assert repo.subscriptions_of(s, a) == ["contacts"]
+        assert repo.subscriptions_of(s, b) == ["contacts", "notes"]
+        assert repo.subscriptions_of(s, c) == ["notes", "photos"]
+
+
+@pytest.mark.parametrize("cmd", ["subscribe", "unsubscribe"])
+def test_subscription_bad_input(store, cmd):
+    dev = _register(store)
+    assert "datasetName" in _one_error_line(run_cli(store, cmd, POOL, IDENT, "bad/name", dev), 2)
+    assert "deviceId" in _one_error_line(run_cli(store, cmd, POOL, IDENT, "ds", "x"), 2)
+    assert "identityId" in _one_error_line(run_cli(store, cmd, POOL, "x", "ds", dev), 2)
+    other = "00000000-0000-4000-8000-000000000000"
+    assert "unknown device" in _one_error_line(run_cli(store, cmd, POOL, IDENT, "ds", other), 1)
+    # a device of another identity is refused, not silently subscribed
+    assert "not registered to identity" in _one_error_line(run_cli(store, cmd, POOL, IDENT2, "ds", dev), 1)
+
+
+def test_subscribe_all_bad_subset(store):
+    dev = _register(store)
+    r = run_cli(store, "subscribe-all", POOL, IDENT, dev, "--datasets", "ok,bad/one")
+    assert "datasetName" in _one_error_line(r, 2)
+
+
+def test_device_import_imports_good_lines_and_names_bad_ones(store, tmp_path):
+    lines = [
+        {"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM", "token": "g1", "datasets": ["a", "b"]},
+        "this is not json",
+        {"identityPoolId": POOL, "identityId": IDENT, "platform": "ADM", "token": "x"},
+        {"identityPoolId": POOL, "identityId": IDENT, "platform": "APNS", "token": "AB12", "datasets": ["a"]},
+        {"identityPoolId": "us-west-2:00000000-0000-0000-0000-000000000000", "identityId": IDENT,
+         "platform": "GCM", "token": "g9"},
+        {"identityPoolId": POOL, "identityId": IDENT2, "platform": "GCM", "token": "g2", "datasets": ["bad/x"]},
+        {"identityPoolId": POOL, "identityId": IDENT2, "platform": "GCM", "token": "g1", "datasets": ["c"]},
+    ]
+    path = tmp_path / "devices.jsonl"
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    r = run_cli(store, "device", "import", str(path))
+    assert r.returncode == 1
+    assert "imported 3 devices, 4 bad lines" in r.stdout
+    errors = [line for line in r.stderr.splitlines() if line.startswith("line ")]
+    assert [e.split(":")[0] for e in errors] == ["line 2", "line 3", "line 5", "line 6"]
+    assert "not supported" in errors[1] and "unknown pool" in errors[2] and "datasetName" in errors[3]
+    from store import repo
+    from store.db import engine_for, session_scope
+
+    g1 = _register(store, ident=IDENT2, token="g1")
+    with session_scope(engine_for(store)) as s:
+        # g1 moved to IDENT2 on line 7, so it lost a and b and holds c only
+        assert repo.subscriptions_of(s, g1) == ["c"]
+        apns = repo.resolve_devices(s, POOL, IDENT, "a")
+        assert [p for _d, p in apns] == ["APNS"]
+
+
+def test_device_import_from_stdin_and_missing_file(store):
+    line = json.dumps({"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM", "token": "s1"})
+    r = run_cli(store, "device", "import", "-", input=line + "\n")
+    assert r.returncode == 0 and "imported 1 devices, 0 bad lines" in r.stdout
+    assert "FILE" in _one_error_line(run_cli(store, "device", "import", "/no/such.jsonl"), 2)
+
+
+def test_usage_errors_exit_2_with_one_line(db_url):
+    assert _one_error_line(run_cli(db_url, "device"), 2).startswith("pushsync:")
+    assert _one_error_line(run_cli(db_url, "nonsense"), 2).startswith("pushsync:")

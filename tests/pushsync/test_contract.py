@@ -1,0 +1,79 @@
+import pytest
+
+from pushsync import contract
+from pushsync.contract import ValidationError
+
+from ..conftest import IDENT, POOL
+
+UUID = "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+def _event(**over):
+    e = {"identityPoolId": POOL, "identityId": IDENT, "datasetName": "myDataset", "syncCount": 42}
+    e.update(over)
+    return e
+
+
+def test_valid_event_is_normalised():
+    e = contract.event(_event(originDeviceId=UUID.upper(), eventId="e-1"))
+    assert e["originDeviceId"] == UUID and e["eventId"] == "e-1" and e["syncCount"] == 42
+
+
+@pytest.mark.parametrize("over,field", [
+    ({"identityPoolId": "nocolon"}, "identityPoolId"),
+    ({"identityPoolId": "us-east-1:" + "a" * 50}, "identityPoolId"),
+    ({"identityId": "us-east-1:xyz"}, "identityId"),
+    ({"datasetName": ""}, "datasetName"),
+    ({"datasetName": "a" * 129}, "datasetName"),
+    ({"datasetName": "bad/name"}, "datasetName"),
+    ({"syncCount": -1}, "syncCount"),
+    ({"syncCount": 2**63}, "syncCount"),
+    ({"syncCount": 1.5}, "syncCount"),
+    ({"syncCount": True}, "syncCount"),
+    ({"originDeviceId": "not-a-uuid"}, "originDeviceId"),
+    ({"eventId": ""}, "eventId"),
+    ({"extra": 1}, "event"),
+])
+def test_invalid_event_names_the_field(over, field):
+    with pytest.raises(ValidationError) as err:
+        contract.event(_event(**over))
+    assert err.value.field == field
+    assert str(err.value).startswith(field + ":")
+
+
+def test_missing_key_is_named():
+    e = _event()
+    del e["syncCount"]
+    with pytest.raises(ValidationError, match="^syncCount: is required"):
+        contract.event(e)
+
+
+def test_largest_sync_count_is_accepted():
+    assert contract.sync_count(2**63 - 1) == 2**63 - 1
+
+
+@pytest.mark.parametrize("given,normal", [("GCM", "GCM"), ("fcm", "GCM"), ("APNS", "APNS"),
+                                          ("apns_sandbox", "APNS_SANDBOX")])
+def test_platform_aliases(given, normal):
+    assert contract.platform(given) == normal
+
+
+def test_adm_is_refused_as_not_supported():
+    with pytest.raises(ValidationError, match="not supported"):
+        contract.platform("ADM")
+
+
+def test_apns_token_must_be_hex_and_is_lowercased():
+    assert contract.device_token("ABCDEF01", "APNS") == "abcdef01"
+    with pytest.raises(ValidationError, match="hexadecimal"):
+        contract.device_token("xyz", "APNS_SANDBOX")
+    assert contract.device_token("fcm:Token-xyz", "GCM") == "fcm:Token-xyz"
+    for bad in ("", "a" * 4097, "tab\there", " lead"):
+        with pytest.raises(ValidationError):
+            contract.device_token(bad, "GCM")
+
+
+def test_push_data_has_the_five_string_keys():
+    data = contract.push_data(POOL, IDENT, "ds", 7)
+    assert data == {"source": "cognito-sync", "identityPoolId": POOL, "identityId": IDENT,
+                    "datasetName": "ds", "syncCount": "7"}

@@ -1,0 +1,44 @@
+import pytest
+
+from pushsync.settings import Settings, SettingsError, load_settings, redact_url
+
+
+def test_defaults_match_the_contract():
+    s = load_settings({})
+    assert s == Settings()
+    assert s.database_url == "sqlite:///pushsync.db"
+    assert s.broker_url == "redis://localhost:6379/0"
+    assert s.fcm_url == "https://fcm.googleapis.com"
+    assert s.apns_production_url == "https://api.push.apple.com:443"
+    assert s.apns_sandbox_url == "https://api.sandbox.push.apple.com:443"
+    assert s.ca_file is None
+    assert s.batch_size == 500
+
+
+@pytest.mark.parametrize("name,value", [
+    ("PUSHSYNC_BROKER_URL", "amqp://guest@localhost//"),
+    ("PUSHSYNC_DATABASE_URL", "mysql://root@localhost/x"),
+    ("PUSHSYNC_DATABASE_URL", "not a url"),
+    ("PUSHSYNC_FCM_URL", "ftp://x"),
+    ("PUSHSYNC_APNS_SANDBOX_URL", "https://host:notaport"),
+    ("PUSHSYNC_CA_FILE", "/no/such/ca.pem"),
+    ("PUSHSYNC_BATCH_SIZE", "0"),
+    ("PUSHSYNC_BATCH_SIZE", "many"),
+])
+def test_bad_value_names_the_variable(name, value):
+    with pytest.raises(SettingsError) as err:
+        load_settings({name: value})
+    assert str(err.value).startswith(name + ":")
+
+
+def test_redacted_view_hides_passwords():
+    s = load_settings({"PUSHSYNC_BROKER_URL": "redis://:s3cret@redis:6379/0",
+                       "PUSHSYNC_DATABASE_URL": "postgresql://app:hunter2@db/pushsync"})
+    shown = str(s.redacted())
+    assert "s3cret" not in shown and "hunter2" not in shown
+    assert "redis://:***@redis:6379/0" in shown
+    assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_urls_lose_trailing_slash():
+    assert load_settings({"PUSHSYNC_FCM_URL": "https://127.0.0.1:9443/"}).fcm_url == "https://127.0.0.1:9443"

@@ -1,0 +1,231 @@
+"""Store behaviour on SQLite and PostgreSQL (every test runs on both)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+from sqlalchemy import func, select, text
+
+from store import repo
+from store.db import engine_for, session_scope
+from store.models import Device, Subscription
+
+from ..conftest import IDENT, IDENT2, POOL, POOL2
+
+
+@pytest.fixture
+def pools(engine):
+    with session_scope(engine) as s:
+        repo.upsert_pool(s, POOL)
+        repo.upsert_pool(s, POOL2)
+    return engine
+
+
+def _register(engine, pool, ident, platform, token):
+    with session_scope(engine) as s:
+        return repo.register_device(s, pool, ident, platform, token)
+
+
+def test_registering_the_same_token_again_returns_the_same_id(pools):
+    a = _register(pools, POOL, IDENT, "GCM", "tok-1")
+    b = _register(pools, POOL, IDENT, "GCM", "tok-1")
+    assert a == b
+    # the same token on another platform or in another pool is another device
+    assert _register(pools, POOL, IDENT, "APNS", "ab01") != _register(pools, POOL, IDENT, "APNS_SANDBOX", "ab01")
+    assert _register(pools, POOL2, IDENT, "GCM", "tok-1") != a
+    with session_scope(pools) as s:
+        assert s.execute(select(func.count()).select_from(Device)).scalar_one() == 4
+
+
+def test_moving_a_token_to_another_identity_drops_its_old_subscriptions(pools):
+    dev = _register(pools, POOL, IDENT, "GCM", "phone")
+    with session_scope(pools) as s:
+        repo.subscribe(s, POOL, IDENT, ["contacts", "notes"], dev)
+    assert _register(pools, POOL, IDENT2, "GCM", "phone") == dev
+    with session_scope(pools) as s:
+        assert repo.subscriptions_of(s, dev) == []
+        assert repo.device_info(s, dev)["identity_id"] == IDENT2
+        assert repo.resolve_devices(s, POOL, IDENT, "contacts") == []
+        # the old identity's subscription calls now refuse the device
+        with pytest.raises(repo.NotFound):
+            repo.subscribe(s, POOL, IDENT, ["notes"], dev)
+
+
+def test_reregistering_a_deactivated_device_reactivates_it(pools):
+    dev = _register(pools, POOL, IDENT, "GCM", "t")
+    with session_scope(pools) as s:
+        repo.subscribe(s, POOL, IDENT, ["d"], dev)
+        assert repo.deactivate_devices(s, [dev], "UNREGISTERED") == 1
+        assert repo.resolve_devices(s, POOL, IDENT, "d") == []
+    assert _register(pools, POOL, IDENT, "GCM", "t") == dev
+    with session_scope(pools) as s:
+        assert repo.resolve_devices(s, POOL, IDENT, "d") == [(dev, "GCM")]
+
+
+def test_subscribe_all_uses_known_datasets_or_the_subset(pools):
+    a = _register(pools, POOL, IDENT, "GCM", "a")
+    b = _register(pools, POOL, IDENT, "GCM", "b")
+    with session_scope(pools) as s:
+        repo.subscribe(s, POOL, IDENT, ["one", "two", "three"], a)
+        known = repo.known_datasets(s, POOL, IDENT)
+        assert known == ["one", "three", "two"]
+        repo.subscribe(s, POOL, IDENT, known, b)
+        assert repo.subscriptions_of(s, b) == ["one", "three", "two"]
+        c = repo.register_device(s, POOL, IDENT, "GCM", "c")
+        repo.subscribe(s, POOL, IDENT, ["two", "four"], c)
+        assert repo.subscriptions_of(s, c) == ["four", "two"]
+        # subscribing again is harmless
+        assert repo.subscribe(s, POOL, IDENT, ["two"], c) == 0
+
+
+def test_resolve_leaves_out_origin_inactive_unsubscribed_and_strangers(pools):
+    with session_scope(pools) as s:
+        d1 = repo.register_device(s, POOL, IDENT, "GCM", "g1")
+        d2 = repo.register_device(s, POOL, IDENT, "APNS", "aa11")
+        d3 = repo.register_device(s, POOL, IDENT, "APNS_SANDBOX", "bb22")
+        d4 = repo.register_device(s, POOL, IDENT, "GCM", "unsubscribed")
+        other_ident = repo.register_device(s, POOL, IDENT2, "GCM", "g2")
+        other_pool = repo.register_device(s, POOL2, IDENT, "GCM", "g3")
+        for dev in (d1, d2, d3):
+            repo.subscribe(s, POOL, IDENT, ["ds"], dev)
+        repo.subscribe(s, POOL, IDENT, ["other"], d4)
+        repo.subscribe(s, POOL, IDENT2, ["ds"], other_ident)
+        repo.subscribe(s, POOL2, IDENT, ["ds"], other_pool)
+        repo.deactivate_devices(s, [d3], "BadDeviceToken")
+        got = sorted(repo.resolve_devices(s, POOL, IDENT, "ds", origin_device_id=d1))
+        assert got == [(d2, "APNS")]
+        assert sorted(repo.resolve_devices(s, POOL, IDENT, "ds")) == sorted([(d1, "GCM"), (d2, "APNS")])
+        many = repo.resolve_many(s, [(POOL, IDENT, "ds"), (POOL2, IDENT, "ds"), (POOL, IDENT2, "ds")])
+        assert sorted(r[3] for r in many) == sorted([d1, d2, other_pool, other_ident])
+
+
+def test_advance_sync_count_only_moves_forward(pools):
+    with session_scope(pools) as s:
+        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 5) is True
+        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 5) is False  # duplicate
+        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 3) is False  # stale
+        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 0) is False
+        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 6) is True
+        assert repo.last_sync_count(s, POOL, IDENT, "ds") == 6
+        assert repo.advance_sync_count(s, POOL, IDENT2, "ds", 0) is True  # first count, even 0
+
+
+def test_unregister_removes_device_and_subscriptions(pools):
+    dev = _register(pools, POOL, IDENT, "GCM", "x")
+    with session_scope(pools) as s:
+        repo.subscribe(s, POOL, IDENT, ["a", "b"], dev)
+    with session_scope(pools) as s:
+        repo.unregister_device(s, dev)
+    with session_scope(pools) as s:
+        assert s.execute(select(func.count()).select_from(Subscription)).scalar_one() == 0
+        with pytest.raises(repo.NotFound):
+            repo.unregister_device(s, dev)
+
+
+def test_dead_letters_round_trip(pools):
+    with session_scope(pools) as s:
+        i = repo.add_dead_letter(s, "event", "unknown pool", {"identityPoolId": "x"}, pool_id="x")
+    with session_scope(pools) as s:
+        [dl] = repo.list_dead_letters(s)
+        assert dl["id"] == i and dl["reason"] == "unknown pool" and dl["payload"] == {"identityPoolId": "x"}
+        assert repo.purge_dead_letters(s) == 1
+
+
+# -- concurrency: real processes, each with its own engine ----------------------------------
+
+def _race_register(url, token, barrier, out):
+    engine = engine_for(url)
+    barrier.wait()
+    with session_scope(engine) as s:
+        out.put(repo.register_device(s, POOL, IDENT, "GCM", token))
+
+
+def _race_advance(url, counts, barrier, out):
+    engine = engine_for(url)
+    barrier.wait()
+    wins = []
+    for n in counts:
+        with session_scope(engine) as s:
+            if repo.advance_sync_count(s, POOL, IDENT, "race", n):
+                wins.append(n)
+    out.put(wins)
+
+
+def _run_racers(target, args_list):
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(len(args_list))
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, out)) for args in args_list]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
+def test_two_processes_registering_the_same_token_end_with_one_device(pools, db_url):
+    for i in range(3):
+        ids = _run_racers(_race_register, [(db_url, f"race-{i}"), (db_url, f"race-{i}")])
+        assert ids[0] == ids[1]
+    with session_scope(pools) as s:
+        rows = s.execute(select(Device.token, func.count()).group_by(Device.token)).all()
+    assert sorted(rows) == [("race-0", 1), ("race-1", 1), ("race-2", 1)]
+
+
+def test_concurrent_advances_never_both_win_the_same_count(pools, db_url):
+    counts = list(range(1, 151))
+    results = _run_racers(_race_advance, [(db_url, counts), (db_url, counts), (db_url, counts[::-1])])
+    all_wins = [n for wins in results for n in wins]
+    assert len(all_wins) == len(set(all_wins)), "a count was won twice"
+    assert 150 in all_wins
+    for wins in results:
+        assert wins == sorted(wins) or wins == sorted(wins, reverse=True)
+    with session_scope(pools) as s:
+        assert repo.last_sync_count(s, POOL, IDENT, "race") == 150
+
+
+# -- a large store ---------------------------------------------------------------------------
+
+def test_resolve_on_a_store_of_100k_devices_is_exact_and_indexed(pools, db_url):
+    n_ident = 25_000  # 4 devices each: 100,000 devices
+    rows, subs = [], []
+    for i in range(n_ident):
+        ident = f"us-east-1:{i:08x}-0000-4000-8000-000000000000"
+        for k, plat in enumerate(("GCM", "APNS", "APNS_SANDBOX", "GCM")):
+            token = f"{i:08x}{k:02x}" if plat != "GCM" else f"fcm-{i}-{k}"
+            rows.append((POOL, ident, plat, token))
+    with session_scope(pools) as s:
+        ids = repo.register_devices(s, rows)
+        for (pool, ident, _p, _t), dev, n in zip(rows, ids, range(len(rows)), strict=True):
+            # device k of every identity: k=0,1 subscribed to "ds", k=2 to "other", k=3 to none
+            k = n % 4
+            if k < 2:
+                subs.append((pool, ident, dev, "ds"))
+            elif k == 2:
+                subs.append((pool, ident, dev, "other"))
+        repo.subscribe_many(s, subs)
+        assert s.execute(select(func.count()).select_from(Device)).scalar_one() == 100_000
+    target = 12_345
+    ident = f"us-east-1:{target:08x}-0000-4000-8000-000000000000"
+    expected = sorted((ids[target * 4 + k], plat) for k, plat in ((0, "GCM"), (1, "APNS")))
+    with session_scope(pools) as s:
+        assert sorted(repo.resolve_devices(s, POOL, ident, "ds")) == expected
+        assert repo.resolve_devices(s, POOL, ident, "ds", origin_device_id=ids[target * 4]) == [expected[1]] \
+            if expected[1][0] != ids[target * 4] else [expected[0]]
+        assert repo.resolve_devices(s, POOL2, ident, "ds") == []
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("ANALYZE devices"))
+            s.execute(text("ANALYZE subscriptions"))
+            stmt = repo.resolve_query(POOL, ident, "ds", None)
+            compiled = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
+            plan = "\n".join(r[0] for r in s.execute(text(f"EXPLAIN {compiled}")))
+            assert "ix_devices_pool_identity" in plan, plan
+            assert "Seq Scan on devices" not in plan, plan
+        else:
+            stmt = repo.resolve_query(POOL, ident, "ds", None)
+            compiled = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(r[-1]) for r in s.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+            assert "ix_devices_pool_identity" in plan, plan
