@@ -261,6 +261,69 @@ def cmd_subscribe_all(args) -> int:
     return 0
 
 
+# -- producing, running ---------------------------------------------------------------------
+
+def cmd_publish(args) -> int:
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from pushsync.client import publish
+    from pushsync.settings import redact_url
+
+    try:
+        event = publish(args.pool_id, args.identity_id, args.dataset, args.sync_count,
+                        origin_device_id=args.origin_device, event_id=args.event_id)
+    except BrokerError as exc:
+        raise CommandError(f"cannot reach the broker at {redact_url(get_settings().broker_url)}: {exc}") from None
+    print(f"enqueued {event['datasetName']} sync count {event['syncCount']} for {event['identityId']}")
+    return 0
+
+
+def run_worker(argv: list[str]) -> int:
+    from worker.app import QUEUES, app
+
+    # Defaults first: Celery lets the operator's own -Q, -c, -l ... given after them win.
+    app.worker_main(["worker", "-Q", ",".join(QUEUES), "-l", "INFO", *argv])
+    return 0
+
+
+def cmd_emulator(args) -> int:
+    from emulators.server import main as run_emulators
+
+    return run_emulators(args)
+
+
+def cmd_dlq_list(args) -> int:
+    from store import repo
+
+    _ensure_schema()
+    with _session() as s:
+        items = repo.list_dead_letters(s, limit=args.limit)
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print("no dead letters")
+    for d in items:
+        what = d["payload"]
+        key = " ".join(str(what.get(k)) for k in ("identityId", "datasetName", "syncCount") if k in what)
+        print(f"{d['id']:>6}  {d['created_at'][:19]}  {d['kind']:<8} {d.get('platform') or '-':<12} "
+              f"{d['reason']}  [{key}]")
+    return 0
+
+
+def cmd_dlq_purge(args) -> int:
+    from datetime import timedelta
+
+    from store import repo
+
+    older = timedelta(days=args.older_than) if args.older_than is not None else None
+    _ensure_schema()
+    with _session() as s:
+        n = repo.purge_dead_letters(s, older)
+    print(f"purged {n} dead letters")
+    return 0
+
+
 # -- the parser -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,13 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--datasets", metavar="A,B", help="only these datasets")
     sa.set_defaults(func=cmd_subscribe_all)
 
-    for extend in _EXTENSIONS:
-        extend(sub)
+    pub = sub.add_parser("publish", help="enqueue one change event")
+    for arg in ("pool_id", "identity_id", "dataset"):
+        pub.add_argument(arg, metavar=arg.upper())
+    pub.add_argument("sync_count", metavar="SYNC_COUNT")
+    pub.add_argument("--origin-device", metavar="DEVICE_ID", help="the device that made the change; not notified")
+    pub.add_argument("--event-id", metavar="ID", help="your idempotency key, kept with the event")
+    pub.set_defaults(func=cmd_publish)
+
+    sub.add_parser("worker", help="run a worker on the project's queues (Celery worker options follow)")
+
+    from emulators.server import add_arguments as emulator_arguments
+
+    emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators")
+    emulator_arguments(emu)
+    emu.set_defaults(func=cmd_emulator)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter store").add_subparsers(dest="dlq_command", required=True,
+                                                                            parser_class=_Parser)
+    dl = dlq.add_parser("list", help="what could not be delivered, with the reason")
+    dl.add_argument("--json", action="store_true")
+    dl.add_argument("--limit", type=int, default=1000)
+    dl.set_defaults(func=cmd_dlq_list)
+    dp = dlq.add_parser("purge", help="empty the dead-letter store")
+    dp.add_argument("--older-than", type=float, metavar="DAYS", help="only those older than DAYS days")
+    dp.set_defaults(func=cmd_dlq_purge)
     return p
-
-
-# Later parts of the CLI (publish, worker, emulator, dlq ...) register themselves here.
-_EXTENSIONS: list[Callable] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         get_settings()
+        if argv[:1] == ["worker"]:
+            return run_worker(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (ValidationError, SettingsError) as exc:

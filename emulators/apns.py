@@ -1,0 +1,187 @@
+"""APNs emulator: HTTP/2 over TLS (ALPN h2), token authentication with ES256 JWTs.
+
+It answers as Apple documents in "Handling notification responses from APNs": 200 with an
+apns-id, or an error status with {"reason": ...} (and a timestamp for 410), and it checks
+the headers and body that pushsync's contract requires of a background push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from emulators.state import State
+
+JWT_MAX_AGE = 3600  # Apple refuses provider tokens older than one hour
+_HEX = re.compile(r"[0-9a-f]+")
+MAX_PAYLOAD = 4096
+
+
+class KeyRing:
+    """The provider keys APNs knows: key id -> (team id, public key, allowed topics)."""
+
+    def __init__(self):
+        self.keys: dict[str, tuple[str, object, set[str]]] = {}
+
+    def add(self, key_id: str, team_id: str, pem: bytes, topics: set[str]) -> None:
+        self.keys[key_id] = (team_id, load_pem_private_key(pem, None).public_key(), topics)
+
+
+class APNsProtocol(asyncio.Protocol):
+    def __init__(self, state: State, keys: KeyRing, host: str):
+        self.state, self.keys, self.host = state, keys, host
+        self.transport = None
+        self.streams: dict[int, dict] = {}
+
+    def connection_made(self, transport):
+        self.transport = transport
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None and ssl_obj.selected_alpn_protocol() != "h2":
+            transport.close()  # APNs speaks HTTP/2 only
+            return
+        self.state.connections[f"apns-{self.host}"] += 1
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                         header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self._flush()
+
+    def _flush(self):
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes):
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush()
+            self.transport.close()
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self.streams[ev.stream_id] = {"headers": dict(ev.headers), "body": bytearray()}
+            elif isinstance(ev, h2.events.DataReceived):
+                self.streams.setdefault(ev.stream_id, {"headers": {}, "body": bytearray()})["body"] += ev.data
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                stream = self.streams.pop(ev.stream_id, None)
+                if stream is not None:
+                    asyncio.ensure_future(self._answer(ev.stream_id, stream))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.transport.close()
+        self._flush()
+
+    def _check_auth(self, headers: dict, topic: str | None) -> tuple[int, str] | None:
+        auth = headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return 403, "MissingProviderToken"
+        token = auth[7:]
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return 403, "InvalidProviderToken"
+        key = self.keys.keys.get(header.get("kid", ""))
+        if key is None or header.get("alg") != "ES256":
+            return 403, "InvalidProviderToken"
+        team, public, topics = key
+        try:
+            claims = jwt.decode(token, public, algorithms=["ES256"], options={"verify_iat": False,
+                                                                               "require": ["iss", "iat"]})
+        except jwt.PyJWTError:
+            return 403, "InvalidProviderToken"
+        if claims.get("iss") != team:
+            return 403, "InvalidProviderToken"
+        if time.time() - int(claims["iat"]) > JWT_MAX_AGE:
+            return 403, "ExpiredProviderToken"
+        if topic is not None and topic not in topics:
+            return 400, "TopicDisallowed"
+        return None
+
+    def _validate(self, headers: dict, body: bytes, token: str) -> tuple[int, str, dict | None]:
+        if headers.get(":method") != "POST":
+            return 405, "MethodNotAllowed", None
+        if not headers.get(":path", "").startswith("/3/device/"):
+            return 404, "BadPath", None
+        topic = headers.get("apns-topic")
+        auth_error = self._check_auth(headers, topic)
+        if auth_error:
+            return (*auth_error, None)
+        if not token:
+            return 400, "MissingDeviceToken", None
+        if not topic:
+            return 400, "MissingTopic", None
+        if len(body) > MAX_PAYLOAD:
+            return 413, "PayloadTooLarge", None
+        if not body:
+            return 400, "PayloadEmpty", None
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return 400, "BadPayload", None
+        if headers.get("apns-push-type") != "background":
+            return 400, "InvalidPushType", payload
+        if headers.get("apns-priority") != "5":
+            return 400, "BadPriority", payload  # background pushes must use priority 5
+        collapse = headers.get("apns-collapse-id")
+        if collapse is None or len(collapse.encode()) > 64:
+            return 400, "BadCollapseId", payload
+        if not headers.get("apns-expiration", "").isdigit():
+            return 400, "BadExpirationDate", payload
+        aps = payload.get("aps") if isinstance(payload, dict) else None
+        if aps != {"content-available": 1} or not isinstance(payload.get("data"), dict):
+            return 400, "BadPayload", payload
+        if not _HEX.fullmatch(token):
+            return 400, "BadDeviceToken", payload
+        return 200, "", payload
+
+    async def _answer(self, stream_id: int, stream: dict):
+        headers = stream["headers"]
+        body = bytes(stream["body"])
+        token = headers.get(":path", "").rsplit("/", 1)[-1]
+        apns_id = headers.get("apns-id") or str(uuid.uuid4())
+        fault = self.state.fault_for("apns", token)
+        if fault and fault.latency:
+            await asyncio.sleep(fault.latency)
+        entry = {"service": "apns", "host": self.host, "authority": headers.get(":authority") or headers.get("host"),
+                 "token": token, "headers": {k: v for k, v in headers.items() if k != "authorization"}}
+        if fault and fault.drop:
+            self.state.record({**entry, "status": 0, "reason": "dropped"})
+            self.transport.abort()
+            return
+        status, reason, payload = self._validate(headers, body, token)
+        extra = []
+        if status == 200 and fault and fault.status:
+            status, reason = fault.status, fault.reason or "ServiceUnavailable"
+            if fault.retry_after:
+                extra.append(("retry-after", str(fault.retry_after)))
+        if status == 200 and self.state.is_dead(token):
+            status, reason = 410, "Unregistered"
+        entry.update(status=status, reason=reason, body=payload,
+                     data=payload.get("data") if isinstance(payload, dict) else None)
+        self.state.record(entry)
+        if self.transport.is_closing():
+            return
+        try:
+            if status == 200:
+                self.conn.send_headers(stream_id, [(":status", "200"), ("apns-id", apns_id)], end_stream=True)
+            else:
+                err = {"reason": reason}
+                if status == 410:
+                    err["timestamp"] = int(time.time() * 1000)
+                data = json.dumps(err).encode()
+                self.conn.send_headers(stream_id, [(":status", str(status)), ("apns-id", apns_id),
+                                                   ("content-type", "application/json"),
+                                                   ("content-length", str(len(data))), *extra])
+                self.conn.send_data(stream_id, data, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._flush()

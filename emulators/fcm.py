@@ -1,0 +1,134 @@
+"""FCM emulator: the HTTP v1 send endpoint and Google's OAuth2 token endpoint.
+
+The token endpoint takes a JWT-bearer grant (RFC 7523) signed with the service account's
+RSA key, as google-auth sends it, and checks its signature, issuer, audience and scope. The
+send endpoint takes only tokens it issued, and answers errors in the shape of the v1 API:
+{"error": {"code", "message", "status", "details": [{"@type": ...FcmError, "errorCode"}]}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from emulators.state import State
+
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+# google-auth signs every grant for Google's own token endpoint, whatever token_uri it posts to
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+
+
+def fcm_error(status: int, error_code: str | None, message: str, token_field: bool = False) -> web.Response:
+    details = []
+    if error_code:
+        details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
+    if token_field:
+        details.append({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [{"field": "message.token", "description": "Invalid registration token"}]})
+    body = {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN"),
+                      "details": details}}
+    return web.json_response(body, status=status)
+
+
+class FCMEmulator:
+    def __init__(self, state: State, token_uri: str):
+        self.state = state
+        self.token_uri = token_uri
+        self.accounts: dict[str, tuple[str, object]] = {}  # client_email -> (project_id, public key)
+
+    def add_account(self, account: dict) -> None:
+        key = load_pem_private_key(account["private_key"].encode(), None)
+        self.accounts[account["client_email"]] = (account["project_id"], key.public_key())
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/token", self.token)
+        app.router.add_post("/v1/projects/{project}/messages:send", self.send)
+        return app
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        assertion = form.get("assertion", "")
+        try:
+            claims = jwt.decode(assertion, options={"verify_signature": False})
+            project, public = self.accounts[claims["iss"]]
+            claims = jwt.decode(assertion, public, algorithms=["RS256"],
+                                audience=[GOOGLE_TOKEN_AUDIENCE, self.token_uri],
+                                options={"require": ["iss", "aud", "exp", "iat"]})
+        except (jwt.PyJWTError, KeyError) as exc:
+            return web.json_response({"error": "invalid_grant", "error_description": str(exc)}, status=400)
+        if FCM_SCOPE not in str(claims.get("scope", "")).split():
+            return web.json_response({"error": "invalid_scope"}, status=400)
+        access = "emu." + secrets.token_urlsafe(24)
+        self.state.oauth_tokens[access] = {"project": project, "expires": time.time() + 3600}
+        self.state.oauth_issued += 1
+        return web.json_response({"access_token": access, "expires_in": 3600, "token_type": "Bearer"})
+
+    async def send(self, request: web.Request) -> web.Response:
+        project = request.match_info["project"]
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+            message = body["message"]
+        except (ValueError, KeyError, TypeError):
+            message = None
+        token = message.get("token") if isinstance(message, dict) else None
+        entry = {"service": "fcm", "host": None, "authority": request.host, "project": project, "token": token,
+                 "headers": {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
+                 "body": message, "data": message.get("data") if isinstance(message, dict) else None}
+        fault = self.state.fault_for("fcm", token)
+        if fault and fault.latency:
+            await asyncio.sleep(fault.latency)
+        if fault and fault.drop:
+            self.state.record({**entry, "status": 0, "reason": "dropped"})
+            request.transport.abort()
+            raise ConnectionResetError("dropped by fault rule")
+        response = self._check(request, project, message, token)
+        if response is None and fault and fault.status:
+            code = fault.reason or "UNAVAILABLE"
+            response = fcm_error(fault.status, code, "fault injected by the emulator")
+            if fault.retry_after:
+                response.headers["Retry-After"] = str(fault.retry_after)
+        if response is None and self.state.is_dead(token):
+            response = fcm_error(404, "UNREGISTERED", "Requested entity was not found.")
+        if response is None:
+            response = web.json_response({"name": f"projects/{project}/messages/{secrets.token_hex(8)}"})
+        reason = ""
+        if response.status != 200:
+            reason = json.loads(response.body)["error"]["details"][0]["errorCode"] \
+                if json.loads(response.body)["error"]["details"] else json.loads(response.body)["error"]["status"]
+        self.state.record({**entry, "status": response.status, "reason": reason})
+        return response
+
+    def _check(self, request: web.Request, project: str, message, token) -> web.Response | None:
+        auth = request.headers.get("Authorization", "")
+        grant = self.state.oauth_tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if grant is None or grant["expires"] < time.time():
+            # an expired or unknown OAuth token: 401 without an FcmError, as Google answers
+            return fcm_error(401, None, "Request had invalid authentication credentials.")
+        if grant["project"] != project:
+            return fcm_error(403, "SENDER_ID_MISMATCH", "Permission denied for this project.")
+        if not isinstance(message, dict):
+            return fcm_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        if not isinstance(token, str) or not token or token.startswith("invalid"):
+            return fcm_error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token",
+                             token_field=True)
+        data = message.get("data")
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            return fcm_error(400, "INVALID_ARGUMENT", "message.data must map strings to strings")
+        if "notification" in message:
+            return fcm_error(400, "INVALID_ARGUMENT", "pushsync expects silent data messages only")
+        if not (message.get("android") or {}).get("collapse_key"):
+            return fcm_error(400, "INVALID_ARGUMENT", "android.collapse_key is required by pushsync's contract")
+        return None

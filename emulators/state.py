@@ -1,0 +1,85 @@
+"""What the emulators remember: every request received, connections opened, fault rules and
+dead tokens. The control API reads and changes it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Fault:
+    """Misbehave for matching requests: answer ``status`` (with ``reason`` and Retry-After),
+    wait ``latency`` seconds first, or ``drop`` the connection without an answer."""
+
+    service: str = "any"  # "apns", "fcm" or "any"
+    status: int | None = None
+    reason: str | None = None
+    retry_after: str | None = None
+    count: int | None = None  # None: every matching request from now on
+    token: str | None = None
+    latency: float = 0.0
+    drop: bool = False
+
+    def matches(self, service: str, token: str | None) -> bool:
+        if self.count is not None and self.count <= 0:
+            return False
+        if self.service not in ("any", service):
+            return False
+        return self.token is None or self.token == token
+
+
+@dataclass
+class State:
+    log_file: Any = None
+    quiet: bool = False
+    requests: list[dict] = field(default_factory=list)
+    connections: Counter = field(default_factory=Counter)
+    faults: list[Fault] = field(default_factory=list)
+    dead_tokens: set[str] = field(default_factory=set)
+    oauth_tokens: dict[str, dict] = field(default_factory=dict)
+    oauth_issued: int = 0
+
+    def fault_for(self, service: str, token: str | None) -> Fault | None:
+        for f in self.faults:
+            if f.matches(service, token):
+                if f.count is not None:
+                    f.count -= 1
+                return f
+        return None
+
+    def is_dead(self, token: str) -> bool:
+        # "dead..." is hexadecimal too, so the same prefix works for APNs and FCM demo tokens
+        return token in self.dead_tokens or token.startswith("dead")
+
+    def record(self, entry: dict) -> None:
+        entry.setdefault("time", time.time())
+        self.requests.append(entry)
+        line = json.dumps(entry, sort_keys=True)
+        if self.log_file is not None:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+        if not self.quiet:
+            tok = entry.get("token") or ""
+            data = entry.get("data")
+            print(f"[{entry['service']}{'/' + entry['host'] if entry.get('host') else ''}] {entry['status']} "
+                  f"{entry.get('reason') or 'accepted'} token={tok[:8]}… "
+                  f"data={json.dumps(data, sort_keys=True) if data else '-'}", file=sys.stdout, flush=True)
+
+    def stats(self) -> dict:
+        by_status: Counter = Counter()
+        for r in self.requests:
+            by_status[f"{r['service']}:{r['status']}"] += 1
+        return {"connections": dict(self.connections), "requests": dict(by_status),
+                "oauth_tokens_issued": self.oauth_issued, "faults": [f.__dict__ for f in self.faults]}
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.connections.clear()
+        self.faults.clear()
+        self.dead_tokens.clear()
+        self.oauth_issued = 0

@@ -1,0 +1,1 @@
+"""Celery app, tasks, fan-out and delivery."""

@@ -1,0 +1,1 @@
+"""One sender module per platform behind one interface (``base.Sender``)."""

@@ -1,0 +1,114 @@
+"""APNs sender: HTTP/2 with token (JWT ES256) authentication, through aioapns.
+
+aioapns takes its host from a class attribute of its protocol and sets no ALPN of its own;
+both are wired here, so PUSHSYNC_APNS_PRODUCTION_URL / PUSHSYNC_APNS_SANDBOX_URL and
+PUSHSYNC_CA_FILE apply, with "h2" offered in the TLS handshake as Apple requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from aioapns import APNs, NotificationRequest, PushType
+from aioapns.connection import APNsTLSClientProtocol
+
+from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id, tls_context
+
+# Error table: (HTTP status, reason) -> outcome kind.
+# https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns
+ERRORS: dict[tuple[int, str], Kind] = {
+    (400, "BadDeviceToken"): Kind.TOKEN_INVALID,
+    (400, "DeviceTokenNotForTopic"): Kind.TOKEN_INVALID,
+    (410, "Unregistered"): Kind.TOKEN_INVALID,
+    (410, "ExpiredToken"): Kind.TOKEN_INVALID,
+    (400, "IdleTimeout"): Kind.RETRY,
+    (403, "ExpiredProviderToken"): Kind.RETRY,  # after a fresh JWT, once: see _send_one
+    (403, "InvalidProviderToken"): Kind.RETRY,
+    (429, "TooManyRequests"): Kind.RETRY,
+    (429, "TooManyProviderTokenUpdates"): Kind.RETRY,
+    (500, "InternalServerError"): Kind.RETRY,
+    (503, "ServiceUnavailable"): Kind.RETRY,
+    (503, "Shutdown"): Kind.RETRY,
+}
+JWT_ERRORS = {"ExpiredProviderToken", "InvalidProviderToken"}
+# How long APNs keeps a push for an offline device; a sync push older than this is stale anyway.
+EXPIRATION_SECONDS = 24 * 3600
+PRIORITY_BACKGROUND = 5  # Apple requires 5 for background (content-available) pushes
+
+
+def classify(device_id: str, status: int, reason: str, timestamp: int | None = None) -> Outcome:
+    if status == 200:
+        return Outcome(device_id, Kind.OK, status=200)
+    kind = ERRORS.get((status, reason))
+    if kind is None:
+        kind = Kind.RETRY if status >= 500 or status == 429 else Kind.PERMANENT
+    since = None
+    if kind is Kind.TOKEN_INVALID and status == 410 and timestamp:
+        since = datetime.fromtimestamp(timestamp / 1000, UTC)  # APNs gives milliseconds
+    return Outcome(device_id, kind, reason=reason or f"HTTP {status}", status=status, invalid_since=since)
+
+
+def protocol_for(url: str) -> type[APNsTLSClientProtocol]:
+    parts = urlsplit(url)
+    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443}
+    return type("PushsyncAPNsProtocol", (APNsTLSClientProtocol,), attrs)
+
+
+async def _quiet(_request, _result) -> None:
+    """aioapns logs every failure itself; outcomes are recorded by the worker instead."""
+
+
+class APNsSender(Sender):
+    """One pool's key, one APNs host (production or sandbox)."""
+
+    def __init__(self, *, key: str, key_id: str, team_id: str, topic: str, url: str, ca_file: str | None,
+                 connections: int, timeout: float):
+        self.topic = topic
+        self._timeout = timeout
+        self._client = APNs(key=key, key_id=key_id, team_id=team_id, topic=topic, max_connections=connections,
+                            max_connection_attempts=3, ssl_context=tls_context(ca_file, ["h2"]), err_func=_quiet)
+        self._client.pool.protocol_class = protocol_for(url)
+
+    def request(self, req: PushRequest) -> NotificationRequest:
+        return NotificationRequest(
+            device_token=req.token,
+            message={"aps": {"content-available": 1}, "data": req.data},
+            time_to_live=EXPIRATION_SECONDS,
+            priority=PRIORITY_BACKGROUND,
+            collapse_key=collapse_id(req.dataset),
+            push_type=PushType.BACKGROUND,
+        )
+
+    def _renew_jwt(self) -> None:
+        # aioapns caches the JWT per connection for 30 minutes and has no public way to drop it;
+        # clearing the cached header makes the next request sign a fresh one.
+        for conn in list(self._client.pool.connections):
+            provider = getattr(conn, "auth_provider", None)
+            if provider is not None:
+                provider._JWTAuthorizationHeaderProvider__header = None
+
+    async def _send_one(self, req: PushRequest) -> Outcome:
+        note = self.request(req)
+        for attempt in (1, 2):
+            try:
+                result = await asyncio.wait_for(self._client.send_notification(note), self._timeout)
+            except TimeoutError:
+                return Outcome(req.device_id, Kind.RETRY, reason="timeout")
+            except Exception as exc:  # connection refused, dropped, TLS failure, max attempts
+                return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+            status = int(result.status) if str(result.status).isdigit() else 0
+            reason = result.description or ""
+            if status == 403 and reason in JWT_ERRORS and attempt == 1:
+                self._renew_jwt()
+                note = self.request(req)  # a new apns-id for the second try
+                continue
+            return classify(req.device_id, status, reason, result.timestamp)
+        raise AssertionError("unreachable")
+
+    async def send(self, requests: list[PushRequest]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._send_one(r) for r in requests)))
+
+    async def close(self) -> None:
+        self._client.pool.close()

@@ -1,0 +1,192 @@
+"""FCM HTTP v1 sender.
+
+pyfcm builds the message and holds the service account credentials (google-auth, whose
+OAuth2 token comes from the file's ``token_uri``); the HTTP requests go through one
+aiohttp session per worker process so that connections are pooled and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import json
+import os
+import tempfile
+import time
+
+import aiohttp
+import certifi
+import google.auth.transport.requests
+import requests
+from google.oauth2 import service_account
+from pyfcm import FCMNotification
+
+from worker.senders.base import Kind, Outcome, PushRequest, Sender, parse_retry_after, tls_context
+
+# Error table: (HTTP status, FcmError errorCode) -> outcome kind.
+# https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
+# https://firebase.google.com/docs/cloud-messaging/manage-tokens (UNREGISTERED, INVALID_ARGUMENT)
+ERRORS: dict[tuple[int, str], Kind] = {
+    (404, "UNREGISTERED"): Kind.TOKEN_INVALID,
+    (400, "INVALID_ARGUMENT"): Kind.PERMANENT,  # unless it is the token: see classify()
+    (403, "SENDER_ID_MISMATCH"): Kind.PERMANENT,
+    (401, "THIRD_PARTY_AUTH_ERROR"): Kind.PERMANENT,
+    (429, "QUOTA_EXCEEDED"): Kind.RETRY,
+    (503, "UNAVAILABLE"): Kind.RETRY,
+    (500, "INTERNAL"): Kind.RETRY,
+}
+# Google asks for at least this back-off after QUOTA_EXCEEDED.
+QUOTA_MIN_BACKOFF = 60.0
+SCOPES = ["https://www.googleapis.com/auth/firebase.messaging"]
+
+
+def _error_details(body: dict) -> tuple[str, bool]:
+    """(FcmError errorCode, whether a field violation names the registration token)."""
+    err = body.get("error") or {}
+    code = ""
+    token_field = False
+    for detail in err.get("details") or []:
+        if detail.get("@type", "").endswith("FcmError"):
+            code = detail.get("errorCode", "")
+        for violation in detail.get("fieldViolations") or []:
+            if violation.get("field") == "message.token":
+                token_field = True
+    if "registration token" in (err.get("message") or "").lower():
+        token_field = True
+    return code or err.get("status", ""), token_field
+
+
+def classify(device_id: str, status: int, body: dict, retry_after: str | None) -> Outcome:
+    if status == 200:
+        return Outcome(device_id, Kind.OK, status=200)
+    code, token_field = _error_details(body)
+    kind = ERRORS.get((status, code))
+    if kind is None:
+        kind = Kind.RETRY if status >= 500 or status == 429 else Kind.PERMANENT
+    if code == "INVALID_ARGUMENT" and token_field:
+        kind = Kind.TOKEN_INVALID
+    wait = parse_retry_after(retry_after)
+    if code == "QUOTA_EXCEEDED":
+        wait = max(wait or 0.0, QUOTA_MIN_BACKOFF)
+    return Outcome(device_id, kind, reason=code or f"HTTP {status}", status=status,
+                   retry_after=wait if kind is Kind.RETRY else None)
+
+
+@functools.lru_cache(maxsize=4)
+def _ca_bundle(ca_file: str | None) -> str | bool:
+    """requests (used by google-auth for the token) takes one CA file: ours plus certifi's.
+    Written once per process and removed when it exits."""
+    if not ca_file:
+        return True
+    fd, path = tempfile.mkstemp(prefix="pushsync-ca-", suffix=".pem")
+    atexit.register(_remove, path)
+    with os.fdopen(fd, "w") as out, open(ca_file) as extra, open(certifi.where()) as public:
+        out.write(extra.read())
+        out.write("\n")
+        out.write(public.read())
+    return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+class _VerifyingSession(requests.Session):
+    """requests lets REQUESTS_CA_BUNDLE from the environment override a session's own
+    ``verify`` (psf/requests#3829); pass it with every request so that ours holds."""
+
+    def request(self, *args, **kwargs):
+        kwargs.setdefault("verify", self.verify)
+        return super().request(*args, **kwargs)
+
+
+class _PoolFCM(FCMNotification):
+    """pyfcm client bound to one pool's service account and to PUSHSYNC_FCM_URL."""
+
+    def __init__(self, account: dict, fcm_url: str, ca_bundle: str | bool):
+        creds = service_account.Credentials.from_service_account_info(account, scopes=SCOPES)
+        super().__init__(credentials=creds, project_id=account["project_id"])
+        self.FCM_END_POINT_BASE = f"{fcm_url}/v1/projects"
+        self._token_session = _VerifyingSession()
+        self._token_session.verify = ca_bundle
+
+    def _get_access_token(self) -> str:
+        # pyfcm's own refresh uses a bare requests call, which knows nothing of PUSHSYNC_CA_FILE.
+        self.credentials.refresh(google.auth.transport.requests.Request(session=self._token_session))
+        return self.credentials.token
+
+
+class FCMSender(Sender):
+    def __init__(self, account: dict, *, fcm_url: str, ca_file: str | None, connections: int, timeout: float):
+        self._fcm = _PoolFCM(account, fcm_url, _ca_bundle(ca_file))
+        self._ssl = tls_context(ca_file)
+        self._connections = connections
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: str | None = None
+        self._auth_expires = 0.0
+        self._auth_lock = asyncio.Lock()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(connector=connector,
+                                                  timeout=aiohttp.ClientTimeout(total=self._timeout))
+        return self._session
+
+    async def _authorization(self, stale: str | None = None) -> str:
+        async with self._auth_lock:
+            if self._auth and self._auth != stale and time.time() < self._auth_expires:
+                return self._auth
+            token = await asyncio.get_running_loop().run_in_executor(None, self._fcm._get_access_token)
+            expiry = self._fcm.credentials.expiry
+            # refresh a minute before Google says the token ends
+            self._auth_expires = (expiry.timestamp() if expiry else time.time() + 3000) - 60
+            self._auth = f"Bearer {token}"
+            return self._auth
+
+    def message(self, req: PushRequest) -> bytes:
+        # A data message with no notification block is silent; collapse_key lets FCM keep only
+        # the newest push per dataset for a device that is offline.
+        return self._fcm.parse_payload(
+            fcm_token=req.token,
+            data_payload=req.data,
+            android_config={"collapse_key": req.dataset, "priority": "normal"},
+        )
+
+    async def _send_one(self, req: PushRequest) -> Outcome:
+        body = self.message(req)
+        auth = await self._authorization()
+        for attempt in (1, 2):
+            try:
+                async with self._http().post(self._fcm.fcm_end_point, data=body, headers={
+                        "Authorization": auth, "Content-Type": "application/json"}) as resp:
+                    text = await resp.text()
+                    status, retry_after = resp.status, resp.headers.get("Retry-After")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+            try:
+                parsed = json.loads(text) if text else {}
+            except ValueError:
+                parsed = {}
+            code, _ = _error_details(parsed) if status != 200 else ("", False)
+            if status == 401 and code != "THIRD_PARTY_AUTH_ERROR" and attempt == 1:
+                # the OAuth token expired or was revoked: fetch a new one and try once more
+                auth = await self._authorization(stale=auth)
+                continue
+            return classify(req.device_id, status, parsed, retry_after)
+        raise AssertionError("unreachable")
+
+    async def send(self, requests: list[PushRequest]) -> list[Outcome]:
+        try:
+            await self._authorization()
+        except Exception as exc:  # the token endpoint refused or is unreachable
+            return [Outcome(r.device_id, Kind.RETRY, reason=f"oauth: {str(exc)[:200]}") for r in requests]
+        return list(await asyncio.gather(*(self._send_one(r) for r in requests)))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
