@@ -56,6 +56,7 @@ class FCMEmulator:
         return app
 
     async def token(self, request: web.Request) -> web.Response:
+        self.state.saw_peer("fcm-token", request.transport.get_extra_info("peername"))
         form = await request.post()
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
@@ -77,6 +78,7 @@ class FCMEmulator:
 
     async def send(self, request: web.Request) -> web.Response:
         project = request.match_info["project"]
+        self.state.saw_peer("fcm-send", request.transport.get_extra_info("peername"))
         raw = await request.read()
         try:
             body = json.loads(raw)

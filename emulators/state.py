@@ -43,6 +43,11 @@ class State:
     dead_tokens: set[str] = field(default_factory=set)
     oauth_tokens: dict[str, dict] = field(default_factory=dict)
     oauth_issued: int = 0
+    # HTTP/1.1 peers (host, port) seen per FCM endpoint: one entry per client connection
+    peers: dict[str, set] = field(default_factory=dict)
+
+    def saw_peer(self, what: str, peer) -> None:
+        self.peers.setdefault(what, set()).add(tuple(peer) if peer else None)
 
     def fault_for(self, service: str, token: str | None) -> Fault | None:
         for f in self.faults:
@@ -74,7 +79,9 @@ class State:
         by_status: Counter = Counter()
         for r in self.requests:
             by_status[f"{r['service']}:{r['status']}"] += 1
-        return {"connections": dict(self.connections), "requests": dict(by_status),
+        conns = dict(self.connections)
+        conns.update({f"{what}-peers": len(p) for what, p in self.peers.items()})
+        return {"connections": conns, "requests": dict(by_status),
                 "oauth_tokens_issued": self.oauth_issued, "faults": [f.__dict__ for f in self.faults]}
 
     def reset(self) -> None:
@@ -83,3 +90,4 @@ class State:
         self.faults.clear()
         self.dead_tokens.clear()
         self.oauth_issued = 0
+        self.peers.clear()
