@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint bench
+.PHONY: install test lint bench demo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,3 +19,6 @@ lint: install
 
 bench: install
 	$(PY) bench/import_devices.py
+
+demo: install
+	$(VENV)/bin/pushsync demo

@@ -292,6 +292,12 @@ def cmd_emulator(args) -> int:
     return run_emulators(args)
 
 
+def cmd_demo(args) -> int:
+    from pushsync.demo import main as run_demo
+
+    return run_demo(args.state_dir)
+
+
 def cmd_dlq_list(args) -> int:
     from store import repo
 
@@ -390,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators")
     emulator_arguments(emu)
     emu.set_defaults(func=cmd_emulator)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline locally against the emulators")
+    demo.add_argument("--state-dir", default="demo-state", help="logs, keys and the demo store (wiped first)")
+    demo.set_defaults(func=cmd_demo)
 
     dlq = sub.add_parser("dlq", help="the dead-letter store").add_subparsers(dest="dlq_command", required=True,
                                                                             parser_class=_Parser)

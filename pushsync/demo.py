@@ -1,0 +1,230 @@
+"""`pushsync demo`: the whole pipeline on one machine, start to finish.
+
+Starts Redis if none answers (and redis-server is installed), the emulators, a worker and
+(once it exists) the scheduler; creates a demo pool with the emulators' keys; registers
+devices on all three platforms; publishes changes; prints each push as the emulators receive
+it, with what the device's sync client would do with it; then stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
+ALICE = "us-east-1:23ec4050-6aea-7089-a2dd-08002ec5b1c3"
+BOB = "us-east-1:5d1e6c3a-0f0e-4b5d-9a2b-77a0f2c4d111"
+DEMO_BROKER = "redis://127.0.0.1:6379/15"
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+class Demo:
+    def __init__(self, state: Path):
+        self.state = state
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.exe = str(Path(sys.executable).with_name("pushsync"))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+
+    def start(self, name: str, args: list[str], **kw) -> subprocess.Popen:
+        log = open(self.state / f"{name}.log", "w")
+        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs.append((name, proc))
+        return proc
+
+    def cli(self, *args: str) -> str:
+        r = subprocess.run([self.exe, *args], env=self.env, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"pushsync {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout.strip()
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def broker(self) -> str:
+        url = os.environ.get("PUSHSYNC_BROKER_URL", DEMO_BROKER)
+        if _redis_answers(url):
+            _say(f"• Redis answers at {url}")
+            return url
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError(f"no Redis answers at {url} and redis-server is not installed "
+                               "(apt-get install redis-server, or set PUSHSYNC_BROKER_URL)")
+        port = _free_port()
+        (self.state / "redis").mkdir(exist_ok=True)
+        self.start("redis", [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.state / "redis"),
+                             "--appendonly", "yes", "--save", ""])
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not _redis_answers(url):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the demo's redis-server did not start")
+            time.sleep(0.1)
+        _say(f"• started redis-server on port {port} (no Redis was answering)")
+        return url
+
+    def run(self) -> int:
+        emu_dir = self.state / "emulator"
+        broker = self.broker()
+        import redis
+
+        redis.Redis.from_url(broker).flushdb()  # the demo's own database: start with empty queues
+        self.start("emulator", [self.exe, "emulator", "--dir", str(emu_dir), "--quiet"])
+        info_path = emu_dir / "emulator.json"
+        deadline = time.monotonic() + 20
+        while not info_path.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the emulators did not start; see {self.state / 'emulator.log'}")
+            time.sleep(0.1)
+        info = json.loads(info_path.read_text())
+        _say(f"• emulators: FCM {info['fcm_url']}, APNs production {info['apns_production_url']}, "
+             f"APNs sandbox {info['apns_sandbox_url']}")
+        self.env.update({
+            "PUSHSYNC_DATABASE_URL": f"sqlite:///{self.state / 'demo.db'}",
+            "PUSHSYNC_BROKER_URL": broker,
+            "PUSHSYNC_FCM_URL": info["fcm_url"],
+            "PUSHSYNC_APNS_PRODUCTION_URL": info["apns_production_url"],
+            "PUSHSYNC_APNS_SANDBOX_URL": info["apns_sandbox_url"],
+            "PUSHSYNC_CA_FILE": info["ca_file"],
+        })
+        self.cli("db", "upgrade")
+        self.cli("pool", "create", POOL, "--fcm-service-account", info["service_account"],
+                 "--apns-key", info["apns_key"], "--apns-key-id", info["apns_key_id"],
+                 "--apns-team-id", info["apns_team_id"], "--apns-topic", info["apns_topic"])
+        _say(f"• pool {POOL} with FCM and APNs credentials")
+        devices = {
+            "alice-pixel": (ALICE, "GCM", "fcm-alice-pixel-0001"),
+            "alice-iphone": (ALICE, "APNS", "a1" * 32),
+            "alice-ipad-dev": (ALICE, "APNS_SANDBOX", "a2" * 32),
+            "alice-old-phone": (ALICE, "GCM", "dead-fcm-alice-old"),
+            "bob-iphone": (BOB, "APNS", "b1" * 32),
+        }
+        names, ids = {}, {}
+        for name, (ident, platform, token) in devices.items():
+            dev = self.cli("device", "register", POOL, ident, "--platform", platform, "--token", token)
+            self.cli("subscribe-all", POOL, ident, dev, "--datasets", "contacts,notes")
+            names[token] = name
+            ids[name] = dev
+            _say(f"• registered {name:<16} {platform:<13} device {dev}")
+        origin = ids["alice-pixel"]
+
+        self.start("worker", [self.exe, "worker", "-c", "2", "-n", "demo@%h", "--without-gossip", "--without-mingle"])
+        if self._has_scheduler():
+            self.start("scheduler", [self.exe, "scheduler"])
+            _say("• started a worker and the scheduler")
+        else:
+            _say("• started a worker")
+
+        _say("\nPublishing changes:")
+        steps = [
+            (["publish", POOL, ALICE, "contacts", "1", "--origin-device", origin],
+             "Alice edits contacts on her Pixel (sync count 1): her other devices are told"),
+            (["publish", POOL, ALICE, "contacts", "2"], "a backend job changes Alice's contacts (2)"),
+            (["publish", POOL, ALICE, "contacts", "1"], "a late duplicate of count 1 arrives: stale, dropped"),
+            (["publish", POOL, BOB, "notes", "7"], "Bob's notes reach sync count 7"),
+        ]
+        for args, text in steps:
+            _say(f"  $ pushsync {' '.join(a if len(a) < 20 else a[:12] + '…' for a in args)}\n    {text}")
+            self.cli(*args)
+            time.sleep(0.3)
+
+        expected = {("alice-iphone", "1"), ("alice-ipad-dev", "1"), ("alice-iphone", "2"), ("alice-ipad-dev", "2"),
+                    ("alice-pixel", "2"), ("bob-iphone", "7")}
+        _say("\nPushes as the emulators receive them:")
+        seen = self._watch(emu_dir / "pushes.jsonl", names, expected, timeout=60)
+        inactive = json.loads(self.cli("pool", "show", POOL))["devices"]
+        _say(f"\n• devices now: {json.dumps(inactive)} (the dead token was deactivated)")
+        missing = expected - seen
+        if missing:
+            _say(f"\nMISSING pushes: {sorted(missing)}; logs are in {self.state}")
+            return 1
+        _say(f"\nAll {len(expected)} expected pushes arrived; nothing stale was pushed. Logs: {self.state}")
+        return 0
+
+    def _has_scheduler(self) -> bool:
+        try:
+            import scheduler.beat  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _watch(self, path: Path, names: dict, expected: set, timeout: float) -> set:
+        seen: set = set()
+        last_count: dict[str, int] = {}  # what each device's sync client last synced, per dataset
+        deadline = time.monotonic() + timeout
+        offset = 0
+        settle = None
+        while time.monotonic() < deadline:
+            if path.exists():
+                with path.open() as f:
+                    f.seek(offset)
+                    for line in f:
+                        offset += len(line.encode())
+                        r = json.loads(line)
+                        data = r.get("data") or {}
+                        name = names.get(r.get("token"), (r.get("token") or "?")[:8])
+                        where = r["service"] + (f"/{r['host']}" if r.get("host") else "")
+                        if r["status"] != 200:
+                            _say(f"  {where:<17} → {name:<16} {r['status']} {r['reason']} (token dead: device "
+                                 "deactivated, never tried again)")
+                            continue
+                        key = f"{name}/{data.get('datasetName')}"
+                        count = int(data.get("syncCount", -1))
+                        action = ("synchronizes" if data.get("source") == "cognito-sync"
+                                  and count > last_count.get(key, -1) else "ignores it (stale)")
+                        last_count[key] = max(last_count.get(key, -1), count)
+                        _say(f"  {where:<17} → {name:<16} {data.get('datasetName')} syncCount={count:<3} "
+                             f"the app {action}")
+                        seen.add((name, str(count)))
+            if expected <= seen:
+                settle = settle or time.monotonic() + 1.5  # let any stray push show before stopping
+                if time.monotonic() > settle:
+                    break
+            time.sleep(0.2)
+        return seen
+
+
+def main(state_dir: str = "demo-state") -> int:
+    state = Path(state_dir).resolve()
+    if state.exists():
+        shutil.rmtree(state)
+    state.mkdir(parents=True)
+    demo = Demo(state)
+    try:
+        return demo.run()
+    except RuntimeError as exc:
+        print(f"pushsync demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        demo.stop_all()

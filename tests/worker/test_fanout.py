@@ -1,0 +1,54 @@
+"""Ingest against a real store (SQLite and PostgreSQL): what gets enqueued and dead-lettered."""
+
+from __future__ import annotations
+
+from store import repo
+from store.db import session_scope
+from worker import fanout
+
+from ..conftest import IDENT, IDENT2, POOL
+
+NOCREDS = "eu-west-1:0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
+FCM_ONLY = {"type": "service_account", "project_id": "p", "private_key": "k", "client_email": "e",
+            "token_uri": "https://t"}
+
+
+def _event(n, ident=IDENT, ds="notes", **extra):
+    return {"identityPoolId": POOL, "identityId": ident, "datasetName": ds, "syncCount": n, **extra}
+
+
+def test_coalesce_keeps_the_newest_per_dataset():
+    kept, dropped = fanout.coalesce([_event(1), _event(3), _event(2), _event(1, ds="x")])
+    assert sorted((e["datasetName"], e["syncCount"]) for e in kept) == [("notes", 3), ("x", 1)]
+    assert dropped == 2
+
+
+def test_ingest_batches_by_platform_skips_origin_and_stale(engine):
+    with session_scope(engine) as s:
+        repo.upsert_pool(s, POOL, fcm_service_account=FCM_ONLY)
+        repo.upsert_pool(s, NOCREDS)
+        ids = [repo.register_device(s, POOL, IDENT, "GCM", f"t{i}") for i in range(5)]
+        apns_dev = repo.register_device(s, POOL, IDENT, "APNS", "ab")
+        other = repo.register_device(s, POOL, IDENT2, "GCM", "o")
+        for d in [*ids, apns_dev]:
+            repo.subscribe(s, POOL, IDENT, ["notes"], d)
+        repo.subscribe(s, POOL, IDENT2, ["notes"], other)
+    sent = []
+    with session_scope(engine) as s:
+        res = fanout.ingest(s, [_event(4, originDeviceId=ids[0]), _event(3), {"bad": 1},
+                                {**_event(1), "identityPoolId": NOCREDS}],
+                            batch_size=2, enqueue=lambda plat, batch: sent.append((plat, batch)))
+    assert res.invalid == 1 and res.coalesced == 1 and res.notified == 1
+    assert [p for p, _b in sent] == ["GCM", "GCM"]  # 4 GCM devices in batches of 2
+    items = [item for _p, b in sent for item in b["items"]]
+    assert sorted(i[0] for i in items) == sorted(ids[1:])
+    assert all(i[3] == 4 for i in items)
+    with session_scope(engine) as s:
+        reasons = sorted(d["reason"] for d in repo.list_dead_letters(s))
+        assert any(r.startswith("invalid event") for r in reasons)
+        assert "pool has no push credentials" in reasons
+        assert "pool has no APNs credentials for 1 APNS device(s)" in reasons
+    sent.clear()
+    with session_scope(engine) as s:
+        res = fanout.ingest(s, [_event(4), _event(2)], batch_size=500, enqueue=lambda p, b: sent.append(b))
+    assert res.stale == 1 and res.coalesced == 1 and sent == []
