@@ -65,7 +65,7 @@ class Demo:
     def stop_all(self) -> None:
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
         for _name, proc in reversed(self.procs):
             try:
                 proc.wait(15)

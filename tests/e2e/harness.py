@@ -134,7 +134,7 @@ class Pipeline:
     def stop_workers(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
         for proc in self.workers:
             try:
                 proc.wait(20)
