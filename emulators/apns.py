@@ -8,6 +8,7 @@ the headers and body that pushsync's contract requires of a background push.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import time
@@ -25,6 +26,8 @@ from emulators.state import State
 JWT_MAX_AGE = 3600  # Apple refuses provider tokens older than one hour
 _HEX = re.compile(r"[0-9a-f]+")
 MAX_PAYLOAD = 4096
+DEFAULT_REASONS = {400: "BadRequest", 403: "ExpiredProviderToken", 410: "Unregistered", 413: "PayloadTooLarge",
+                   429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}
 
 
 class KeyRing:
@@ -152,7 +155,9 @@ class APNsProtocol(asyncio.Protocol):
         if fault and fault.latency:
             await asyncio.sleep(fault.latency)
         entry = {"service": "apns", "host": self.host, "authority": headers.get(":authority") or headers.get("host"),
-                 "token": token, "headers": {k: v for k, v in headers.items() if k != "authorization"}}
+                 "token": token, "headers": {k: v for k, v in headers.items() if k != "authorization"},
+                 # which provider token signed it, without keeping the token itself
+                 "auth_id": hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:12]}
         if fault and fault.drop:
             self.state.record({**entry, "status": 0, "reason": "dropped"})
             self.transport.abort()
@@ -160,7 +165,7 @@ class APNsProtocol(asyncio.Protocol):
         status, reason, payload = self._validate(headers, body, token)
         extra = []
         if status == 200 and fault and fault.status:
-            status, reason = fault.status, fault.reason or "ServiceUnavailable"
+            status, reason = fault.status, fault.reason or DEFAULT_REASONS.get(fault.status, "BadRequest")
             if fault.retry_after:
                 extra.append(("retry-after", str(fault.retry_after)))
         if status == 200 and self.state.is_dead(token):

@@ -9,6 +9,7 @@ send endpoint takes only tokens it issued, and answers errors in the shape of th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -22,6 +23,8 @@ from emulators.state import State
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # google-auth signs every grant for Google's own token endpoint, whatever token_uri it posts to
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+DEFAULT_CODES = {400: "INVALID_ARGUMENT", 403: "SENDER_ID_MISMATCH", 404: "UNREGISTERED", 429: "QUOTA_EXCEEDED",
+                 500: "INTERNAL", 503: "UNAVAILABLE"}
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                  429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
@@ -86,7 +89,9 @@ class FCMEmulator:
         except (ValueError, KeyError, TypeError):
             message = None
         token = message.get("token") if isinstance(message, dict) else None
+        auth = request.headers.get("Authorization", "")
         entry = {"service": "fcm", "host": None, "authority": request.host, "project": project, "token": token,
+                 "auth_id": hashlib.sha256(auth.encode()).hexdigest()[:12],
                  "headers": {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
                  "body": message, "data": message.get("data") if isinstance(message, dict) else None}
         fault = self.state.fault_for("fcm", token)
@@ -98,7 +103,8 @@ class FCMEmulator:
             raise ConnectionResetError("dropped by fault rule")
         response = self._check(request, project, message, token)
         if response is None and fault and fault.status:
-            code = fault.reason or "UNAVAILABLE"
+            # 401 without a reason is an expired OAuth token: Google sends no FcmError then
+            code = fault.reason or DEFAULT_CODES.get(fault.status)
             response = fcm_error(fault.status, code, "fault injected by the emulator")
             if fault.retry_after:
                 response.headers["Retry-After"] = str(fault.retry_after)
@@ -108,8 +114,8 @@ class FCMEmulator:
             response = web.json_response({"name": f"projects/{project}/messages/{secrets.token_hex(8)}"})
         reason = ""
         if response.status != 200:
-            reason = json.loads(response.body)["error"]["details"][0]["errorCode"] \
-                if json.loads(response.body)["error"]["details"] else json.loads(response.body)["error"]["status"]
+            err = json.loads(response.body)["error"]
+            reason = err["details"][0]["errorCode"] if err["details"] else err["status"]
         self.state.record({**entry, "status": response.status, "reason": reason})
         return response
 

@@ -317,6 +317,51 @@ def cmd_dlq_list(args) -> int:
     return 0
 
 
+def cmd_dlq_replay(args) -> int:
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from worker.app import app
+    from worker.replay import replay
+
+    if bool(args.ids) == bool(args.all):
+        raise ValidationError("ID", "give dead-letter ids or --all, not both and not neither")
+    ids = None
+    if args.ids:
+        try:
+            ids = [int(i) for i in args.ids]
+        except ValueError:
+            raise ValidationError("ID", "dead-letter ids are whole numbers (see `pushsync dlq list`)") from None
+    _ensure_schema()
+    started = time.monotonic()
+    last = [0.0]
+
+    def progress(done: int) -> None:
+        if time.monotonic() - last[0] >= 1.0:
+            last[0] = time.monotonic()
+            print(f"... {done} dead letters replayed", file=sys.stderr)
+
+    try:
+        with app.producer_or_acquire() as producer:
+            def send(name, arg, queue):
+                app.send_task(name, args=[arg], queue=queue, producer=producer)
+
+            res = replay(ids, send, progress=progress)
+    except BrokerError as exc:
+        raise CommandError(f"cannot reach the broker: {exc}") from None
+    print(f"replayed {res.events} events and {res.deliveries} deliveries; {res.stale} deliveries dropped as "
+          f"stale (a newer sync count was notified since) in {time.monotonic() - started:.1f} s")
+    if res.missing:
+        print(f"pushsync: {res.missing} of the ids given are not in the dead-letter store", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_scheduler(args) -> int:
+    from scheduler.beat import run
+
+    return run()
+
+
 def cmd_dlq_purge(args) -> int:
     from datetime import timedelta
 
@@ -390,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.set_defaults(func=cmd_publish)
 
     sub.add_parser("worker", help="run a worker on the project's queues (Celery worker options follow)")
+    sub.add_parser("scheduler", help="run the periodic jobs (exactly one per deployment)").set_defaults(
+        func=cmd_scheduler)
 
     from emulators.server import add_arguments as emulator_arguments
 
@@ -407,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--json", action="store_true")
     dl.add_argument("--limit", type=int, default=1000)
     dl.set_defaults(func=cmd_dlq_list)
+    dr = dlq.add_parser("replay", help="send dead letters through the normal path again")
+    dr.add_argument("ids", nargs="*", metavar="ID")
+    dr.add_argument("--all", action="store_true")
+    dr.set_defaults(func=cmd_dlq_replay)
     dp = dlq.add_parser("purge", help="empty the dead-letter store")
     dp.add_argument("--older-than", type=float, metavar="DAYS", help="only those older than DAYS days")
     dp.set_defaults(func=cmd_dlq_purge)

@@ -29,6 +29,14 @@ class Settings:
     fcm_connections: int = 8
     apns_connections: int = 4
     send_timeout: float = 10.0
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    max_attempts: int = 8
+    countdown_max: float = 5.0
+    task_time_limit: int = 60
+    visibility_timeout: int = 120
+    inactive_device_days: float = 30.0
+    dead_letter_days: float = 14.0
 
     def redacted(self) -> dict[str, object]:
         out = asdict(self)
@@ -50,6 +58,14 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_FCM_CONNECTIONS": ("fcm_connections", "int", 1),
     "PUSHSYNC_APNS_CONNECTIONS": ("apns_connections", "int", 1),
     "PUSHSYNC_SEND_TIMEOUT": ("send_timeout", "float", 0.1),
+    "PUSHSYNC_RETRY_BASE": ("retry_base", "float", 0.0),
+    "PUSHSYNC_RETRY_CAP": ("retry_cap", "float", 0.0),
+    "PUSHSYNC_MAX_ATTEMPTS": ("max_attempts", "int", 1),
+    "PUSHSYNC_COUNTDOWN_MAX": ("countdown_max", "float", 0.0),
+    "PUSHSYNC_TASK_TIME_LIMIT": ("task_time_limit", "int", 5),
+    "PUSHSYNC_VISIBILITY_TIMEOUT": ("visibility_timeout", "int", 6),
+    "PUSHSYNC_INACTIVE_DEVICE_DAYS": ("inactive_device_days", "float", 0.0),
+    "PUSHSYNC_DEAD_LETTER_DAYS": ("dead_letter_days", "float", 0.0),
 }
 
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
@@ -110,7 +126,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if raw is None or raw.strip() == "":
             continue
         values[field] = _parse(name, kind, low, raw)
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.visibility_timeout <= settings.task_time_limit:
+        raise SettingsError(f"PUSHSYNC_VISIBILITY_TIMEOUT: must be longer than PUSHSYNC_TASK_TIME_LIMIT "
+                            f"({settings.task_time_limit} s), or Redis re-delivers tasks that are still running")
+    if settings.retry_cap < settings.retry_base:
+        raise SettingsError("PUSHSYNC_RETRY_CAP: must be at least PUSHSYNC_RETRY_BASE")
+    return settings
 
 
 @lru_cache(maxsize=1)

@@ -203,6 +203,7 @@ def _register_unique(session: Session, rows: Sequence[tuple[str, str, str, str]]
         return []
     keys = [(p, plat, tok) for p, _i, plat, tok in rows]
     found = _existing(session, keys)
+    fresh: set[tuple[str, str, str]] = set()
     now = utcnow()
     new = [
         {"id": str(uuid.uuid4()), "pool_id": p, "identity_id": i, "platform": plat, "token": tok,
@@ -217,6 +218,7 @@ def _register_unique(session: Session, rows: Sequence[tuple[str, str, str, str]]
             Device.pool_id, Device.platform, Device.token, Device.id, Device.identity_id, Device.active)
         for pool_id, platform, token, dev_id, identity, active in session.execute(stmt, new):
             found[(pool_id, platform, token)] = (dev_id, identity, active)
+            fresh.add((pool_id, platform, token))
         # A concurrent registrant won the rows that came back empty: read whose they are.
         lost = [(d["pool_id"], d["platform"], d["token"]) for d in new
                 if (d["pool_id"], d["platform"], d["token"]) not in found]
@@ -224,6 +226,7 @@ def _register_unique(session: Session, rows: Sequence[tuple[str, str, str, str]]
             found.update(_existing(session, lost))
     moved: list[str] = []
     reactivated: list[str] = []
+    again: list[str] = []
     by_identity: dict[str, list[str]] = {}
     for (_p, identity, _plat, _tok), key in zip(rows, keys, strict=True):
         dev_id, old_identity, active = found[key]
@@ -232,6 +235,8 @@ def _register_unique(session: Session, rows: Sequence[tuple[str, str, str, str]]
             by_identity.setdefault(identity, []).append(dev_id)
         elif not active:
             reactivated.append(dev_id)
+        elif key not in fresh:
+            again.append(dev_id)
     if moved:
         for chunk in _chunks(moved, 500):
             session.execute(delete(Subscription).where(Subscription.device_id.in_(chunk)))
@@ -243,6 +248,10 @@ def _register_unique(session: Session, rows: Sequence[tuple[str, str, str, str]]
     for chunk in _chunks(reactivated, 500):
         session.execute(update(Device).where(Device.id.in_(chunk)).values(
             active=True, deactivated_at=None, deactivated_reason=None, updated_at=now))
+    # A registration is news even when nothing changed: APNs 410 answers say when a token
+    # ended, and a device that registered after that moment must stay active.
+    for chunk in _chunks(again, 500):
+        session.execute(update(Device).where(Device.id.in_(chunk)).values(updated_at=now))
     return [found[key][0] for key in keys]
 
 
@@ -273,6 +282,18 @@ def deactivate_devices(session: Session, device_ids: Sequence[str], reason: str,
         n += session.execute(q.values(active=False, deactivated_at=utcnow(),
                                       deactivated_reason=reason[:255])).rowcount
     return n
+
+
+def delete_inactive_devices(session: Session, older_than: timedelta) -> int:
+    """Delete devices deactivated (dead token) longer ago than ``older_than``, with their
+    subscriptions. Returns how many went."""
+    cutoff = utcnow() - older_than
+    ids = list(session.execute(select(Device.id).where(Device.active.is_(False),
+                                                       Device.deactivated_at < cutoff)).scalars())
+    for chunk in _chunks(ids, 500):
+        session.execute(delete(Subscription).where(Subscription.device_id.in_(chunk)))
+        session.execute(delete(Device).where(Device.id.in_(chunk)))
+    return len(ids)
 
 
 def active_tokens(session: Session, device_ids: Sequence[str]) -> dict[str, str]:
@@ -420,6 +441,23 @@ def list_dead_letters(session: Session, limit: int = 1000) -> list[dict]:
              "pool_id": d.pool_id, "platform": d.platform, "attempts": d.attempts,
              "payload": json.loads(d.payload), "created_at": d.created_at.isoformat(),
              "updated_at": d.updated_at.isoformat()} for d in rows]
+
+
+def dead_letters_by_id(session: Session, ids: Sequence[int] | None, after_id: int = 0,
+                       limit: int = 1000) -> list[dict]:
+    """Dead letters with the given ids (all of them when ``ids`` is None), in id order, paged."""
+    q = select(DeadLetter).where(DeadLetter.id > after_id).order_by(DeadLetter.id).limit(limit)
+    if ids is not None:
+        q = q.where(DeadLetter.id.in_(list(ids)))
+    return [{"id": d.id, "kind": d.kind, "payload": json.loads(d.payload), "pool_id": d.pool_id,
+             "platform": d.platform} for d in session.execute(q).scalars()]
+
+
+def delete_dead_letters(session: Session, ids: Sequence[int]) -> int:
+    n = 0
+    for chunk in _chunks(list(ids), 500):
+        n += session.execute(delete(DeadLetter).where(DeadLetter.id.in_(chunk))).rowcount
+    return n
 
 
 def count_dead_letters(session: Session) -> int:

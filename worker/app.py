@@ -15,13 +15,11 @@ QUEUES = (EVENTS_QUEUE, FCM_QUEUE, APNS_QUEUE)
 INGEST_TASK = "pushsync.ingest"
 DELIVER_TASK = "pushsync.deliver"
 
-# A task that runs longer than this is killed (and its message re-delivered): far above a
-# healthy batch of 500 pushes, which takes well under a minute even against a slow APNs.
-TASK_TIME_LIMIT = 300
-# Redis re-delivers an un-acked message to another worker after this many seconds. It must be
-# longer than any task may run (the hard time limit above), or a healthy task would be
-# delivered twice while it is still running.
-VISIBILITY_TIMEOUT = 2 * TASK_TIME_LIMIT
+# Time limits and the visibility timeout come from the settings (README "Not losing messages"):
+# a task is killed after PUSHSYNC_TASK_TIME_LIMIT (default 60 s; a batch of 500 pushes takes a
+# few seconds, and at most send timeout x attempts against a stalled service), and Redis hands
+# an un-acked message to another worker after PUSHSYNC_VISIBILITY_TIMEOUT (default 120 s),
+# which must be longer, so a healthy task is never re-delivered while it runs.
 
 
 def queue_for(platform: str) -> str:
@@ -30,7 +28,7 @@ def queue_for(platform: str) -> str:
 
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("pushsync", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery("pushsync", broker=settings.broker_url, include=["worker.tasks", "scheduler.tasks"])
     app.conf.update(
         # pickle from a queue is remote code execution: JSON only, both ways
         task_serializer="json",
@@ -42,12 +40,19 @@ def make_app() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_time_limit=TASK_TIME_LIMIT,
-        task_soft_time_limit=TASK_TIME_LIMIT - 30,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 5),
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu looks for abandoned (un-acked, past the visibility timeout) messages every
+            # interval x throttle seconds, 100 s by default; every 5 s makes recovery after a
+            # worker's death take the visibility timeout plus at most 5 s
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=EVENTS_QUEUE,
         task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}},

@@ -16,15 +16,12 @@ from pushsync import contract
 from pushsync.settings import Settings
 from store import repo
 from store.repo import PoolCredentials
-from worker import aio
+from worker import aio, retry
 from worker.senders.apns import APNsSender
 from worker.senders.base import Kind, Outcome, PushRequest, Sender
 from worker.senders.fcm import FCMSender
 
 log = logging.getLogger("pushsync.deliver")
-
-MAX_ATTEMPTS = 5
-MAX_COUNTDOWN = 5.0  # longer waits belong in the retry set (see the scheduler)
 
 _senders: dict[tuple[str, str], tuple[object, Sender]] = {}
 
@@ -94,11 +91,15 @@ def send_batch(creds: PoolCredentials, batch: dict, tokens: dict[str, str], sett
                    timeout=settings.send_timeout * 3 + 30)
 
 
-def record(session: Session, batch: dict, outcomes: list[Outcome], result: DeliveryResult) -> DeliveryResult:
-    """Write what happened to each device: deactivations, dead letters, the retry batch."""
+def record(session: Session, batch: dict, outcomes: list[Outcome], result: DeliveryResult,
+           settings: Settings) -> DeliveryResult:
+    """Write what happened to each device: deactivations, dead letters, the retry batch.
+
+    Only the devices that failed with a temporary error are retried, in one batch that waits
+    for the longest Retry-After among them and at least a jittered exponential backoff."""
     items = {item[0]: item for item in batch["items"]}
     invalid: dict[object, list[str]] = defaultdict(list)
-    retry: list[list] = []
+    again: list[list] = []
     wait = 0.0
     attempt = batch.get("attempt", 1)
     for o in outcomes:
@@ -107,8 +108,8 @@ def record(session: Session, batch: dict, outcomes: list[Outcome], result: Deliv
             result.sent += 1
         elif o.kind is Kind.TOKEN_INVALID:
             invalid[(o.reason, o.invalid_since)].append(o.device_id)
-        elif o.kind is Kind.RETRY and attempt < MAX_ATTEMPTS:
-            retry.append(items[o.device_id])
+        elif o.kind is Kind.RETRY and attempt < settings.max_attempts:
+            again.append(items[o.device_id])
             wait = max(wait, o.retry_after or 0.0)
         else:
             why = "retries exhausted" if o.kind is Kind.RETRY else "permanent error"
@@ -120,10 +121,11 @@ def record(session: Session, batch: dict, outcomes: list[Outcome], result: Deliv
                 pool_id=batch["pool"], platform=batch["platform"], attempts=attempt)
     for (reason, since), device_ids in invalid.items():
         result.deactivated += repo.deactivate_devices(session, device_ids, reason, not_registered_after=since)
-    if retry:
-        result.retried = len(retry)
-        result.retry_batch = {**batch, "items": retry, "attempt": attempt + 1}
-        result.retry_in = min(MAX_COUNTDOWN, max(wait, 0.5 * 2 ** (attempt - 1)))
+    if again:
+        result.retried = len(again)
+        result.retry_batch = {**batch, "items": again, "attempt": attempt + 1}
+        result.retry_in = retry.backoff(attempt, base=settings.retry_base, cap=settings.retry_cap,
+                                        retry_after=wait)
     return result
 
 

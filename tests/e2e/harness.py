@@ -79,13 +79,13 @@ class Emulator:
 class Pipeline:
     """A store, a broker database and a worker, wired to the emulators."""
 
-    def __init__(self, directory: Path, emulator: Emulator, db_url: str, broker_db: int,
-                 extra_env: dict | None = None):
+    def __init__(self, directory: Path, emulator: Emulator, db_url: str, broker_db: int = 0,
+                 extra_env: dict | None = None, broker_url: str | None = None):
         self.dir = directory
         self.emulator = emulator
         self.db_url = db_url
-        self.broker_url = f"redis://{REDIS_HOST}:6379/{broker_db}"
-        redis.Redis(host=REDIS_HOST, db=broker_db).flushdb()
+        self.broker_url = broker_url or f"redis://{REDIS_HOST}:6379/{broker_db}"
+        redis.Redis.from_url(self.broker_url).flushdb()
         info = emulator.info
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
         self.env.update({
@@ -131,6 +131,13 @@ class Pipeline:
         self.workers.append(proc)
         return proc
 
+    def start_scheduler(self) -> subprocess.Popen:
+        log = open(self.dir / f"scheduler-{len(self.workers)}.log", "w")
+        proc = subprocess.Popen([PUSHSYNC, "scheduler"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
     def stop_workers(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:
@@ -145,3 +152,95 @@ class Pipeline:
 
     def dead_letters(self) -> list[dict]:
         return json.loads(self.cli("dlq", "list", "--json").stdout)
+
+
+PLATFORMS = ("GCM", "APNS", "APNS_SANDBOX")
+
+
+def seed(pipe: Pipeline, pool: str, n_identities: int, per_identity: int, dataset: str = "notes",
+         tag: str | None = None) -> dict[str, str]:
+    """Register n_identities x per_identity devices over the three platforms, all subscribed
+    to ``dataset``, through `pushsync device import`. Returns token -> identity."""
+    tag = tag or uuid.uuid4().hex[:6]
+    tokens, lines = {}, []
+    for i in range(n_identities):
+        ident = new_identity()
+        for k in range(per_identity):
+            plat = PLATFORMS[(i * per_identity + k) % 3]
+            tok = (f"fcm-{tag}-{i}-{k}" if plat == "GCM"
+                   else f"{int(tag, 16):08x}{i:08x}{k:04x}".ljust(64, "c"))
+            tokens[tok] = ident
+            lines.append(json.dumps({"identityPoolId": pool, "identityId": ident, "platform": plat,
+                                     "token": tok, "datasets": [dataset]}))
+    r = pipe.cli("device", "import", "-", input="\n".join(lines) + "\n")
+    assert f"imported {len(lines)} devices" in r.stdout, r.stdout + r.stderr
+    return tokens
+
+
+def publish_counts(pipe: Pipeline, pool: str, identities, dataset: str, count: int, chunk: int = 100) -> int:
+    """publish_many one event per identity, from a separate producer process."""
+    events = [{"identityPoolId": pool, "identityId": ident, "datasetName": dataset, "syncCount": count}
+              for ident in sorted(set(identities))]
+    script = ("import json, sys\nfrom pushsync.client import publish_many\n"
+              f"publish_many(json.loads(sys.stdin.read()), chunk_size={chunk})\n")
+    import sys
+
+    subprocess.run([sys.executable, "-c", script], input=json.dumps(events), env=pipe.env, check=True,
+                   text=True, timeout=120)
+    return len(events)
+
+
+def tally(requests: list[dict], tokens: dict[str, str], dataset: str, count: int) -> dict:
+    """Per scenario: pushes expected, delivered (distinct devices that got ``count``),
+    duplicates (extra accepted copies of it), strays (pushes to a device of another identity)."""
+    accepted: dict[str, int] = {}
+    strays = 0
+    for r in requests:
+        data = r.get("data") or {}
+        tok = r.get("token")
+        if tok not in tokens:
+            continue
+        if data.get("identityId") != tokens[tok]:
+            strays += 1
+        if r["status"] == 200 and data.get("datasetName") == dataset and data.get("syncCount") == str(count):
+            accepted[tok] = accepted.get(tok, 0) + 1
+    return {"expected": len(tokens), "delivered": len(accepted),
+            "duplicates": sum(n - 1 for n in accepted.values()), "strays": strays,
+            "missing": sorted(set(tokens) - set(accepted))[:5]}
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port with its own directory and AOF."""
+
+    def __init__(self, directory: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(self.ping, 10, what="redis-server")
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis fsyncs the AOF and exits
+            self.proc.wait(10)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.connection import APNsTLSClientProtocol
 
-from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id, tls_context
+from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id, parse_retry_after, tls_context
 
 # Error table: (HTTP status, reason) -> outcome kind.
 # https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns
@@ -38,7 +38,8 @@ EXPIRATION_SECONDS = 24 * 3600
 PRIORITY_BACKGROUND = 5  # Apple requires 5 for background (content-available) pushes
 
 
-def classify(device_id: str, status: int, reason: str, timestamp: int | None = None) -> Outcome:
+def classify(device_id: str, status: int, reason: str, timestamp: int | None = None,
+             retry_after: float | None = None) -> Outcome:
     if status == 200:
         return Outcome(device_id, Kind.OK, status=200)
     kind = ERRORS.get((status, reason))
@@ -47,13 +48,26 @@ def classify(device_id: str, status: int, reason: str, timestamp: int | None = N
     since = None
     if kind is Kind.TOKEN_INVALID and status == 410 and timestamp:
         since = datetime.fromtimestamp(timestamp / 1000, UTC)  # APNs gives milliseconds
-    return Outcome(device_id, kind, reason=reason or f"HTTP {status}", status=status, invalid_since=since)
+    return Outcome(device_id, kind, reason=reason or f"HTTP {status}", status=status, invalid_since=since,
+                   retry_after=retry_after if kind is Kind.RETRY else None)
+
+
+class _Protocol(APNsTLSClientProtocol):
+    """aioapns's protocol, keeping the Retry-After header that its result object drops."""
+
+    retry_after: dict[str, str]
+
+    def on_response_received(self, headers):
+        value = headers.get(b"retry-after")
+        if value:
+            self.retry_after[headers.get(b"apns-id", b"").decode()] = value.decode()
+        super().on_response_received(headers)
 
 
 def protocol_for(url: str) -> type[APNsTLSClientProtocol]:
     parts = urlsplit(url)
-    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443}
-    return type("PushsyncAPNsProtocol", (APNsTLSClientProtocol,), attrs)
+    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "retry_after": {}}
+    return type("PushsyncAPNsProtocol", (_Protocol,), attrs)
 
 
 async def _quiet(_request, _result) -> None:
@@ -69,7 +83,8 @@ class APNsSender(Sender):
         self._timeout = timeout
         self._client = APNs(key=key, key_id=key_id, team_id=team_id, topic=topic, max_connections=connections,
                             max_connection_attempts=3, ssl_context=tls_context(ca_file, ["h2"]), err_func=_quiet)
-        self._client.pool.protocol_class = protocol_for(url)
+        self._protocol = protocol_for(url)
+        self._client.pool.protocol_class = self._protocol
 
     def request(self, req: PushRequest) -> NotificationRequest:
         return NotificationRequest(
@@ -100,11 +115,12 @@ class APNsSender(Sender):
                 return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
             status = int(result.status) if str(result.status).isdigit() else 0
             reason = result.description or ""
+            retry_after = parse_retry_after(self._protocol.retry_after.pop(note.notification_id, None))
             if status == 403 and reason in JWT_ERRORS and attempt == 1:
                 self._renew_jwt()
                 note = self.request(req)  # a new apns-id for the second try
                 continue
-            return classify(req.device_id, status, reason, result.timestamp)
+            return classify(req.device_id, status, reason, result.timestamp, retry_after)
         raise AssertionError("unreachable")
 
     async def send(self, requests: list[PushRequest]) -> list[Outcome]:

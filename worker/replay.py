@@ -1,0 +1,69 @@
+"""Replaying dead letters through the normal path.
+
+An event goes back to ingest, so a sync count that is stale by now is dropped there. A
+delivery goes back to its platform's queue unless a newer sync count of its dataset has
+been notified since (the device will have got that one instead, or it is dead-lettered too).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from store import repo
+from store.db import session_scope
+
+
+@dataclass
+class ReplayResult:
+    events: int = 0
+    deliveries: int = 0
+    stale: int = 0
+    missing: int = 0
+
+
+Send = Callable[[str, object, str], None]  # (task name, argument, queue)
+
+
+def replay(ids: list[int] | None, send: Send, *, batch_size: int = 500,
+           progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Replay the dead letters ``ids`` (all when None), a page at a time; each page's letters
+    are deleted once their messages are on the queue."""
+    from worker.app import DELIVER_TASK, INGEST_TASK, queue_for
+
+    res = ReplayResult()
+    after = 0
+    done = 0
+    while True:
+        with session_scope() as s:
+            page = repo.dead_letters_by_id(s, ids, after_id=after, limit=batch_size)
+            if not page:
+                break
+            after = page[-1]["id"]
+            batches: dict[tuple[str, str], list[list]] = defaultdict(list)
+            for d in page:
+                p = d["payload"]
+                if d["kind"] == "event":
+                    send(INGEST_TASK, [p], "events")
+                    res.events += 1
+                    continue
+                last = repo.last_sync_count(s, p["pool"], p["identityId"], p["datasetName"])
+                if last is not None and last > p["syncCount"]:
+                    res.stale += 1
+                    continue
+                batches[(p["pool"], p["platform"])].append([p["deviceId"], p["identityId"], p["datasetName"],
+                                                            p["syncCount"]])
+            for (pool, platform), items in batches.items():
+                for start in range(0, len(items), batch_size):
+                    chunk = items[start:start + batch_size]
+                    send(DELIVER_TASK, {"pool": pool, "platform": platform, "items": chunk, "attempt": 1},
+                         queue_for(platform))
+                    res.deliveries += len(chunk)
+            repo.delete_dead_letters(s, [d["id"] for d in page])
+        done += len(page)
+        if progress:
+            progress(done)
+    if ids is not None:
+        res.missing = len(set(ids)) - done
+    return res
