@@ -159,7 +159,12 @@ class APNsProtocol(asyncio.Protocol):
                  # which provider token signed it, without keeping the token itself
                  "auth_id": hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:12]}
         if fault and fault.drop:
-            self.state.record({**entry, "status": 0, "reason": "dropped"})
+            try:
+                dropped = json.loads(body)
+            except ValueError:
+                dropped = None
+            data = dropped.get("data") if isinstance(dropped, dict) else None
+            self.state.record({**entry, "status": 0, "reason": "dropped", "body": dropped, "data": data})
             self.transport.abort()
             return
         status, reason, payload = self._validate(headers, body, token)

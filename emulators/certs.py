@@ -26,7 +26,8 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool) -> x509.Certificate:
+def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool,
+          names: tuple[str, ...] = ()) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -44,7 +45,8 @@ def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool) ->
         builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
         builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.DNSName("localhost"), *(x509.DNSName(n) for n in names),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                                         critical=False)
@@ -53,8 +55,9 @@ def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool) ->
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def ensure_material(directory: Path, fcm_token_uri: str) -> dict[str, str]:
-    """Create (or reuse) the files in ``directory`` and return their paths."""
+def ensure_material(directory: Path, fcm_token_uri: str, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """Create (or reuse) the files in ``directory`` and return their paths. ``names`` are
+    extra DNS names for the server certificate (the emulator's host name in compose)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {
         "ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key",
@@ -65,7 +68,7 @@ def ensure_material(directory: Path, fcm_token_uri: str) -> dict[str, str]:
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pushsync emulator CA")])
         ca = _cert("pushsync emulator CA", ca_key, ca_name, ca_key, ca=True)
         server_key = ec.generate_private_key(ec.SECP256R1())
-        server = _cert("localhost", server_key, ca_name, ca_key, ca=False)
+        server = _cert("localhost", server_key, ca_name, ca_key, ca=False, names=names)
         paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
         paths["key"].write_bytes(_pem_key(server_key))

@@ -88,9 +88,10 @@ async def serve(args: argparse.Namespace) -> None:
     host = args.host
     fcm_sock = _bind(host, args.fcm_port)
     fcm_port = fcm_sock.getsockname()[1]
-    url_host = f"[{host}]" if ":" in host else host
+    public = args.public_host or host
+    url_host = f"[{public}]" if ":" in public else public
     token_uri = f"https://{url_host}:{fcm_port}/token"
-    paths = ensure_material(directory, token_uri)
+    paths = ensure_material(directory, token_uri, (args.public_host,) if args.public_host else ())
 
     state = State(log_file=open(directory / "pushes.jsonl", "a"), quiet=args.quiet)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -159,6 +160,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apns-sandbox-port", type=int, default=0)
     p.add_argument("--fcm-port", type=int, default=0)
     p.add_argument("--control-port", type=int, default=0)
+    p.add_argument("--public-host", help="host name clients use (put in the URLs and the certificate), "
+                                         "e.g. the compose service name")
     p.add_argument("--quiet", action="store_true", help="do not print each push")
 
 

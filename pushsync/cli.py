@@ -298,6 +298,12 @@ def cmd_demo(args) -> int:
     return run_demo(args.state_dir)
 
 
+def cmd_demo_producer(args) -> int:
+    from pushsync.demo import produce
+
+    return produce(args.emulator_dir)
+
+
 def cmd_dlq_list(args) -> int:
     from store import repo
 
@@ -447,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole pipeline locally against the emulators")
     demo.add_argument("--state-dir", default="demo-state", help="logs, keys and the demo store (wiped first)")
     demo.set_defaults(func=cmd_demo)
+
+    dp_ = sub.add_parser("demo-producer", help="compose dev profile: demo pool, devices and changes")
+    dp_.add_argument("--emulator-dir", default="emulator-state")
+    dp_.set_defaults(func=cmd_demo_producer)
 
     dlq = sub.add_parser("dlq", help="the dead-letter store").add_subparsers(dest="dlq_command", required=True,
                                                                             parser_class=_Parser)

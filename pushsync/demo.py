@@ -228,3 +228,36 @@ def main(state_dir: str = "demo-state") -> int:
         return 1
     finally:
         demo.stop_all()
+
+
+def produce(emulator_dir: str) -> int:
+    """`pushsync demo-producer`: for compose's dev profile. Creates the demo pool with the keys
+    the emulator wrote, registers devices on all three platforms and publishes a few changes;
+    the emulator's log shows the pushes."""
+    from pushsync.cli import main as cli
+
+    info = json.loads((Path(emulator_dir) / "emulator.json").read_text())
+    steps = [
+        ["pool", "create", POOL, "--fcm-service-account", info["service_account"], "--apns-key", info["apns_key"],
+         "--apns-key-id", info["apns_key_id"], "--apns-team-id", info["apns_team_id"],
+         "--apns-topic", info["apns_topic"]],
+    ]
+    for step in steps:
+        if cli(step) != 0:
+            return 1
+    import io
+    from contextlib import redirect_stdout
+
+    for platform, token in (("GCM", "fcm-compose-demo-1"), ("APNS", "c1" * 32), ("APNS_SANDBOX", "c2" * 32)):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            if cli(["device", "register", POOL, ALICE, "--platform", platform, "--token", token]) != 0:
+                return 1
+        device = out.getvalue().strip()
+        if cli(["subscribe", POOL, ALICE, "contacts", device]) != 0:
+            return 1
+    for count in ("1", "2", "3"):
+        if cli(["publish", POOL, ALICE, "contacts", count]) != 0:
+            return 1
+    print("published 3 changes for 3 devices: see the emulator's log for the pushes")
+    return 0

@@ -200,7 +200,7 @@ def tally(requests: list[dict], tokens: dict[str, str], dataset: str, count: int
         tok = r.get("token")
         if tok not in tokens:
             continue
-        if data.get("identityId") != tokens[tok]:
+        if data.get("identityId", tokens[tok]) != tokens[tok]:
             strays += 1
         if r["status"] == 200 and data.get("datasetName") == dataset and data.get("syncCount") == str(count):
             accepted[tok] = accepted.get(tok, 0) + 1

@@ -229,3 +229,41 @@ def test_resolve_on_a_store_of_100k_devices_is_exact_and_indexed(pools, db_url):
             compiled = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(r[-1]) for r in s.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
             assert "ix_devices_pool_identity" in plan, plan
+
+
+def test_apns_410_keeps_a_device_that_registered_after_the_token_ended(pools):
+    from datetime import timedelta
+
+    from store.models import utcnow
+
+    dev = _register(pools, POOL, IDENT, "APNS", "ab12")
+    with session_scope(pools) as s:
+        # APNs says the token ended an hour ago; the device registered since: it stays
+        hour_ago = utcnow() - timedelta(hours=1)
+        assert repo.deactivate_devices(s, [dev], "Unregistered", not_registered_after=hour_ago) == 0
+    with session_scope(pools) as s:
+        before = s.get(Device, dev).updated_at
+    _register(pools, POOL, IDENT, "APNS", "ab12")  # registering again is news: it moves updated_at
+    with session_scope(pools) as s:
+        assert s.get(Device, dev).updated_at > before
+        soon = utcnow() + timedelta(seconds=1)
+        assert repo.deactivate_devices(s, [dev], "Unregistered", not_registered_after=soon) == 1
+        assert repo.resolve_devices(s, POOL, IDENT, "x") == []
+        assert s.get(Device, dev).active is False
+
+
+def test_prune_deletes_only_devices_dead_for_long_enough(pools):
+    from datetime import timedelta
+
+    from store.models import utcnow
+
+    old, recent, live = (_register(pools, POOL, IDENT, "GCM", t) for t in ("old", "recent", "live"))
+    with session_scope(pools) as s:
+        repo.subscribe(s, POOL, IDENT, ["d"], old)
+        repo.deactivate_devices(s, [old, recent], "UNREGISTERED")
+        s.get(Device, old).deactivated_at = utcnow() - timedelta(days=40)
+    with session_scope(pools) as s:
+        assert repo.delete_inactive_devices(s, timedelta(days=30)) == 1
+    with session_scope(pools) as s:
+        assert s.get(Device, old) is None and s.get(Device, recent) is not None and s.get(Device, live).active
+        assert s.execute(select(func.count()).select_from(Subscription)).scalar_one() == 0
