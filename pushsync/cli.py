@@ -368,6 +368,56 @@ def cmd_scheduler(args) -> int:
     return run()
 
 
+def _snapshot() -> dict:
+    import redis
+
+    from store import repo
+    from worker.app import QUEUES
+    from worker.metrics import snapshot
+
+    client = redis.Redis.from_url(get_settings().broker_url, socket_connect_timeout=3)
+    dead = None
+    try:
+        with _session() as s:
+            dead = repo.count_dead_letters(s)
+    except Exception:  # the store may not be migrated yet; the rest is still worth showing
+        dead = None
+    return snapshot(client, QUEUES, dead)
+
+
+def cmd_stats(args) -> int:
+    import redis
+
+    try:
+        snap = _snapshot()
+    except redis.RedisError as exc:
+        raise CommandError(f"cannot reach Redis: {exc}") from None
+    if args.json:
+        print(json.dumps(snap, indent=2, sort_keys=True))
+        return 0
+    print("queues:        " + ", ".join(f"{q} {n}" for q, n in snap["queues"].items()))
+    print("events:        " + (", ".join(f"{k} {v}" for k, v in sorted(snap["events"].items())) or "none yet"))
+    for platform in sorted(set(snap["sent"]) | set(snap["failed"])):
+        failed = snap["failed"].get(platform, {})
+        lat = snap["latency"].get(platform, {})
+        mean = lat.get("sum", 0.0) / lat["count"] if lat.get("count") else None
+        print(f"{platform + ':':<14} sent {snap['sent'].get(platform, 0)}, failed {sum(failed.values())}"
+              + (f" ({', '.join(f'{r} {n}' for r, n in sorted(failed.items()))})" if failed else "")
+              + f", tokens invalidated {snap['invalidated'].get(platform, 0)}"
+              + (f", mean enqueue-to-accepted {mean:.3f} s" if mean is not None else ""))
+    print(f"dead letters:  {snap['dead_letters'] if snap['dead_letters'] is not None else 'unknown (store)'} "
+          f"in the store; written so far: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(snap["dead_lettered"].items())) or "none"))
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from worker.metrics import serve
+
+    serve(args.host, args.port, _snapshot)
+    return 0
+
+
 def cmd_dlq_purge(args) -> int:
     from datetime import timedelta
 
@@ -453,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole pipeline locally against the emulators")
     demo.add_argument("--state-dir", default="demo-state", help="logs, keys and the demo store (wiped first)")
     demo.set_defaults(func=cmd_demo)
+
+    st = sub.add_parser("stats", help="queue depths, pushes sent and failed, dead letters, invalidated tokens")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_stats)
+    me = sub.add_parser("metrics", help="serve Prometheus metrics over HTTP")
+    me.add_argument("--host", default="127.0.0.1")
+    me.add_argument("--port", type=int, default=9464)
+    me.set_defaults(func=cmd_metrics)
 
     dp_ = sub.add_parser("demo-producer", help="compose dev profile: demo pool, devices and changes")
     dp_.add_argument("--emulator-dir", default="emulator-state")

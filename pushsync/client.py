@@ -21,9 +21,13 @@ def _app():
 
 
 def _send(app, chunk: list[dict], producer=None) -> None:
+    import time
+
     from worker.app import EVENTS_QUEUE, INGEST_TASK
 
-    app.send_task(INGEST_TASK, args=[chunk], queue=EVENTS_QUEUE, producer=producer)
+    # enqueued_at feeds the enqueue-to-accepted latency histogram; other clients may leave it out
+    app.send_task(INGEST_TASK, args=[chunk], kwargs={"enqueued_at": time.time()}, queue=EVENTS_QUEUE,
+                  producer=producer)
 
 
 def _compact(event: dict) -> dict:

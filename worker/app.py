@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from pushsync.settings import get_settings
 
@@ -53,7 +53,9 @@ def make_app() -> Celery:
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
         },
-        task_queues=[Queue(name) for name in QUEUES],
+        # each queue its own exchange and routing key: a bare Queue(name) here took the default
+        # queue's exchange and key, which would route every delivery into "events"
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue=EVENTS_QUEUE,
         task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}},
         task_create_missing_queues=False,
@@ -66,3 +68,7 @@ def make_app() -> Celery:
 
 
 app = make_app()
+
+from worker import logs  # noqa: E402 - after the app, whose signals it connects to
+
+logs.install()

@@ -54,7 +54,8 @@ def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
     return list(newest.values()), dropped
 
 
-def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue) -> IngestResult:
+def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue,
+           enqueued_at: float | None = None) -> IngestResult:
     """Run one micro-batch of events inside the caller's transaction.
 
     Batches are enqueued before the transaction commits: if the commit then fails, the task
@@ -118,7 +119,9 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
         res.devices += len(items)
         res.per_platform[platform] = res.per_platform.get(platform, 0) + len(items)
         for start in range(0, len(items), batch_size):
-            enqueue(platform, {"pool": pool_id, "platform": platform, "items": items[start:start + batch_size],
-                               "attempt": 1})
+            batch = {"pool": pool_id, "platform": platform, "items": items[start:start + batch_size], "attempt": 1}
+            if enqueued_at is not None:
+                batch["enqueued_at"] = enqueued_at
+            enqueue(platform, batch)
             res.batches += 1
     return res

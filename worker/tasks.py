@@ -21,8 +21,9 @@ from sqlalchemy.exc import DBAPIError
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
-from worker import delivery, fanout, retry
+from worker import delivery, fanout, metrics, retry
 from worker.app import DELIVER_TASK, INGEST_TASK, app, queue_for
+from worker.senders.base import Kind
 
 log = logging.getLogger("pushsync.tasks")
 
@@ -80,14 +81,31 @@ def _enqueue(platform: str, batch: dict) -> None:
 
 
 @app.task(name=INGEST_TASK, base=PushsyncTask, bind=True)
-def ingest(self, events: list) -> dict:
+def ingest(self, events: list, enqueued_at: float | None = None) -> dict:
     if not isinstance(events, list):
         events = [events]
     settings = get_settings()
+    started = time.time()
     with session_scope() as session:
-        result = fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=_enqueue)
-    log.info("ingest %s", result.as_dict(), extra={"task_id": self.request.id})
+        result = fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=_enqueue,
+                               enqueued_at=enqueued_at if isinstance(enqueued_at, (int, float)) else started)
+    rec = metrics.Recorder()
+    for outcome in ("received", "invalid", "stale", "coalesced", "notified"):
+        rec.add("events", outcome, n=getattr(result, outcome))
+    rec.add("dead_lettered", "event", n=result.dead_lettered)
+    _flush(rec)
+    log.info("ingested %d events: %d notified, %d stale, %d dead-lettered, %d devices in %d batches",
+             result.received, result.notified, result.stale, result.dead_lettered, result.devices, result.batches,
+             extra={"event_ids": [e.get("eventId") for e in events if isinstance(e, dict) and e.get("eventId")]
+                    or None})
     return result.as_dict()
+
+
+def _flush(rec: metrics.Recorder) -> None:
+    try:
+        rec.flush(_redis())
+    except redis.RedisError as exc:  # figures are worth less than the pushes: never fail a task on them
+        log.warning("could not record metrics: %s", exc)
 
 
 @app.task(name=DELIVER_TASK, base=PushsyncTask, bind=True)
@@ -100,15 +118,31 @@ def deliver(self, batch: dict) -> dict:
         with session_scope() as session:
             result.dead_lettered = delivery.dead_letter_batch(
                 session, batch, "unknown pool" if creds is None else "pool has no credentials for this platform")
+        rec = metrics.Recorder()
+        rec.add("dead_lettered", "delivery", n=result.dead_lettered)
+        _flush(rec)
         return result.as_dict()
     outcomes = delivery.send_batch(creds, batch, tokens, settings)
+    accepted_at = time.time()
     with session_scope() as session:
         delivery.record(session, batch, outcomes, result, settings)
         if result.retry_batch:
             # queued before the outcomes commit: a failure in between re-sends, never loses
             _schedule_retry(result.retry_batch, result.retry_in, settings)
-    log.info("deliver %s %s %s", batch["pool"], batch["platform"], result.as_dict(),
-             extra={"task_id": self.request.id})
+    rec = metrics.Recorder()
+    platform = batch["platform"]
+    rec.add("sent", platform, n=result.sent)
+    for o in outcomes:
+        if o.kind is not Kind.OK:
+            rec.add("failed", platform, o.reason or o.kind.value)
+    rec.add("invalidated", platform, n=result.deactivated)
+    rec.add("dead_lettered", "delivery", n=result.dead_lettered)
+    if isinstance(batch.get("enqueued_at"), (int, float)):
+        rec.observe(platform, accepted_at - batch["enqueued_at"], n=result.sent)
+    _flush(rec)
+    log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered",
+             result.sent, len(batch["items"]), batch.get("attempt", 1), result.retried, result.deactivated,
+             result.dead_lettered, extra={"pool": batch["pool"], "platform": platform})
     return result.as_dict()
 
 

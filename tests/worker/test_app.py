@@ -1,0 +1,39 @@
+"""The Celery app's configuration and routing, against a real Redis (database 7)."""
+
+from __future__ import annotations
+
+import redis
+
+from worker.app import DELIVER_TASK, INGEST_TASK, QUEUES, make_app, queue_for
+
+URL = "redis://127.0.0.1:6379/7"
+
+
+def test_messages_land_on_their_own_queue(monkeypatch):
+    from pushsync import settings
+
+    monkeypatch.setenv("PUSHSYNC_BROKER_URL", URL)
+    settings.get_settings.cache_clear()
+    try:
+        app = make_app()
+        client = redis.Redis.from_url(URL)
+        client.flushdb()
+        app.send_task(DELIVER_TASK, args=[{}], queue=queue_for("APNS"))
+        app.send_task(DELIVER_TASK, args=[{}], queue=queue_for("APNS_SANDBOX"))
+        app.send_task(DELIVER_TASK, args=[{}], queue=queue_for("GCM"))
+        app.send_task(INGEST_TASK, args=[[]], queue="events")
+        assert {q: client.llen(q) for q in QUEUES} == {"events": 1, "push.fcm": 1, "push.apns": 2}
+        client.flushdb()
+    finally:
+        settings.get_settings.cache_clear()
+
+
+def test_the_settings_that_keep_messages():
+    conf = make_app().conf
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_connection_retry_on_startup is True
+    opts = conf.broker_transport_options
+    assert opts["visibility_timeout"] > conf.task_time_limit
+    assert opts["unacked_restore_interval"] * opts["unacked_restore_throttle"] <= 5

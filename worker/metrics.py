@@ -1,0 +1,168 @@
+"""Counters and the latency histogram, kept in Redis so that every worker process and
+container adds to the same figures; `pushsync metrics` serves them to Prometheus and
+`pushsync stats` prints them. Labels are platforms, reasons and queue names: never a token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import redis
+
+COUNTERS_KEY = "pushsync:metrics:counters"
+LATENCY_KEY = "pushsync:metrics:latency"
+# seconds from event enqueued to push accepted by FCM or APNs
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+SEP = "|"
+
+
+def _field(*parts: str) -> str:
+    return SEP.join(p.replace(SEP, "/") for p in parts)
+
+
+class Recorder:
+    """Collects one task's figures and writes them in one round trip."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.latency: dict[str, float] = {}
+
+    def add(self, *parts: str, n: int = 1) -> None:
+        if n:
+            key = _field(*parts)
+            self.counts[key] = self.counts.get(key, 0) + n
+
+    def observe(self, platform: str, seconds: float, n: int = 1) -> None:
+        if n <= 0:
+            return
+        seconds = max(0.0, seconds)
+        for bound in BUCKETS:
+            if seconds <= bound:
+                self._lat(platform, f"le={bound}", n)
+                break
+        else:
+            self._lat(platform, "le=+Inf", n)
+        self._lat(platform, "count", n)
+        self.latency[_field(platform, "sum")] = self.latency.get(_field(platform, "sum"), 0.0) + seconds * n
+
+    def _lat(self, platform: str, what: str, n: int) -> None:
+        key = _field(platform, what)
+        self.latency[key] = self.latency.get(key, 0) + n
+
+    def flush(self, client: redis.Redis) -> None:
+        if not self.counts and not self.latency:
+            return
+        pipe = client.pipeline(transaction=False)
+        for key, n in self.counts.items():
+            pipe.hincrby(COUNTERS_KEY, key, n)
+        for key, v in self.latency.items():
+            if key.endswith(SEP + "sum"):
+                pipe.hincrbyfloat(LATENCY_KEY, key, v)
+            else:
+                pipe.hincrby(LATENCY_KEY, key, int(v))
+        pipe.execute()
+        self.counts.clear()
+        self.latency.clear()
+
+
+def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | None) -> dict:
+    """Everything `pushsync stats` shows and `pushsync metrics` serves."""
+    from worker import retry
+
+    counters = {k.decode(): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}
+    raw_latency = {k.decode(): float(v) for k, v in client.hgetall(LATENCY_KEY).items()}
+    out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "latency": {}}
+    for key, n in counters.items():
+        kind, *labels = key.split(SEP)
+        if kind == "sent":
+            out["sent"][labels[0]] = n
+        elif kind == "failed":
+            out["failed"].setdefault(labels[0], {})[labels[1]] = n
+        elif kind == "invalidated":
+            out["invalidated"][labels[0]] = n
+        elif kind == "events":
+            out["events"][labels[0]] = n
+        elif kind == "dead_lettered":
+            out["dead_lettered"][labels[0]] = n
+    for key, v in raw_latency.items():
+        platform, what = key.split(SEP, 1)
+        out["latency"].setdefault(platform, {})[what] = v
+    depths = {q: client.llen(q) for q in queues}
+    depths.update(retry.depth(client))
+    out["queues"] = depths
+    out["dead_letters"] = dead_letters
+    out["at"] = time.time()
+    return out
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def prometheus(snap: dict) -> str:
+    lines: list[str] = []
+
+    def family(name: str, kind: str, text: str, samples: list[tuple[dict, float]]) -> None:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
+            lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
+
+    family("pushsync_pushes_sent_total", "counter", "Pushes accepted by FCM or APNs.",
+           [({"platform": p}, n) for p, n in sorted(snap["sent"].items())])
+    family("pushsync_pushes_failed_total", "counter", "Push attempts that failed, by platform and reason.",
+           [({"platform": p, "reason": r}, n)
+            for p, rs in sorted(snap["failed"].items()) for r, n in sorted(rs.items())])
+    family("pushsync_tokens_invalidated_total", "counter", "Devices deactivated because their token is dead.",
+           [({"platform": p}, n) for p, n in sorted(snap["invalidated"].items())])
+    family("pushsync_events_total", "counter", "Change events by what became of them at ingest.",
+           [({"outcome": o}, n) for o, n in sorted(snap["events"].items())])
+    family("pushsync_dead_lettered_total", "counter", "Items written to the dead-letter store, by kind.",
+           [({"kind": k}, n) for k, n in sorted(snap["dead_lettered"].items())])
+    if snap.get("dead_letters") is not None:
+        family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])
+    family("pushsync_queue_depth", "gauge", "Messages waiting, per queue (retry: in the retry set).",
+           [({"queue": q}, n) for q, n in sorted(snap["queues"].items())])
+    lines.append("# HELP pushsync_push_latency_seconds Time from event enqueued to push accepted by FCM or APNs.")
+    lines.append("# TYPE pushsync_push_latency_seconds histogram")
+    for platform, h in sorted(snap["latency"].items()):
+        cumulative = 0
+        for bound in BUCKETS:
+            cumulative += int(h.get(f"le={bound}", 0))
+            lines.append(f'pushsync_push_latency_seconds_bucket{{platform="{platform}",le="{bound}"}} {cumulative}')
+        cumulative += int(h.get("le=+Inf", 0))
+        lines.append(f'pushsync_push_latency_seconds_bucket{{platform="{platform}",le="+Inf"}} {cumulative}')
+        lines.append(f'pushsync_push_latency_seconds_sum{{platform="{platform}"}} {h.get("sum", 0.0):g}')
+        lines.append(f'pushsync_push_latency_seconds_count{{platform="{platform}"}} {int(h.get("count", 0))}')
+    return "\n".join(lines) + "\n"
+
+
+def serve(host: str, port: int, collect) -> None:
+    """A small HTTP server for Prometheus: GET /metrics."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            try:
+                body = prometheus(collect()).encode()
+                status = 200
+            except Exception as exc:  # Redis or the store out of reach: say so, keep serving
+                body = f"# pushsync metrics unavailable: {type(exc).__name__}: {exc}\n".encode()
+                status = 503
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    print(f"serving metrics on http://{host}:{server.server_address[1]}/metrics", flush=True)
+    server.serve_forever()
