@@ -1,0 +1,192 @@
+"""docker-compose.yml: its promises, and every pushsync service's command run here, outside
+containers, against the local services (no Docker engine runs on this machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from .conftest import ROOT
+from .e2e.harness import wait_for
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+OURS = [name for name, svc in SERVICES.items() if svc.get("build") == "."]
+BROKER_URL = "redis://127.0.0.1:6379/5"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_compose_file_is_valid_for_docker_compose():
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is not installed (.ci/run installs the Debian package)")
+    env = {**os.environ, "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "y", "FLOWER_BASIC_AUTH": "a:b"}
+    r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # without the secrets it refuses to start rather than run with a default password
+    bare = {k: v for k, v in env.items() if k not in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
+    r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], env=bare,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "set " in r.stderr
+
+
+def test_redis_keeps_what_it_is_given_and_secrets_come_from_the_environment():
+    cmd = SERVICES["redis"]["command"]
+    assert "--appendonly yes" in cmd and "--appendfsync everysec" in cmd and "--maxmemory-policy noeviction" in cmd
+    assert "--requirepass ${REDIS_PASSWORD" in cmd
+    assert any(v.startswith("postgres-data:") for v in SERVICES["postgres"]["volumes"])
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert "--basic-auth=${FLOWER_BASIC_AUTH" in SERVICES["flower"]["command"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert not re.search(r"(PASSWORD|AUTH)[\"']?\s*[:=]\s*[\"']?(?!\$\{)[A-Za-z0-9]", text.replace("# ", "")), \
+        "a literal secret in the compose file"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER pushsync" in dockerfile and "slim" in dockerfile and "PASSWORD" not in dockerfile
+
+
+def test_workers_scale_and_the_scheduler_does_not():
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker and "ports" not in worker  # --scale worker=N needs neither
+    assert SERVICES["scheduler"]["deploy"]["replicas"] == 1
+    assert SERVICES["migrate"]["command"] == ["db", "upgrade"] and SERVICES["migrate"]["restart"] == "no"
+    for name in ("worker", "scheduler", "flower", "metrics"):
+        assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert SERVICES[name]["restart"] == "unless-stopped"
+    for name in ("redis", "postgres", "worker", "flower", "metrics"):
+        assert "healthcheck" in SERVICES[name], name
+    assert set(SERVICES["emulator"]["profiles"]) == {"dev"} and set(SERVICES["demo-producer"]["profiles"]) == {"dev"}
+
+
+class Here:
+    """Runs a compose service's command on this machine, as its container would."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+        self.env.update({"PUSHSYNC_DATABASE_URL": f"sqlite:///{tmp}/compose.db", "PUSHSYNC_BROKER_URL": BROKER_URL,
+                         "FLOWER_BASIC_AUTH": "ops:s3cret", "PATH": f"{BIN}:{os.environ['PATH']}"})
+        self.ports: dict[str, int] = {}
+
+    def argv(self, name: str) -> list[str]:
+        svc = SERVICES[name]
+        entry = svc.get("entrypoint", ["pushsync"])
+        cmd = svc.get("command", ["worker"])
+        # compose interpolates ${VAR...} first, then splits a string command
+        cmd = shlex.split(self.interpolate(cmd)) if isinstance(cmd, str) else [self.interpolate(c) for c in cmd]
+        out = []
+        for arg in [*entry, *cmd]:
+            arg = arg.replace("/state", str(self.state))
+            # fixed container ports become free ports here; 0.0.0.0 becomes loopback
+            m = re.fullmatch(r"(--[a-z-]*port=)?(\d{4})", arg)
+            if m and int(m.group(2)) >= 1024:
+                port = self.ports.setdefault(m.group(2), _free_port())
+                arg = f"{m.group(1) or ''}{port}"
+            # compose's service names do not resolve here: the emulator's public name is localhost
+            if out and out[-1] == "--public-host":
+                arg = "localhost"
+            out.append("127.0.0.1" if arg == "0.0.0.0" else arg)
+        if out[0] == "emulator":
+            out.append("--quiet")
+        return out
+
+    def interpolate(self, text: str) -> str:
+        def value(m: re.Match) -> str:
+            name, op, rest = m.group(1), m.group(2), m.group(3) or ""
+            if self.env.get(name):
+                return self.env[name]
+            if op == ":?":
+                raise AssertionError(f"{name} is required: {rest}")
+            return rest
+        return re.sub(r"\$\{([A-Z_]+)(?:(:\?|:-)([^}]*))?\}", value, text)
+
+    def start(self, name: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "w")
+        return subprocess.Popen(self.argv(name), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=self.tmp, start_new_session=True)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+
+def _http(url: str, auth: str | None = None) -> int | None:
+    headers = {"Authorization": "Basic " + __import__("base64").b64encode(auth.encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def test_every_service_command_is_a_real_entry_point(tmp_path):
+    assert set(OURS) == {"migrate", "worker", "scheduler", "flower", "metrics", "emulator", "demo-producer"}
+    here = Here(tmp_path)
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    r = subprocess.run(here.argv("migrate"), env=here.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "revision" in r.stdout, r.stderr
+    procs = {}
+    try:
+        for name in ("emulator", "worker", "scheduler", "flower", "metrics"):
+            procs[name] = here.start(name)
+        wait_for(lambda: (here.state / "emulator.json").exists(), 20, what="emulator")
+        wait_for(lambda: "ready" in here.log("worker"), 40, what="worker ready")
+        wait_for(lambda: "scheduler lock taken" in here.log("scheduler"), 30, what="scheduler")
+        flower_port = here.ports["5555"]
+        wait_for(lambda: _http(f"http://127.0.0.1:{flower_port}/api/workers") == 401, 30, what="Flower")
+        assert _http(f"http://127.0.0.1:{flower_port}/api/workers", auth="ops:s3cret") == 200
+        metrics_port = here.ports["9464"]
+        wait_for(lambda: _http(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 20, what="metrics")
+        # the worker's health check, as compose runs it
+        check = SERVICES["worker"]["healthcheck"]["test"][1].replace("$$HOSTNAME", socket.gethostname())
+        r = subprocess.run(["sh", "-c", check], env=here.env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # the dev profile's producer, against the emulator: the pushes arrive
+        info = json.loads((here.state / "emulator.json").read_text())
+        here.env.update({"PUSHSYNC_FCM_URL": info["fcm_url"], "PUSHSYNC_CA_FILE": info["ca_file"],
+                         "PUSHSYNC_APNS_PRODUCTION_URL": info["apns_production_url"],
+                         "PUSHSYNC_APNS_SANDBOX_URL": info["apns_sandbox_url"]})
+        procs["worker"].send_signal(signal.SIGTERM)
+        procs["worker"].wait(30)
+        procs["worker"] = here.start("worker")  # again, now with the emulator's endpoints
+        r = subprocess.run(here.argv("demo-producer"), env=here.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        def pushes():
+            with urllib.request.urlopen(info["control_url"] + "/requests", timeout=5) as resp:
+                got = [q for q in json.loads(resp.read()) if q["status"] == 200]
+            return got if len(got) >= 3 else None
+        got = wait_for(pushes, 40, interval=0.5, what="the demo producer's pushes")
+        assert {q["data"]["syncCount"] for q in got} >= {"3"}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.2)
