@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the local PostgreSQL and Redis that the tests use answer; start them if not.
+# What the tests need on this machine: PostgreSQL and Redis answering (started if not), and
+# redis-server and docker-compose installed (Debian packages).
 set -uo pipefail
 
 wait_for() {  # wait_for NAME COMMAND...
@@ -12,9 +13,12 @@ wait_for() {  # wait_for NAME COMMAND...
   return 1
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "services: installing redis-server" >&2
-  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "services: installing ${missing[*]}" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "services: starting Redis on 127.0.0.1:6379" >&2
