@@ -16,17 +16,10 @@ from store.db import engine_for, session_scope
 from store.models import Device
 
 from ..conftest import POOL, POOL2
-from .harness import Emulator, Pipeline, new_identity, wait_for
+from .harness import Pipeline, new_identity, wait_for
 
 UNKNOWN_POOL = "ap-south-1:99999999-0000-4000-8000-000000000000"
 NOCREDS_POOL = "ap-south-1:88888888-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = Emulator(tmp_path_factory.mktemp("emulator"))
-    yield emu
-    emu.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from ..conftest import POOL
-from .harness import Emulator, Pipeline, publish_counts, seed, tally, wait_for
+from .harness import Pipeline, publish_counts, seed, tally, wait_for
 
 ENV = {
     "PUSHSYNC_RETRY_BASE": "0.5",
@@ -23,13 +23,6 @@ ENV = {
     "PUSHSYNC_COUNTDOWN_MAX": "1",
     "PUSHSYNC_SEND_TIMEOUT": "5",
 }
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = Emulator(tmp_path_factory.mktemp("emulator"))
-    yield emu
-    emu.stop()
 
 
 @pytest.fixture(scope="module")

@@ -144,3 +144,17 @@ def test_flower_shows_the_worker_and_the_tasks_by_name(run):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_worker_logs_are_json_lines_with_task_and_delivery_fields(run):
+    pipe, _emu, tokens = run
+    text = (pipe.dir / "worker-0.log").read_text()
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert records, "no JSON log lines"
+    delivered = [r for r in records if r["message"].startswith("delivered")]
+    assert delivered and all(r["task"] == "pushsync.deliver" and r["task_id"] and r["pool"] == POOL
+                             and r["platform"] in ("GCM", "APNS", "APNS_SANDBOX") for r in delivered)
+    ingested = [r for r in records if r["message"].startswith("ingested")]
+    assert ingested and all(r["task"] == "pushsync.ingest" for r in ingested)
+    for tok in tokens:
+        assert tok not in text
