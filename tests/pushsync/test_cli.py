@@ -233,3 +233,24 @@ def test_device_import_from_stdin_and_missing_file(store):
 def test_usage_errors_exit_2_with_one_line(db_url):
     assert _one_error_line(run_cli(db_url, "device"), 2).startswith("pushsync:")
     assert _one_error_line(run_cli(db_url, "nonsense"), 2).startswith("pushsync:")
+
+
+def test_dlq_list_and_purge_older_than(store):
+    from datetime import timedelta
+
+    from store import repo
+    from store.db import engine_for, session_scope
+    from store.models import DeadLetter, utcnow
+
+    assert run_cli(store, "dlq", "list").stdout.strip() == "no dead letters"
+    with session_scope(engine_for(store)) as s:
+        old = repo.add_dead_letter(s, "event", "unknown pool x", {"identityId": IDENT, "datasetName": "d",
+                                                                  "syncCount": 1})
+        repo.add_dead_letter(s, "event", "unknown pool y", {"identityId": IDENT})
+        s.get(DeadLetter, old).created_at = utcnow() - timedelta(days=3)
+    listed = json.loads(run_cli(store, "dlq", "list", "--json").stdout)
+    assert [d["reason"] for d in listed] == ["unknown pool x", "unknown pool y"]
+    r = run_cli(store, "dlq", "purge", "--older-than", "2")
+    assert r.returncode == 0 and "purged 1" in r.stdout
+    assert [d["reason"] for d in json.loads(run_cli(store, "dlq", "list", "--json").stdout)] == ["unknown pool y"]
+    assert "purged 1" in run_cli(store, "dlq", "purge").stdout

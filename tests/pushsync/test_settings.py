@@ -42,3 +42,15 @@ def test_redacted_view_hides_passwords():
 
 def test_urls_lose_trailing_slash():
     assert load_settings({"PUSHSYNC_FCM_URL": "https://127.0.0.1:9443/"}).fcm_url == "https://127.0.0.1:9443"
+
+
+def test_visibility_timeout_must_outlast_the_task_time_limit():
+    with pytest.raises(SettingsError, match="^PUSHSYNC_VISIBILITY_TIMEOUT:"):
+        load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "60", "PUSHSYNC_VISIBILITY_TIMEOUT": "60"})
+    s = load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "10", "PUSHSYNC_VISIBILITY_TIMEOUT": "15"})
+    assert (s.task_time_limit, s.visibility_timeout) == (10, 15)
+
+
+def test_retry_cap_below_base_is_refused():
+    with pytest.raises(SettingsError, match="^PUSHSYNC_RETRY_CAP:"):
+        load_settings({"PUSHSYNC_RETRY_BASE": "10", "PUSHSYNC_RETRY_CAP": "1"})
