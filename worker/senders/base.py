@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -40,9 +41,10 @@ class Outcome:
     invalid_since: datetime | None = None
 
 
-class Sender:
+class Sender(ABC):
+    @abstractmethod
     async def send(self, requests: list[PushRequest]) -> list[Outcome]:
-        raise NotImplementedError
+        """Send every request concurrently; one outcome per request, in any order."""
 
     async def close(self) -> None:
         pass
