@@ -46,8 +46,8 @@ class Sender(ABC):
     async def send(self, requests: list[PushRequest]) -> list[Outcome]:
         """Send every request concurrently; one outcome per request, in any order."""
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 - optional hook: most senders hold something to close
+        """Release connections. A sender that holds none need not override it."""
 
 
 def short_token(token: str) -> str:
