@@ -59,8 +59,10 @@ def make_app() -> Celery:
         task_default_queue=EVENTS_QUEUE,
         task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}},
         task_create_missing_queues=False,
+        # task events feed Flower (received, started, succeeded...); a "sent" event per enqueued
+        # task would double the Redis publishes on the hot path, so producers send none
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
