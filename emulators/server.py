@@ -153,18 +153,6 @@ async def serve(args: argparse.Namespace) -> None:
     await control_runner.cleanup()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default="emulator-state", help="where keys, emulator.json and pushes.jsonl go")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--apns-port", type=int, default=0)
-    p.add_argument("--apns-sandbox-port", type=int, default=0)
-    p.add_argument("--fcm-port", type=int, default=0)
-    p.add_argument("--control-port", type=int, default=0)
-    p.add_argument("--public-host", help="host name clients use (put in the URLs and the certificate), "
-                                         "e.g. the compose service name")
-    p.add_argument("--quiet", action="store_true", help="do not print each push")
-
-
 def main(args: argparse.Namespace) -> int:
     asyncio.run(serve(args))
     return 0

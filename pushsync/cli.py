@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("scheduler", help="run the periodic jobs (exactly one per deployment)").set_defaults(
         func=cmd_scheduler)
 
-    from emulators.server import add_arguments as emulator_arguments
+    from emulators.options import add_arguments as emulator_arguments
 
     emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators")
     emulator_arguments(emu)
