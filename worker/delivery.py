@@ -6,7 +6,6 @@ rebuilt when the pool's credentials change, so connections and tokens are reused
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -16,12 +15,10 @@ from pushsync import contract
 from pushsync.settings import Settings
 from store import repo
 from store.repo import PoolCredentials
-from worker import aio, retry
+from worker import aio, pools, retry
 from worker.senders.apns import APNsSender
 from worker.senders.base import Kind, Outcome, PushRequest, Sender
 from worker.senders.fcm import FCMSender
-
-log = logging.getLogger("pushsync.deliver")
 
 _senders: dict[tuple[str, str], tuple[object, Sender]] = {}
 
@@ -74,7 +71,7 @@ class DeliveryResult:
 
 
 def load(session: Session, batch: dict) -> tuple[PoolCredentials | None, dict[str, str]]:
-    creds = repo.pool_credentials(session, batch["pool"])
+    creds = pools.credentials(session, [batch["pool"]])[batch["pool"]]
     tokens = repo.active_tokens(session, [item[0] for item in batch["items"]])
     return creds, tokens
 

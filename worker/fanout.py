@@ -7,7 +7,6 @@ query -> leave out each event's origin device -> group by (pool, platform) -> ba
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -16,8 +15,7 @@ from sqlalchemy.orm import Session
 from pushsync import contract
 from pushsync.contract import ValidationError
 from store import repo
-
-log = logging.getLogger("pushsync.ingest")
+from worker import pools
 
 Enqueue = Callable[[str, dict], None]  # (platform, batch) -> puts the batch on its queue
 
@@ -75,9 +73,7 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
                                  {"event": raw}, pool_id=pool if isinstance(pool, str) else None)
     events, res.coalesced = coalesce(valid)
 
-    creds = {}
-    for pool_id in {e["identityPoolId"] for e in events}:
-        creds[pool_id] = repo.pool_credentials(session, pool_id)
+    creds = pools.credentials(session, (e["identityPoolId"] for e in events))
     winners = []
     for e in events:
         pool = creds[e["identityPoolId"]]

@@ -1,0 +1,34 @@
+"""Per-process cache of pools' push credentials (ARCHITECTURE: loaded and cached per process).
+
+Each lookup asks the store only for the pool's ``updated_at``; the credentials themselves (a
+service account, a .p8 key) are read and parsed again only when ``pool create`` changed them.
+They live in worker memory and never go into a message.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from store import repo
+from store.repo import PoolCredentials
+
+_cache: dict[str, PoolCredentials] = {}
+
+
+def credentials(session: Session, pool_ids) -> dict[str, PoolCredentials | None]:
+    """pool id -> its credentials, or None for a pool the store does not know."""
+    ids = list(set(pool_ids))
+    versions = repo.pool_versions(session, ids)
+    out: dict[str, PoolCredentials | None] = {}
+    for pool_id in ids:
+        version = versions.get(pool_id)
+        if version is None:
+            _cache.pop(pool_id, None)
+            out[pool_id] = None
+            continue
+        cached = _cache.get(pool_id)
+        if cached is None or cached.updated_at != version:
+            cached = repo.pool_credentials(session, pool_id)
+            _cache[pool_id] = cached
+        out[pool_id] = cached
+    return out
