@@ -11,7 +11,7 @@ import redis
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
-from worker import retry
+from worker import metrics
 from worker.app import QUEUES, app
 from worker.tasks import PushsyncTask
 
@@ -34,15 +34,9 @@ def trim_dead_letters() -> int:
         return repo.purge_dead_letters(session, timedelta(days=days))
 
 
-def queue_depths(client: redis.Redis) -> dict[str, int]:
-    depths = {q: client.llen(q) for q in QUEUES}
-    depths.update(retry.depth(client))
-    return depths
-
-
 @app.task(name="pushsync.record_queue_depths", base=PushsyncTask)
 def record_queue_depths() -> dict:
     client = redis.Redis.from_url(get_settings().broker_url)
-    depths = queue_depths(client)
+    depths = metrics.queue_depths(client, QUEUES)
     client.set(QUEUE_DEPTHS_KEY, json.dumps({"at": time.time(), "depths": depths}))
     return depths

@@ -111,11 +111,8 @@ def record(session: Session, batch: dict, outcomes: list[Outcome], result: Deliv
         else:
             why = "retries exhausted" if o.kind is Kind.RETRY else "permanent error"
             result.dead_lettered += 1
-            dev, identity, dataset, count = items[o.device_id]
-            repo.add_dead_letter(session, "delivery", f"{why}: {o.reason}", {
-                "pool": batch["pool"], "platform": batch["platform"], "deviceId": dev, "identityId": identity,
-                "datasetName": dataset, "syncCount": count}, last_error=f"HTTP {o.status}" if o.status else o.reason,
-                pool_id=batch["pool"], platform=batch["platform"], attempts=attempt)
+            dead_letter_item(session, batch, items[o.device_id], f"{why}: {o.reason}",
+                             last_error=f"HTTP {o.status}" if o.status else o.reason, attempts=attempt)
     for (reason, since), device_ids in invalid.items():
         result.deactivated += repo.deactivate_devices(session, device_ids, reason, not_registered_after=since)
     if again:
@@ -126,9 +123,17 @@ def record(session: Session, batch: dict, outcomes: list[Outcome], result: Deliv
     return result
 
 
+def dead_letter_item(session: Session, batch: dict, item: list, reason: str, *, last_error: str | None = None,
+                     attempts: int = 1) -> None:
+    """One device's push into the dead-letter store, in the shape `dlq replay` reads back."""
+    dev, identity, dataset, count = item
+    repo.add_dead_letter(session, "delivery", reason, {
+        "pool": batch["pool"], "platform": batch["platform"], "deviceId": dev, "identityId": identity,
+        "datasetName": dataset, "syncCount": count}, last_error=last_error, pool_id=batch["pool"],
+        platform=batch["platform"], attempts=attempts)
+
+
 def dead_letter_batch(session: Session, batch: dict, reason: str) -> int:
-    for dev, identity, dataset, count in batch["items"]:
-        repo.add_dead_letter(session, "delivery", reason, {
-            "pool": batch["pool"], "platform": batch["platform"], "deviceId": dev, "identityId": identity,
-            "datasetName": dataset, "syncCount": count}, pool_id=batch["pool"], platform=batch["platform"])
+    for item in batch["items"]:
+        dead_letter_item(session, batch, item, reason, attempts=batch.get("attempt", 1))
     return len(batch["items"])

@@ -68,8 +68,6 @@ class Recorder:
 
 def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | None) -> dict:
     """Everything `pushsync stats` shows and `pushsync metrics` serves."""
-    from worker import retry
-
     counters = {k.decode(): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}
     raw_latency = {k.decode(): float(v) for k, v in client.hgetall(LATENCY_KEY).items()}
     out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "latency": {}}
@@ -88,12 +86,19 @@ def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | Non
     for key, v in raw_latency.items():
         platform, what = key.split(SEP, 1)
         out["latency"].setdefault(platform, {})[what] = v
-    depths = {q: client.llen(q) for q in queues}
-    depths.update(retry.depth(client))
-    out["queues"] = depths
+    out["queues"] = queue_depths(client, queues)
     out["dead_letters"] = dead_letters
     out["at"] = time.time()
     return out
+
+
+def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting per queue, and in the retry set."""
+    from worker import retry
+
+    depths = {q: client.llen(q) for q in queues}
+    depths.update(retry.depth(client))
+    return depths
 
 
 def _esc(v: str) -> str:

@@ -108,3 +108,19 @@ def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
         for p in procs:
             p.terminate()
             p.wait(10)
+
+
+def test_record_queue_depths_writes_what_is_waiting(client, monkeypatch):
+    from pushsync import settings
+    from scheduler import tasks
+
+    monkeypatch.setenv("PUSHSYNC_BROKER_URL", REDIS_URL)
+    settings.get_settings.cache_clear()
+    try:
+        client.rpush("push.apns", "x", "y")
+        retry.schedule(client, "deliver", {"platform": "GCM"}, time.time() + 60)
+        depths = tasks.record_queue_depths.run()
+        assert depths == {"events": 0, "push.fcm": 0, "push.apns": 2, "retry": 1, "retry_claimed": 0}
+        assert json.loads(client.get(tasks.QUEUE_DEPTHS_KEY))["depths"] == depths
+    finally:
+        settings.get_settings.cache_clear()
