@@ -1,7 +1,7 @@
 """`pushsync demo`: the whole pipeline on one machine, start to finish.
 
 Starts Redis if none answers (and redis-server is installed), the emulators, a worker and
-(once it exists) the scheduler; creates a demo pool with the emulators' keys; registers
+the scheduler; creates a demo pool with the emulators' keys; registers
 devices on all three platforms; publishes changes; prints each push as the emulators receive
 it, with what the device's sync client would do with it; then stops everything it started.
 """
@@ -140,11 +140,8 @@ class Demo:
         origin = ids["alice-pixel"]
 
         self.start("worker", [self.exe, "worker", "-c", "2", "-n", "demo@%h", "--without-gossip", "--without-mingle"])
-        if self._has_scheduler():
-            self.start("scheduler", [self.exe, "scheduler"])
-            _say("• started a worker and the scheduler")
-        else:
-            _say("• started a worker")
+        self.start("scheduler", [self.exe, "scheduler"])
+        _say("• started a worker and the scheduler")
 
         _say("\nPublishing changes:")
         steps = [
@@ -171,13 +168,6 @@ class Demo:
             return 1
         _say(f"\nAll {len(expected)} expected pushes arrived; nothing stale was pushed. Logs: {self.state}")
         return 0
-
-    def _has_scheduler(self) -> bool:
-        try:
-            import scheduler.beat  # noqa: F401
-        except ImportError:
-            return False
-        return True
 
     def _watch(self, path: Path, names: dict, expected: set, timeout: float) -> set:
         seen: set = set()

@@ -43,7 +43,8 @@ def behave(emulator):
     emulator.clear_faults()
 
 
-def _run(pipe, emulator, name, n_identities=20, per_identity=3):
+def _seed(pipe, n_identities=20, per_identity=3):
+    """Devices of a dataset of the scenario's own: (dataset, token -> identity)."""
     dataset = f"ds-{uuid.uuid4().hex[:6]}"
     tokens = seed(pipe, POOL, n_identities, per_identity, dataset=dataset)
     return dataset, tokens
@@ -62,7 +63,7 @@ def _finish(name, pipe, emulator, tokens, dataset, count, events, timeout=90):
 
 
 def test_503_for_200_requests_with_retry_after_2(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "503")
+    dataset, tokens = _seed(pipe)
     emulator.fault(service="any", status=503, retry_after=2, count=200)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
     _finish("503 x200, Retry-After 2", pipe, emulator, tokens, dataset, 1, events)
@@ -82,7 +83,7 @@ def test_503_for_200_requests_with_retry_after_2(pipe, emulator):
 
 
 def test_429_on_one_token_backs_off_while_the_others_flow(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "429", n_identities=10)
+    dataset, tokens = _seed(pipe, n_identities=10)
     slow = next(t for t in tokens if t.startswith("fcm-"))
     emulator.fault(service="fcm", token=slow, status=429, reason="UNAVAILABLE", retry_after=2, count=2)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
@@ -96,7 +97,7 @@ def test_429_on_one_token_backs_off_while_the_others_flow(pipe, emulator):
 
 
 def test_auth_expiry_refreshes_the_token_once_and_sending_resumes(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "auth", n_identities=6)
+    dataset, tokens = _seed(pipe, n_identities=6)
     issued_before = emulator.stats()["oauth_tokens_issued"]
     emulator.fault(service="fcm", status=401, count=1)
     emulator.fault(service="apns", status=403, reason="ExpiredProviderToken", count=1)
@@ -113,7 +114,7 @@ def test_auth_expiry_refreshes_the_token_once_and_sending_resumes(pipe, emulator
 
 
 def test_dropped_connections_mid_batch(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "drop", n_identities=20)
+    dataset, tokens = _seed(pipe, n_identities=20)
     emulator.fault(service="any", drop=True, count=4)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
     _finish("dropped connections", pipe, emulator, tokens, dataset, 1, events)
@@ -121,14 +122,14 @@ def test_dropped_connections_mid_batch(pipe, emulator):
 
 
 def test_two_seconds_of_latency_on_every_response(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "latency", n_identities=10)
+    dataset, tokens = _seed(pipe, n_identities=10)
     emulator.fault(service="any", latency=2.0)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
     _finish("2 s latency", pipe, emulator, tokens, dataset, 1, events)
 
 
 def test_permanent_and_exhausted_end_in_dlq_and_replay_delivers_them(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "dlq", n_identities=6)
+    dataset, tokens = _seed(pipe, n_identities=6)
     bad_payload = next(t for t in tokens if t.startswith("fcm-"))
     flaky = next(t for t in tokens if not t.startswith("fcm-"))
     emulator.fault(service="fcm", token=bad_payload, status=400, reason="INVALID_ARGUMENT")
@@ -151,7 +152,7 @@ def test_permanent_and_exhausted_end_in_dlq_and_replay_delivers_them(pipe, emula
 
 
 def test_replay_drops_a_delivery_whose_count_is_stale(pipe, emulator):
-    dataset, tokens = _run(pipe, emulator, "stale-replay", n_identities=1, per_identity=1)
+    dataset, tokens = _seed(pipe, n_identities=1, per_identity=1)
     [tok] = tokens
     assert tok.startswith("fcm-")
     emulator.fault(service="fcm", token=tok, status=400, reason="INVALID_ARGUMENT")
