@@ -168,6 +168,9 @@ class APNsProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         status, reason, payload = self._validate(headers, body, token)
+        if status == 200 and fault and fault.body is not None:
+            await self._raw(stream_id, entry, fault, payload, apns_id)
+            return
         extra = []
         if status == 200 and fault and fault.status:
             status, reason = fault.status, fault.reason or DEFAULT_REASONS.get(fault.status, "BadRequest")
@@ -191,6 +194,22 @@ class APNsProtocol(asyncio.Protocol):
                 self.conn.send_headers(stream_id, [(":status", str(status)), ("apns-id", apns_id),
                                                    ("content-type", "application/json"),
                                                    ("content-length", str(len(data))), *extra])
+                self.conn.send_data(stream_id, data, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._flush()
+
+    async def _raw(self, stream_id: int, entry: dict, fault, payload, apns_id: str) -> None:
+        """Answer exactly what the fault rule says, however wrong it is."""
+        status = fault.status or 400
+        self.state.record({**entry, "status": status, "reason": "raw answer", "body": payload,
+                           "data": payload.get("data") if isinstance(payload, dict) else None})
+        data = fault.body.encode()
+        extra = [(k.lower(), str(v)) for k, v in (fault.headers or {}).items()]
+        try:
+            self.conn.send_headers(stream_id, [(":status", str(status)), ("apns-id", apns_id), *extra],
+                                   end_stream=not data)
+            if data:
                 self.conn.send_data(stream_id, data, end_stream=True)
         except h2.exceptions.StreamClosedError:
             return

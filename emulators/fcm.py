@@ -108,6 +108,11 @@ class FCMEmulator:
             response = fcm_error(fault.status, code, "fault injected by the emulator")
             if fault.retry_after:
                 response.headers["Retry-After"] = str(fault.retry_after)
+        if response is None and fault and fault.body is not None:
+            response = web.Response(status=fault.status or 400, body=fault.body.encode(),
+                                    headers=fault.headers or {}, content_type="application/json")
+            self.state.record({**entry, "status": response.status, "reason": "raw answer"})
+            return response
         if response is None and self.state.is_dead(token):
             response = fcm_error(404, "UNREGISTERED", "Requested entity was not found.")
         if response is None:

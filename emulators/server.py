@@ -10,7 +10,7 @@ Control API (plain HTTP on the control port):
     GET  /requests            every request received, oldest first (tokens in full: test data)
     GET  /stats               connections opened per service, requests per status
     POST /faults              {"service", "status", "reason", "retry_after", "count", "token",
-                               "latency", "drop"}: misbehave for matching requests
+                               "latency", "drop", "body", "headers"}: misbehave for matching requests
     DELETE /faults            behave again
     POST /tokens/dead         {"token": T}: answer T as unregistered from now on
     POST /reset               forget requests, counters, faults and dead tokens

@@ -24,6 +24,10 @@ class Fault:
     token: str | None = None
     latency: float = 0.0
     drop: bool = False
+    # answer with this raw body (and these extra headers) instead of a well-formed one:
+    # malformed upstream answers, for the senders' robustness tests
+    body: str | None = None
+    headers: dict[str, str] | None = None
 
     def matches(self, service: str, token: str | None) -> bool:
         if self.count is not None and self.count <= 0:

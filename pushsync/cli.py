@@ -57,7 +57,8 @@ def cmd_pool_create(args) -> int:
     from store import repo
 
     pool_id = contract.pool_id(args.pool_id)
-    fcm = load_fcm_service_account(args.fcm_service_account) if args.fcm_service_account else None
+    fcm = (load_fcm_service_account(args.fcm_service_account, get_settings().allow_insecure_endpoints)
+           if args.fcm_service_account else None)
     apns_given = any([args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic])
     apns = load_apns_key(args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic) if apns_given else None
     _ensure_schema()
@@ -136,20 +137,36 @@ def import_devices(lines, *, on_bad: Callable[[int, str], None],
     Returns (imported, bad). A bad line is reported through ``on_bad(line_number, message)``
     and skipped; the good lines of its chunk are still imported.
     """
+    from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+
     from store import repo
 
     known_pools: dict[str, bool] = {}
     imported = bad = seen = 0
     pending: list[tuple[str, str, str, str, list[str]]] = []
+    numbers: list[int] = []
 
     def flush():
-        nonlocal imported
+        nonlocal imported, bad
         if not pending:
             return
-        with _session() as s:
-            repo.import_devices(s, pending)
-        imported += len(pending)
+        try:
+            with _session() as s:
+                repo.import_devices(s, pending)
+            imported += len(pending)
+        except (DataError, IntegrityError, ProgrammingError):
+            # the store refused something in the chunk: line by line, so that only the lines
+            # it refuses again are reported, and the good lines of the chunk still go in
+            for number, row in zip(numbers, pending, strict=True):
+                try:
+                    with _session() as s:
+                        repo.import_devices(s, [row])
+                    imported += 1
+                except (DataError, IntegrityError, ProgrammingError) as exc:
+                    bad += 1
+                    on_bad(number, f"the store refused it: {str(exc.orig).strip().splitlines()[0][:200]}")
         pending.clear()
+        numbers.clear()
 
     for number, line in enumerate(lines, start=1):
         seen = number
@@ -170,6 +187,7 @@ def import_devices(lines, *, on_bad: Callable[[int, str], None],
             on_bad(number, f"identityPoolId: unknown pool {pool} (create it with `pushsync pool create`)")
             continue
         pending.append(row)
+        numbers.append(number)
         if len(pending) >= IMPORT_CHUNK:
             flush()
             if on_progress:
@@ -264,15 +282,13 @@ def cmd_subscribe_all(args) -> int:
 # -- producing, running ---------------------------------------------------------------------
 
 def cmd_publish(args) -> int:
-    from kombu.exceptions import OperationalError as BrokerError
-
-    from pushsync.client import publish
+    from pushsync.client import PublishError, publish
     from pushsync.settings import redact_url
 
     try:
         event = publish(args.pool_id, args.identity_id, args.dataset, args.sync_count,
                         origin_device_id=args.origin_device, event_id=args.event_id)
-    except BrokerError as exc:
+    except PublishError as exc:
         raise CommandError(f"cannot reach the broker at {redact_url(get_settings().broker_url)}: {exc}") from None
     print(f"enqueued {event['datasetName']} sync count {event['syncCount']} for {event['identityId']}")
     return 0
@@ -316,10 +332,11 @@ def cmd_dlq_list(args) -> int:
     if not items:
         print("no dead letters")
     for d in items:
-        what = d["payload"]
+        what = d["payload"] if isinstance(d["payload"], dict) else {}
         key = " ".join(str(what.get(k)) for k in ("identityId", "datasetName", "syncCount") if k in what)
-        print(f"{d['id']:>6}  {d['created_at'][:19]}  {d['kind']:<8} {d.get('platform') or '-':<12} "
-              f"{d['reason']}  [{key}]")
+        # reasons and payloads came from outside: no terminal escapes reach the operator's screen
+        print(contract.printable(f"{d['id']:>6}  {d['created_at'][:19]}  {d['kind']:<8} "
+                                 f"{d.get('platform') or '-':<12} {d['reason']}  [{key}]", limit=400))
     return 0
 
 
@@ -356,6 +373,9 @@ def cmd_dlq_replay(args) -> int:
         raise CommandError(f"cannot reach the broker: {exc}") from None
     print(f"replayed {res.events} events and {res.deliveries} deliveries; {res.stale} deliveries dropped as "
           f"stale (a newer sync count was notified since) in {time.monotonic() - started:.1f} s")
+    if res.unusable:
+        print(f"pushsync: {res.unusable} dead letters hold no event or delivery (malformed messages); they stay "
+              "in the store for reading (`pushsync dlq list`) and can be purged", file=sys.stderr)
     if res.missing:
         print(f"pushsync: {res.missing} of the ids given are not in the dead-letter store", file=sys.stderr)
         return 1

@@ -4,14 +4,33 @@
     publish(pool_id, identity_id, "myDataset", 42)
 
 Both validate before sending (a ``ValueError`` naming the field) and use PUSHSYNC_BROKER_URL.
+When the broker cannot be reached they keep trying, with backoff, for up to
+PUSHSYNC_PUBLISH_TIMEOUT seconds (default 20) of one outage, then raise ``PublishError``. So an
+event is either on the queue or its caller got an exception; after one, publishing the same
+events again is safe (a sync count that was already taken is dropped as stale).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable
 
 from pushsync import contract
 from pushsync.settings import get_settings
+
+log = logging.getLogger("pushsync.client")
+
+
+class PublishError(Exception):
+    """The broker stayed out of reach for PUSHSYNC_PUBLISH_TIMEOUT seconds.
+
+    ``sent`` events (the first ones, in order) are on the queue; the rest are not. Keep them
+    and publish them again later (all of them again is fine too: duplicates are dropped)."""
+
+    def __init__(self, message: str, sent: int):
+        super().__init__(message)
+        self.sent = sent
 
 
 def _app():
@@ -20,14 +39,50 @@ def _app():
     return app
 
 
-def _send(app, chunk: list[dict], producer=None) -> None:
-    import time
+def _retryable() -> tuple[type[BaseException], ...]:
+    import redis.exceptions
+    from kombu.exceptions import OperationalError
 
+    return (OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            ConnectionError, TimeoutError)
+
+
+def _send(app, chunk: list[dict], producer=None) -> None:
     from worker.app import EVENTS_QUEUE, INGEST_TASK
 
     # enqueued_at feeds the enqueue-to-accepted latency histogram; other clients may leave it out
     app.send_task(INGEST_TASK, args=[chunk], kwargs={"enqueued_at": time.time()}, queue=EVENTS_QUEUE,
                   producer=producer)
+
+
+def _publish_chunks(chunks: list[list[dict]]) -> int:
+    """Send the chunks in order, riding out broker outages of up to the publish timeout each."""
+    app = _app()
+    timeout = get_settings().publish_timeout
+    retryable = _retryable()
+    sent = 0
+    i = 0
+    outage_ends: float | None = None
+    delay = 0.05
+    while i < len(chunks):
+        try:
+            with app.producer_or_acquire() as producer:
+                while i < len(chunks):
+                    _send(app, chunks[i], producer)
+                    sent += len(chunks[i])
+                    i += 1
+                    outage_ends, delay = None, 0.05
+        except retryable as exc:
+            now = time.monotonic()
+            if outage_ends is None:
+                outage_ends = now + timeout
+                log.warning("broker unreachable (%s); retrying for up to %.0f s", exc, timeout)
+            if now >= outage_ends:
+                raise PublishError(f"the broker was unreachable for {timeout:g} s (PUSHSYNC_PUBLISH_TIMEOUT): "
+                                   f"{exc}; {sent} of {sum(map(len, chunks))} events were enqueued", sent) from exc
+            time.sleep(min(delay, max(0.0, outage_ends - now)))
+            delay = min(delay * 2, 2.0)
+    return sent
 
 
 def _compact(event: dict) -> dict:
@@ -37,27 +92,28 @@ def _compact(event: dict) -> dict:
 def publish(pool_id: str, identity_id: str, dataset_name: str, sync_count: int, *,
             origin_device_id: str | None = None, event_id: str | None = None) -> dict:
     """Enqueue one change event; returns the event as sent."""
-    event = contract.event(_compact({
+    event = _compact(contract.event(_compact({
         "identityPoolId": pool_id, "identityId": identity_id, "datasetName": dataset_name,
         "syncCount": sync_count, "originDeviceId": origin_device_id, "eventId": event_id,
-    }))
-    _send(_app(), [_compact(event)])
-    return _compact(event)
+    })))
+    _publish_chunks([[event]])
+    return event
 
 
 def publish_many(events: Iterable[dict], *, chunk_size: int | None = None) -> int:
     """Enqueue many events, PUSHSYNC_INGEST_CHUNK (100) to a message, one broker round trip per
     chunk. All events are validated first: one bad event (ValueError naming it by position
     and field) sends nothing. Returns the number of events sent."""
+    settings = get_settings()
+    size = settings.ingest_chunk if chunk_size is None else chunk_size
+    limit = settings.max_events_per_message
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= limit:
+        raise contract.ValidationError("chunk_size", f"must be an integer from 1 to {limit} "
+                                                     "(PUSHSYNC_MAX_EVENTS_PER_MESSAGE)", chunk_size)
     checked = []
     for i, e in enumerate(events):
         try:
             checked.append(_compact(contract.event(e)))
         except contract.ValidationError as exc:
             raise contract.ValidationError(exc.field, f"{exc.rule} (event #{i})") from None
-    size = chunk_size or get_settings().ingest_chunk
-    app = _app()
-    with app.producer_or_acquire() as producer:
-        for start in range(0, len(checked), size):
-            _send(app, checked[start:start + size], producer)
-    return len(checked)
+    return _publish_chunks([checked[start:start + size] for start in range(0, len(checked), size)])

@@ -35,7 +35,9 @@ def _short(value: Any) -> str:
 def _identifier(field: str, value: Any) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 55 or not _ID_RE.fullmatch(value):
         raise ValidationError(field, "must be 1-55 characters of the form REGION:HEX-UUID", value)
-    return value
+    # accepted in any case, stored and compared lower-case: "US-EAST-1:ABC..." is the same
+    # identity as "us-east-1:abc...", never a second one
+    return value.lower()
 
 
 def pool_id(value: Any) -> str:
@@ -110,8 +112,9 @@ def event(data: Any) -> dict[str, Any]:
             raise ValidationError(key, "is required")
     origin = data.get("originDeviceId")
     event_id = data.get("eventId")
-    if event_id is not None and (not isinstance(event_id, str) or not 1 <= len(event_id) <= 128):
-        raise ValidationError("eventId", "must be a string of 1-128 characters", event_id)
+    if event_id is not None and (not isinstance(event_id, str) or not 1 <= len(event_id) <= 128
+                                 or not event_id.isprintable()):
+        raise ValidationError("eventId", "must be 1-128 printable characters", event_id)
     return {
         "identityPoolId": pool_id(data["identityPoolId"]),
         "identityId": identity_id(data["identityId"]),
@@ -120,6 +123,15 @@ def event(data: Any) -> dict[str, Any]:
         "originDeviceId": None if origin is None else device_id(origin, "originDeviceId"),
         "eventId": event_id,
     }
+
+
+def printable(text: Any, limit: int = 300) -> str:
+    """Text from outside made safe for a terminal or a log line: control characters (terminal
+    escapes, NUL, newlines) are shown escaped, and the length is bounded."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def push_data(pool: str, identity: str, dataset: str, count: int) -> dict[str, str]:

@@ -23,7 +23,7 @@ def _read(path: str, field: str) -> str:
         raise ValidationError(field, f"cannot read {path}: {exc.strerror}") from None
 
 
-def load_fcm_service_account(path: str) -> dict:
+def load_fcm_service_account(path: str, allow_http: bool = False) -> dict:
     field = "--fcm-service-account"
     try:
         account = json.loads(_read(path, field))
@@ -34,8 +34,9 @@ def load_fcm_service_account(path: str) -> dict:
     for key in ("project_id", "private_key", "client_email", "token_uri"):
         if not isinstance(account.get(key), str) or not account[key]:
             raise ValidationError(field, f"{path} has no {key}")
-    if not account["token_uri"].startswith(("https://", "http://")):
-        raise ValidationError(field, f"{path}: token_uri must be an http(s) URL")
+    if not account["token_uri"].startswith(("https://", "http://") if allow_http else "https://"):
+        raise ValidationError(field, f"{path}: token_uri must be an https:// URL (http:// only with "
+                                     "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS=true, for development)")
     try:
         key = load_pem_private_key(account["private_key"].encode(), password=None)
     except ValueError:

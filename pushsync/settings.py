@@ -37,6 +37,10 @@ class Settings:
     visibility_timeout: int = 120
     inactive_device_days: float = 30.0
     dead_letter_days: float = 14.0
+    publish_timeout: float = 20.0
+    max_events_per_message: int = 1000
+    # development only: lets the push endpoints and a service account's token_uri be http://
+    allow_insecure_endpoints: bool = False
 
     def redacted(self) -> dict[str, object]:
         out = asdict(self)
@@ -66,6 +70,9 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_VISIBILITY_TIMEOUT": ("visibility_timeout", "int", 6),
     "PUSHSYNC_INACTIVE_DEVICE_DAYS": ("inactive_device_days", "float", 0.0),
     "PUSHSYNC_DEAD_LETTER_DAYS": ("dead_letter_days", "float", 0.0),
+    "PUSHSYNC_PUBLISH_TIMEOUT": ("publish_timeout", "float", 0.0),
+    "PUSHSYNC_MAX_EVENTS_PER_MESSAGE": ("max_events_per_message", "int", 1),
+    "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": ("allow_insecure_endpoints", "bool", None),
 }
 
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
@@ -82,6 +89,10 @@ def redact_url(url: str) -> str:
 
 def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
     raw = raw.strip()
+    if kind == "bool":
+        if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
+            raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
     if kind in ("int", "float"):
         try:
             value = int(raw) if kind == "int" else float(raw)
@@ -132,6 +143,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
                             f"({settings.task_time_limit} s), or Redis re-delivers tasks that are still running")
     if settings.retry_cap < settings.retry_base:
         raise SettingsError("PUSHSYNC_RETRY_CAP: must be at least PUSHSYNC_RETRY_BASE")
+    if not settings.allow_insecure_endpoints:
+        for name, (field, kind, _low) in _VARS.items():
+            if kind == "http_url" and getattr(settings, field).lower().startswith("http://"):
+                raise SettingsError(f"{name}: must be an https:// URL (device tokens and keys travel on it); "
+                                    "http:// is allowed only with PUSHSYNC_ALLOW_INSECURE_ENDPOINTS=true, "
+                                    "for development")
     return settings
 
 

@@ -19,9 +19,10 @@ import uuid
 import redis
 from celery import beat
 
+from pushsync.messages import DeliveryBatch, MessageError, RetryEntry
 from pushsync.settings import get_settings
 from worker import retry
-from worker.app import app, queue_for
+from worker.app import EVENTS_QUEUE, app, queue_for
 
 log = logging.getLogger("pushsync.scheduler")
 
@@ -31,11 +32,11 @@ LOCK_TTL = 15
 
 BEAT_SCHEDULE = {
     "prune-inactive-devices": {"task": "pushsync.prune_devices", "schedule": 3600.0,
-                               "options": {"queue": "events"}},
+                               "options": {"queue": EVENTS_QUEUE}},
     "trim-dead-letters": {"task": "pushsync.trim_dead_letters", "schedule": 3600.0,
-                          "options": {"queue": "events"}},
+                          "options": {"queue": EVENTS_QUEUE}},
     "record-queue-depths": {"task": "pushsync.record_queue_depths", "schedule": 15.0,
-                            "options": {"queue": "events"}},
+                            "options": {"queue": EVENTS_QUEUE}},
 }
 
 _RENEW = """
@@ -73,24 +74,46 @@ class SchedulerLock:
             self.held = False
 
 
-def pump_retries(client: redis.Redis, send=None, now: float | None = None) -> int:
-    """Move due retries back to their queues; returns how many were moved."""
-    from worker.app import DELIVER_TASK, INGEST_TASK
+def pump_retries(client: redis.Redis, send=None, now: float | None = None, dead_letter=None) -> int:
+    """Move due retries back to their queues; returns how many were moved.
+
+    An entry that does not parse as a retry of pushsync's is dead-lettered with the reason
+    and taken out of the set; the pump goes on with the others."""
+    from worker.app import DELIVER_TASK, EVENTS_QUEUE, INGEST_TASK
 
     send = send or (lambda name, arg, queue: app.send_task(name, args=[arg], queue=queue))
+    dead_letter = dead_letter or _dead_letter
     moved = 0
     while True:
         batch = retry.claim_due(client, now=now)
-        for member, entry in batch:
-            payload = entry["payload"]
-            if entry["kind"] == "deliver":
-                send(DELIVER_TASK, payload, queue_for(payload["platform"]))
-            else:
-                send(INGEST_TASK, payload, "events")
+        for member in batch:
+            try:
+                entry = RetryEntry.from_json(member)
+                if entry.kind == "deliver":
+                    parsed = DeliveryBatch.from_json(entry.payload)
+                    send(DELIVER_TASK, parsed.to_json(), queue_for(parsed.platform))
+                else:
+                    send(INGEST_TASK, entry.payload, EVENTS_QUEUE)
+            except MessageError as exc:
+                try:
+                    dead_letter(str(exc), member)
+                except Exception:  # the store is away: leave it claimed, it comes back in a minute
+                    log.exception("could not dead-letter a malformed retry-set entry")
+                    continue
+                log.warning("dead-lettered a malformed retry-set entry: %s", exc)
             retry.done(client, member)
             moved += 1
         if len(batch) < 500:
             return moved
+
+
+def _dead_letter(reason: str, member: bytes | str) -> None:
+    from store import repo
+    from store.db import session_scope
+
+    text = member.decode(errors="replace") if isinstance(member, bytes) else member
+    with session_scope() as session:
+        repo.add_dead_letter(session, "message", f"retry set: {reason}", {"retry_entry": text[:10_000]})
 
 
 class PushsyncScheduler(beat.Scheduler):

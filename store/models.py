@@ -45,7 +45,8 @@ class Pool(Base):
 class Device(Base):
     __tablename__ = "devices"
     __table_args__ = (
-        UniqueConstraint("token", "platform", "pool_id", name="uq_devices_token_platform_pool"),
+        # a hash, not the token: PostgreSQL cannot index a 4 kB token (migration 0002)
+        UniqueConstraint("token_hash", "platform", "pool_id", name="uq_devices_token_hash_platform_pool"),
         Index("ix_devices_pool_identity", "pool_id", "identity_id"),
     )
 
@@ -54,6 +55,7 @@ class Device(Base):
     identity_id: Mapped[str] = mapped_column(String(55))
     platform: Mapped[str] = mapped_column(String(16))
     token: Mapped[str] = mapped_column(String(4096))
+    token_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the token
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     deactivated_reason: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -6,6 +6,7 @@ and returns plain values, never ORM objects that outlive the session.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -184,14 +185,18 @@ def _import_run(session: Session, rows: Sequence[tuple[str, str, str, str, Seque
     return ids
 
 
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def _existing(session: Session, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple]:
-    # The unique index leads with the token, so "token IN (...)" is an index lookup on both
-    # dialects; a row-value IN over three columns is not (PostgreSQL scans the table).
+    # The unique index leads with the token's hash, so "token_hash IN (...)" is an index lookup
+    # on both dialects; a row-value IN over three columns is not (PostgreSQL scans the table).
     wanted = set(keys)
     found = {}
-    for chunk in _chunks(sorted({tok for _p, _pl, tok in keys}), 500):
+    for chunk in _chunks(sorted({token_hash(tok) for _p, _pl, tok in keys}), 500):
         q = select(Device.pool_id, Device.platform, Device.token, Device.id, Device.identity_id,
-                   Device.active).where(Device.token.in_(chunk))
+                   Device.active).where(Device.token_hash.in_(chunk))
         for pool_id, platform, token, dev_id, identity, active in session.execute(q):
             if (pool_id, platform, token) in wanted:
                 found[(pool_id, platform, token)] = (dev_id, identity, active)
@@ -207,14 +212,14 @@ def _register_unique(session: Session, rows: Sequence[tuple[str, str, str, str]]
     now = utcnow()
     new = [
         {"id": str(uuid.uuid4()), "pool_id": p, "identity_id": i, "platform": plat, "token": tok,
-         "active": True, "created_at": now, "updated_at": now}
+         "token_hash": token_hash(tok), "active": True, "created_at": now, "updated_at": now}
         for (p, i, plat, tok), key in zip(rows, keys, strict=True) if key not in found
     ]
     if new:
         # executemany of one compiled statement (SQLAlchemy batches it as insertmanyvalues);
         # building a 500-row VALUES clause per chunk costs more in compilation than the insert.
         stmt = _insert(session, Device.__table__).on_conflict_do_nothing(
-            index_elements=["token", "platform", "pool_id"]).returning(
+            index_elements=["token_hash", "platform", "pool_id"]).returning(
             Device.pool_id, Device.platform, Device.token, Device.id, Device.identity_id, Device.active)
         for pool_id, platform, token, dev_id, identity, active in session.execute(stmt, new):
             found[(pool_id, platform, token)] = (dev_id, identity, active)
@@ -296,13 +301,33 @@ def delete_inactive_devices(session: Session, older_than: timedelta) -> int:
     return len(ids)
 
 
-def active_tokens(session: Session, device_ids: Sequence[str]) -> dict[str, str]:
-    """device id -> token for the devices that are still active."""
-    out = {}
-    for chunk in _chunks(list(device_ids), 500):
-        rows = session.execute(select(Device.id, Device.token).where(Device.id.in_(chunk),
-                                                                      Device.active.is_(True)))
-        out.update(rows.all())
+@dataclass(frozen=True)
+class Target:
+    """A device as it is at send time, for one dataset it is subscribed to."""
+
+    identity_id: str
+    token: str
+    last_sync_count: int | None  # the dataset's last notified count (None: never)
+
+
+def delivery_targets(session: Session, pool_id: str, platform: str,
+                     keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Target]:
+    """(device id, dataset) -> Target, for the keys whose device, in this one query that reads
+    its token, still belongs to the pool and platform, is active and is subscribed to the
+    dataset. The identity and the dataset's last notified count come along so that the caller
+    can skip a device that moved to another identity and a count that is stale by now."""
+    out: dict[tuple[str, str], Target] = {}
+    wanted = set(keys)
+    for chunk in _chunks(sorted({dev for dev, _ds in wanted}), 500):
+        q = (select(Device.id, Subscription.dataset_name, Device.identity_id, Device.token, Dataset.sync_count)
+             .join(Subscription, Subscription.device_id == Device.id)
+             .outerjoin(Dataset, and_(Dataset.pool_id == Device.pool_id, Dataset.identity_id == Device.identity_id,
+                                      Dataset.dataset_name == Subscription.dataset_name))
+             .where(Device.id.in_(chunk), Device.pool_id == pool_id, Device.platform == platform,
+                    Device.active.is_(True)))
+        for dev, dataset, identity, token, count in session.execute(q):
+            if (dev, dataset) in wanted:
+                out[(dev, dataset)] = Target(identity, token, count)
     return out
 
 
@@ -390,9 +415,13 @@ def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list
     out = []
     for chunk in _chunks(list(keys), 200):
         pairs = list({(p, i) for p, i, _d in chunk})
+        datasets = list({d for _p, _i, d in chunk})
+        # the datasets narrow the join in SQL: an identity with many subscribed datasets must
+        # not cost a row per subscription for each event
         q = (select(Device.pool_id, Device.identity_id, Subscription.dataset_name, Device.id, Device.platform)
              .join(Subscription, Subscription.device_id == Device.id)
-             .where(tuple_(Device.pool_id, Device.identity_id).in_(pairs), Device.active.is_(True)))
+             .where(tuple_(Device.pool_id, Device.identity_id).in_(pairs), Device.active.is_(True),
+                    Subscription.dataset_name.in_(datasets)))
         wanted = set(chunk)
         out.extend(tuple(r) for r in session.execute(q) if (r[0], r[1], r[2]) in wanted)
     return out
@@ -425,11 +454,24 @@ def last_sync_count(session: Session, pool_id: str, identity_id: str, dataset: s
 
 # -- dead letters ----------------------------------------------------------------------------
 
+def _clean(text: str | None, limit: int) -> str | None:
+    # what reaches a dead letter came from outside: no NUL (PostgreSQL text refuses it) and a
+    # bounded length, so that writing the dead letter cannot fail on what it records
+    return None if text is None else str(text).replace("\x00", "\\x00")[:limit]
+
+
 def add_dead_letter(session: Session, kind: str, reason: str, payload: dict, *, last_error: str | None = None,
                     pool_id: str | None = None, platform: str | None = None, attempts: int = 1) -> int:
-    dl = DeadLetter(kind=kind, reason=reason[:255], last_error=last_error, payload=json.dumps(payload),
-                    pool_id=(pool_id[:128] if isinstance(pool_id, str) else None), platform=platform,
-                    attempts=attempts)
+    from pushsync import contract
+
+    try:
+        pool_id = contract.pool_id(pool_id)
+    except ValueError:
+        pool_id = None  # only a well-formed id goes in the column; the payload keeps what came
+    dl = DeadLetter(kind=kind, reason=_clean(reason, 255), last_error=_clean(last_error, 2000),
+                    payload=json.dumps(payload, default=repr), pool_id=pool_id,
+                    platform=platform if platform in ("GCM", "APNS", "APNS_SANDBOX") else None,
+                    attempts=max(1, min(int(attempts), 1_000_000)))
     session.add(dl)
     session.flush()
     return dl.id

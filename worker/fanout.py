@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from pushsync import contract
 from pushsync.contract import ValidationError
+from pushsync.messages import DeliveryBatch, Item, dead_letter_payload
 from store import repo
 from worker import pools
 
@@ -53,7 +54,7 @@ def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
 
 
 def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue,
-           enqueued_at: float | None = None) -> IngestResult:
+           enqueued_at: float | None = None, max_events: int = 1000) -> IngestResult:
     """Run one micro-batch of events inside the caller's transaction.
 
     Batches are enqueued before the transaction commits: if the commit then fails, the task
@@ -61,6 +62,13 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     other order could record a count as notified whose pushes were never queued.
     """
     res = IngestResult(received=len(raw_events))
+    if len(raw_events) > max_events:
+        # refused whole, each event kept: replayed one by one, none of them is lost
+        for raw in raw_events:
+            _dead_letter_raw(session, raw, f"message holds {len(raw_events)} events; the limit is {max_events} "
+                                           "per message (PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
+        res.invalid = res.dead_lettered = len(raw_events)
+        return res
     valid = []
     for raw in raw_events:
         try:
@@ -68,9 +76,7 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
         except ValidationError as exc:
             res.invalid += 1
             res.dead_lettered += 1
-            pool = raw.get("identityPoolId") if isinstance(raw, dict) else None
-            repo.add_dead_letter(session, "event", f"invalid event: {exc}", raw if isinstance(raw, dict) else
-                                 {"event": raw}, pool_id=pool if isinstance(pool, str) else None)
+            _dead_letter_raw(session, raw, f"invalid event: {exc}")
     events, res.coalesced = coalesce(valid)
 
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
@@ -95,29 +101,32 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
         return res
 
     by_key = {(e["identityPoolId"], e["identityId"], e["datasetName"]): e for e in winners}
-    groups: dict[tuple[str, str], list[list]] = {}
-    missing_creds: dict[tuple[str, str, str, str], int] = {}
+    groups: dict[tuple[str, str], list[Item]] = {}
     for pool_id, identity, dataset, device_id, platform in repo.resolve_many(session, list(by_key)):
         e = by_key[(pool_id, identity, dataset)]
         if device_id == e["originDeviceId"]:
             continue
+        item = Item(device_id, identity, dataset, e["syncCount"])
         if not creds[pool_id].has(platform):
-            missing_creds[(pool_id, identity, dataset, platform)] = \
-                missing_creds.get((pool_id, identity, dataset, platform), 0) + 1
+            # kept per device, at the count just notified: once `pool create` adds the
+            # credentials, `dlq replay` delivers it (a replay is stale only below that count)
+            res.dead_lettered += 1
+            repo.add_dead_letter(session, "delivery", f"pool has no {'FCM' if platform == 'GCM' else 'APNs'} "
+                                 f"credentials for {platform} devices", dead_letter_payload(pool_id, platform, item),
+                                 pool_id=pool_id, platform=platform)
             continue
-        groups.setdefault((pool_id, platform), []).append([device_id, identity, dataset, e["syncCount"]])
-    for (pool_id, identity, dataset, platform), n in missing_creds.items():
-        res.dead_lettered += 1
-        repo.add_dead_letter(session, "event", f"pool has no {('FCM' if platform == 'GCM' else 'APNs')} "
-                             f"credentials for {n} {platform} device(s)", by_key[(pool_id, identity, dataset)],
-                             pool_id=pool_id, platform=platform)
+        groups.setdefault((pool_id, platform), []).append(item)
     for (pool_id, platform), items in groups.items():
         res.devices += len(items)
         res.per_platform[platform] = res.per_platform.get(platform, 0) + len(items)
         for start in range(0, len(items), batch_size):
-            batch = {"pool": pool_id, "platform": platform, "items": items[start:start + batch_size], "attempt": 1}
-            if enqueued_at is not None:
-                batch["enqueued_at"] = enqueued_at
-            enqueue(platform, batch)
+            batch = DeliveryBatch(pool_id, platform, tuple(items[start:start + batch_size]), 1, enqueued_at)
+            enqueue(platform, batch.to_json())
             res.batches += 1
     return res
+
+
+def _dead_letter_raw(session: Session, raw: object, reason: str) -> None:
+    pool = raw.get("identityPoolId") if isinstance(raw, dict) else None
+    repo.add_dead_letter(session, "event", reason, raw if isinstance(raw, dict) else {"event": raw},
+                         pool_id=pool if isinstance(pool, str) else None)

@@ -70,7 +70,8 @@ def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | Non
     """Everything `pushsync stats` shows and `pushsync metrics` serves."""
     counters = {k.decode(): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}
     raw_latency = {k.decode(): float(v) for k, v in client.hgetall(LATENCY_KEY).items()}
-    out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "latency": {}}
+    out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "skipped": {},
+                 "latency": {}}
     for key, n in counters.items():
         kind, *labels = key.split(SEP)
         if kind == "sent":
@@ -83,6 +84,8 @@ def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | Non
             out["events"][labels[0]] = n
         elif kind == "dead_lettered":
             out["dead_lettered"][labels[0]] = n
+        elif kind == "skipped":
+            out["skipped"][labels[0]] = n
     for key, v in raw_latency.items():
         platform, what = key.split(SEP, 1)
         out["latency"].setdefault(platform, {})[what] = v
@@ -126,13 +129,17 @@ def prometheus(snap: dict) -> str:
            [({"outcome": o}, n) for o, n in sorted(snap["events"].items())])
     family("pushsync_dead_lettered_total", "counter", "Items written to the dead-letter store, by kind.",
            [({"kind": k}, n) for k, n in sorted(snap["dead_lettered"].items())])
+    family("pushsync_pushes_skipped_total", "counter", "Pushes not sent at send time: the device is no longer "
+           "the batch identity's (not_owned), or a newer sync count was notified since (stale).",
+           [({"why": k}, n) for k, n in sorted(snap.get("skipped", {}).items())])
     if snap.get("dead_letters") is not None:
         family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])
     family("pushsync_queue_depth", "gauge", "Messages waiting, per queue (retry: in the retry set).",
            [({"queue": q}, n) for q, n in sorted(snap["queues"].items())])
     lines.append("# HELP pushsync_push_latency_seconds Time from event enqueued to push accepted by FCM or APNs.")
     lines.append("# TYPE pushsync_push_latency_seconds histogram")
-    for platform, h in sorted(snap["latency"].items()):
+    for raw_platform, h in sorted(snap["latency"].items()):
+        platform = _esc(raw_platform)
         cumulative = 0
         for bound in BUCKETS:
             cumulative += int(h.get(f"le={bound}", 0))

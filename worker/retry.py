@@ -58,15 +58,17 @@ def schedule(client: redis.Redis, kind: str, payload: dict, due: float) -> None:
     client.zadd(RETRY_KEY, {member: due})
 
 
-def claim_due(client: redis.Redis, now: float | None = None, limit: int = 500) -> list[tuple[str, dict]]:
-    """Atomically take up to ``limit`` due entries: (raw member, decoded entry)."""
+def claim_due(client: redis.Redis, now: float | None = None, limit: int = 500) -> list[bytes | str]:
+    """Atomically take up to ``limit`` due entries, as raw members (``done`` takes them back
+    as they came): parsing them, and dealing with one that does not parse, is the caller's
+    part (``pushsync.messages.RetryEntry``)."""
     now = time.time() if now is None else now
     client.eval(_RECLAIM, 2, RETRY_KEY, CLAIMED_KEY, now - CLAIM_TIMEOUT, now)
     members = client.eval(_CLAIM, 2, RETRY_KEY, CLAIMED_KEY, now, limit, now)
-    return [(m if isinstance(m, str) else m.decode(), json.loads(m)) for m in members]
+    return list(members)
 
 
-def done(client: redis.Redis, member: str) -> None:
+def done(client: redis.Redis, member: bytes | str) -> None:
     client.zrem(CLAIMED_KEY, member)
 
 

@@ -1,9 +1,14 @@
 """Thin Celery tasks: small JSON arguments in, plain functions do the work.
 
 ``pushsync.ingest(events)``: a list of change events (CONTRACT section 2), queue ``events``.
-``pushsync.deliver(batch)``: {"pool", "platform", "items": [[device_id, identity, dataset,
-sync_count], ...], "attempt"}, queue ``push.fcm`` or ``push.apns``. Device tokens and
-credentials never travel in a message: deliver reads them from the store.
+``pushsync.deliver(batch)``: a delivery batch (``pushsync.messages.DeliveryBatch``), queue
+``push.fcm`` or ``push.apns``. Device tokens and credentials never travel in a message:
+deliver reads them from the store.
+
+Errors are of two kinds. A dependency out of reach (the store's connection, Redis) is
+transient: the task runs again with backoff, at most ``TRANSIENT_MAX_RETRIES`` times. Bad data
+(a message that does not parse, a value the store refuses) is dead-lettered at once, item by
+item where the items can be told apart, and the rest of the message goes on.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import time
 
 import redis
 import redis.exceptions
+import sqlalchemy.exc
 from celery import Task
 from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy.exc import DBAPIError
 
+from pushsync.messages import DeliveryBatch, MessageError
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
@@ -28,7 +34,14 @@ from worker.senders.base import Kind
 log = logging.getLogger("pushsync.tasks")
 
 # The store or the broker briefly out of reach: the task runs again later instead of failing.
-TRANSIENT = (DBAPIError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KombuOperationalError)
+# (OperationalError covers a lost connection, a refused one and SQLite's "database is locked".)
+TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KombuOperationalError)
+# What the store refuses because of the data itself: retrying cannot help.
+DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
+# With the 60 s backoff ceiling, about 4 hours of an unreachable store before a message is
+# dead-lettered (or, if the store is still away then, logged with its content).
+TRANSIENT_MAX_RETRIES = 240
 
 
 class PushsyncTask(Task):
@@ -37,23 +50,36 @@ class PushsyncTask(Task):
     retry_backoff = 2
     retry_backoff_max = 60
     retry_jitter = True
-    max_retries = None  # nothing is dropped because a dependency was down for a while
+    max_retries = TRANSIENT_MAX_RETRIES
+
+    def dead_letter_args(self, session, reason: str, args: tuple, kwargs: dict) -> None:
+        """Keep what a failed task carried; tasks that carry something worth replaying override it."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        """A task that fails for good (a bug, a time limit) has its message acknowledged all
-        the same: keep what it carried in the dead-letter store so it can be replayed."""
-        reason = f"internal error in {self.name}: {type(exc).__name__}: {str(exc)[:150]}"
+        """A task that fails for good (bad data, a bug, a time limit, retries exhausted) has its
+        message acknowledged all the same: keep what it carried so it can be replayed."""
+        reason = f"{type(exc).__name__} in {self.name}: {str(exc)[:150]}"
         try:
             with session_scope() as session:
-                if self.name == INGEST_TASK and args:
-                    events = args[0] if isinstance(args[0], list) else [args[0]]
-                    for e in events:
-                        repo.add_dead_letter(session, "event", reason, e if isinstance(e, dict) else {"event": e},
-                                             last_error=str(exc)[:1000])
-                elif self.name == DELIVER_TASK and args and isinstance(args[0], dict):
-                    delivery.dead_letter_batch(session, args[0], reason)
+                self.dead_letter_args(session, reason, args, kwargs)
         except Exception:
-            log.exception("could not dead-letter the arguments of failed task %s", task_id)
+            log.exception("could not dead-letter the arguments of failed task %s: %.2000r", task_id, args)
+
+
+class IngestTask(PushsyncTask):
+    def dead_letter_args(self, session, reason, args, kwargs):
+        events = args[0] if args and isinstance(args[0], list) else list(args[:1])
+        for e in events:
+            repo.add_dead_letter(session, "event", reason, e if isinstance(e, dict) else {"event": e})
+
+
+class DeliverTask(PushsyncTask):
+    def dead_letter_args(self, session, reason, args, kwargs):
+        raw = args[0] if args else None
+        try:
+            delivery.dead_letter_batch(session, DeliveryBatch.from_json(raw), reason)
+        except MessageError:
+            repo.add_dead_letter(session, "message", reason, {"message": raw})
 
 
 def _redis() -> redis.Redis:
@@ -66,29 +92,58 @@ def _redis() -> redis.Redis:
 _redis_client: redis.Redis | None = None
 
 
-def _schedule_retry(batch: dict, wait: float, settings) -> None:
+def _schedule_retry(batch: DeliveryBatch, wait: float) -> None:
     """A short wait rides on a Celery countdown; a longer one waits in the retry set, which
     the scheduler pumps, because Redis re-delivers countdown messages held past the
     visibility timeout."""
-    if wait <= settings.countdown_max:
-        app.send_task(DELIVER_TASK, args=[batch], queue=queue_for(batch["platform"]), countdown=wait)
+    if wait <= get_settings().countdown_max:
+        app.send_task(DELIVER_TASK, args=[batch.to_json()], queue=queue_for(batch.platform), countdown=wait)
     else:
-        retry.schedule(_redis(), "deliver", batch, time.time() + wait)
+        retry.schedule(_redis(), "deliver", batch.to_json(), time.time() + wait)
 
 
 def _enqueue(platform: str, batch: dict) -> None:
     app.send_task(DELIVER_TASK, args=[batch], queue=queue_for(platform))
 
 
-@app.task(name=INGEST_TASK, base=PushsyncTask, bind=True)
+def _fan_out(events: list, enqueued_at: float) -> fanout.IngestResult:
+    settings = get_settings()
+    with session_scope() as session:
+        return fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=_enqueue,
+                             enqueued_at=enqueued_at, max_events=settings.max_events_per_message)
+
+
+def _fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult:
+    """After the store refused a micro-batch for its data: each event alone, so that only the
+    ones it refuses again are dead-lettered."""
+    total = fanout.IngestResult()
+    for e in events:
+        try:
+            one = _fan_out([e], enqueued_at)
+        except DATA_ERRORS as exc:
+            one = fanout.IngestResult(received=1, invalid=1, dead_lettered=1)
+            with session_scope() as session:
+                repo.add_dead_letter(session, "event", f"the store refused the event: {type(exc.orig).__name__}: "
+                                     f"{str(exc.orig)[:150]}", e if isinstance(e, dict) else {"event": e})
+        for name, value in one.__dict__.items():
+            if isinstance(value, int):
+                setattr(total, name, getattr(total, name) + value)
+    return total
+
+
+@app.task(name=INGEST_TASK, base=IngestTask, bind=True)
 def ingest(self, events: list, enqueued_at: float | None = None) -> dict:
     if not isinstance(events, list):
         events = [events]
-    settings = get_settings()
     started = time.time()
-    with session_scope() as session:
-        result = fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=_enqueue,
-                               enqueued_at=enqueued_at if isinstance(enqueued_at, (int, float)) else started)
+    if not isinstance(enqueued_at, (int, float)) or isinstance(enqueued_at, bool):
+        enqueued_at = started
+    try:
+        result = _fan_out(events, enqueued_at)
+    except DATA_ERRORS as exc:
+        log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
+                    len(events), type(exc.orig).__name__)
+        result = _fan_out_one_by_one(events, enqueued_at)
     rec = metrics.Recorder()
     for outcome in ("received", "invalid", "stale", "coalesced", "notified"):
         rec.add("events", outcome, n=getattr(result, outcome))
@@ -108,41 +163,37 @@ def _flush(rec: metrics.Recorder) -> None:
         log.warning("could not record metrics: %s", exc)
 
 
-@app.task(name=DELIVER_TASK, base=PushsyncTask, bind=True)
+@app.task(name=DELIVER_TASK, base=DeliverTask, bind=True)
 def deliver(self, batch: dict) -> dict:
-    settings = get_settings()
-    with session_scope() as session:
-        creds, tokens = delivery.load(session, batch)
-    result = delivery.DeliveryResult(skipped_inactive=len(batch["items"]) - len(tokens))
-    if creds is None or not creds.has(batch["platform"]):
+    try:
+        parsed = DeliveryBatch.from_json(batch)
+    except MessageError as exc:
         with session_scope() as session:
-            result.dead_lettered = delivery.dead_letter_batch(
-                session, batch, "unknown pool" if creds is None else "pool has no credentials for this platform")
+            repo.add_dead_letter(session, "message", str(exc), {"message": batch})
         rec = metrics.Recorder()
-        rec.add("dead_lettered", "delivery", n=result.dead_lettered)
+        rec.add("dead_lettered", "message")
         _flush(rec)
-        return result.as_dict()
-    outcomes = delivery.send_batch(creds, batch, tokens, settings)
+        log.warning("dead-lettered a delivery message that does not parse: %s", exc)
+        return {"dead_lettered": 1}
+    result, outcomes = delivery.deliver(parsed, get_settings(), session_scope=session_scope,
+                                        schedule_retry=_schedule_retry)
     accepted_at = time.time()
-    with session_scope() as session:
-        delivery.record(session, batch, outcomes, result, settings)
-        if result.retry_batch:
-            # queued before the outcomes commit: a failure in between re-sends, never loses
-            _schedule_retry(result.retry_batch, result.retry_in, settings)
     rec = metrics.Recorder()
-    platform = batch["platform"]
+    platform = parsed.platform
     rec.add("sent", platform, n=result.sent)
     for o in outcomes:
         if o.kind is not Kind.OK:
             rec.add("failed", platform, o.reason or o.kind.value)
     rec.add("invalidated", platform, n=result.deactivated)
     rec.add("dead_lettered", "delivery", n=result.dead_lettered)
-    if isinstance(batch.get("enqueued_at"), (int, float)):
-        rec.observe(platform, accepted_at - batch["enqueued_at"], n=result.sent)
+    rec.add("skipped", "not_owned", n=result.skipped)
+    rec.add("skipped", "stale", n=result.stale + parsed.duplicates)
+    if parsed.enqueued_at is not None:
+        rec.observe(platform, accepted_at - parsed.enqueued_at, n=result.sent)
     _flush(rec)
-    log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered",
-             result.sent, len(batch["items"]), batch.get("attempt", 1), result.retried, result.deactivated,
-             result.dead_lettered, extra={"pool": batch["pool"], "platform": platform})
+    log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered, %d skipped, %d stale",
+             result.sent, len(parsed.items), parsed.attempt, result.retried, result.deactivated,
+             result.dead_lettered, result.skipped, result.stale, extra={"pool": parsed.pool, "platform": platform})
     return result.as_dict()
 
 

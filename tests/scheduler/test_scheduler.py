@@ -13,9 +13,15 @@ import redis
 from scheduler import beat
 from worker import retry
 
-from ..conftest import PUSHSYNC
+from ..conftest import IDENT, POOL, PUSHSYNC
 
 REDIS_URL = "redis://127.0.0.1:6379/9"
+DEV = "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+def _batch(platform: str, n: int, attempt: int = 2) -> dict:
+    """A delivery batch as deliver writes it to the retry set; n tells batches apart."""
+    return {"pool": POOL, "platform": platform, "items": [[DEV, IDENT, "notes", n]], "attempt": attempt}
 
 
 @pytest.fixture
@@ -50,11 +56,12 @@ def test_backoff_is_full_jitter_under_the_cap_and_honours_retry_after():
 
 def test_pump_moves_only_due_entries_once(client):
     now = time.time()
-    retry.schedule(client, "deliver", {"platform": "GCM", "n": 1}, now - 1)
-    retry.schedule(client, "deliver", {"platform": "APNS", "n": 2}, now - 0.5)
-    retry.schedule(client, "deliver", {"platform": "GCM", "n": 3}, now + 60)
+    retry.schedule(client, "deliver", _batch("GCM", 1), now - 1)
+    retry.schedule(client, "deliver", _batch("APNS", 2), now - 0.5)
+    retry.schedule(client, "deliver", _batch("GCM", 3), now + 60)
     sent = []
-    assert beat.pump_retries(client, send=lambda name, arg, q: sent.append((name, arg["n"], q)), now=now) == 2
+    assert beat.pump_retries(client, send=lambda name, arg, q: sent.append((name, arg["items"][0][3], q)),
+                             now=now) == 2
     assert sorted(sent) == [("pushsync.deliver", 1, "push.fcm"), ("pushsync.deliver", 2, "push.apns")]
     assert beat.pump_retries(client, send=lambda *a: sent.append(a), now=now) == 0
     assert retry.depth(client) == {"retry": 1, "retry_claimed": 0}
@@ -62,12 +69,41 @@ def test_pump_moves_only_due_entries_once(client):
 
 def test_a_claim_left_by_a_dead_pump_returns_to_the_retry_set(client):
     now = time.time()
-    retry.schedule(client, "deliver", {"platform": "GCM"}, now - 1)
+    retry.schedule(client, "deliver", _batch("GCM", 1), now - 1)
     claimed = retry.claim_due(client, now=now)  # the pump dies before sending
     assert len(claimed) == 1 and retry.depth(client) == {"retry": 0, "retry_claimed": 1}
     assert retry.claim_due(client, now=now + 1) == []  # not taken twice
     again = retry.claim_due(client, now=now + retry.CLAIM_TIMEOUT + 1)
-    assert [json.loads(m)["payload"] for m, _ in again] == [{"platform": "GCM"}]
+    assert [json.loads(m)["payload"] for m in again] == [_batch("GCM", 1)]
+
+
+@pytest.mark.parametrize("member", [
+    b"not json", b"\xff\xfe", b"[1, 2]", b'{"kind": "deliver"}', b'{"kind": "shell", "payload": {}}',
+    json.dumps({"kind": "deliver", "payload": {"platform": "GCM"}}).encode(),  # no pool, no items
+    json.dumps({"kind": "deliver", "payload": {**_batch("ADM", 1)}}).encode(),
+    json.dumps({"kind": "deliver", "payload": {**_batch("GCM", 1, attempt=-5)}}).encode(),
+])
+def test_a_malformed_retry_entry_is_dead_lettered_and_the_pump_goes_on(client, member):
+    now = time.time()
+    client.zadd(retry.RETRY_KEY, {member: now - 2})
+    retry.schedule(client, "deliver", _batch("APNS_SANDBOX", 7), now - 1)
+    sent, dead = [], []
+    moved = beat.pump_retries(client, send=lambda name, arg, q: sent.append((arg["platform"], q)), now=now,
+                              dead_letter=lambda reason, m: dead.append((reason, m)))
+    assert moved == 2 and sent == [("APNS_SANDBOX", "push.apns")]
+    assert len(dead) == 1 and dead[0][1] == member and dead[0][0]
+    assert retry.depth(client) == {"retry": 0, "retry_claimed": 0}  # not reclaimed a minute later
+
+
+def test_a_malformed_entry_stays_claimed_while_the_store_is_away(client):
+    now = time.time()
+    client.zadd(retry.RETRY_KEY, {b"junk": now - 1})
+
+    def store_down(reason, member):
+        raise ConnectionError("store unreachable")
+
+    assert beat.pump_retries(client, send=lambda *a: None, now=now, dead_letter=store_down) == 0
+    assert retry.depth(client) == {"retry": 0, "retry_claimed": 1}  # tried again after the claim timeout
 
 
 def test_a_second_scheduler_stands_by_until_the_first_lets_go(client):
@@ -87,6 +123,7 @@ def test_a_dead_schedulers_lock_expires(client):
 
 def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
     env = {"PUSHSYNC_BROKER_URL": REDIS_URL, "PUSHSYNC_DATABASE_URL": f"sqlite:///{tmp_path}/s.db", "PATH": "/usr/bin"}
+    subprocess.run([PUSHSYNC, "db", "upgrade"], env=env, check=True, capture_output=True)
     procs = [subprocess.Popen([PUSHSYNC, "scheduler"], env=env, stdout=open(tmp_path / f"s{i}.log", "w"),
                               stderr=subprocess.STDOUT) for i in range(2)]
     try:
@@ -94,8 +131,10 @@ def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
         while client.get(beat.LOCK_KEY) is None and time.time() < deadline:
             time.sleep(0.2)
         holder = client.get(beat.LOCK_KEY).decode()
-        # a due retry is moved once, by the holder, onto the queue
-        retry.schedule(client, "deliver", {"platform": "GCM", "pool": "p", "items": [], "attempt": 2}, time.time())
+        # a due retry is moved once, by the holder, onto the queue; a malformed entry before it
+        # is dead-lettered and does not stop the pump
+        client.zadd(retry.RETRY_KEY, {b'{"kind": "deliver", "payload": {"items": 5}}': time.time() - 1})
+        retry.schedule(client, "deliver", _batch("GCM", 1), time.time())
         deadline = time.time() + 10
         while client.llen("push.fcm") == 0 and time.time() < deadline:
             time.sleep(0.2)
@@ -104,6 +143,10 @@ def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
         assert retry.depth(client) == {"retry": 0, "retry_claimed": 0}
         logs = "".join((tmp_path / f"s{i}.log").read_text() for i in range(2))
         assert "standing by" in logs and str(holder.split(":")[1]) in {str(p.pid) for p in procs}
+        assert all(p.poll() is None for p in procs), logs
+        dead = json.loads(subprocess.run([PUSHSYNC, "dlq", "list", "--json"], env=env, capture_output=True,
+                                         text=True, check=True).stdout)
+        assert [d["reason"][:10] for d in dead] == ["retry set:"] and "items" in dead[0]["payload"]["retry_entry"]
     finally:
         for p in procs:
             p.terminate()
@@ -118,7 +161,7 @@ def test_record_queue_depths_writes_what_is_waiting(client, monkeypatch):
     settings.get_settings.cache_clear()
     try:
         client.rpush("push.apns", "x", "y")
-        retry.schedule(client, "deliver", {"platform": "GCM"}, time.time() + 60)
+        retry.schedule(client, "deliver", _batch("GCM", 1), time.time() + 60)
         depths = tasks.record_queue_depths.run()
         assert depths == {"events": 0, "push.fcm": 0, "push.apns": 2, "retry": 1, "retry_claimed": 0}
         assert json.loads(client.get(tasks.QUEUE_DEPTHS_KEY))["depths"] == depths

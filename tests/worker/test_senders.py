@@ -47,7 +47,8 @@ def test_fcm_retry_after_and_quota_minimum():
 @pytest.mark.parametrize("status,reason,kind", [
     (200, "", Kind.OK),
     (400, "BadDeviceToken", Kind.TOKEN_INVALID),
-    (400, "DeviceTokenNotForTopic", Kind.TOKEN_INVALID),
+    (400, "DeviceTokenNotForTopic", Kind.PERMANENT),  # the pool's topic is wrong, not the token
+    (400, "TopicDisallowed", Kind.PERMANENT),
     (410, "Unregistered", Kind.TOKEN_INVALID),
     (400, "BadCollapseId", Kind.PERMANENT),
     (413, "PayloadTooLarge", Kind.PERMANENT),

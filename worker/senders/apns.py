@@ -8,6 +8,8 @@ PUSHSYNC_CA_FILE apply, with "h2" offered in the TLS handshake as Apple requires
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -20,11 +22,15 @@ from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id,
 # https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns
 ERRORS: dict[tuple[int, str], Kind] = {
     (400, "BadDeviceToken"): Kind.TOKEN_INVALID,
-    (400, "DeviceTokenNotForTopic"): Kind.TOKEN_INVALID,
+    # The pool's --apns-topic does not match the app, or the key may not push to it: a mistake
+    # in the pool's configuration, not a dead token. Deactivating here would wipe out every iOS
+    # device of a pool over one typo.
+    (400, "DeviceTokenNotForTopic"): Kind.PERMANENT,
+    (400, "TopicDisallowed"): Kind.PERMANENT,
     (410, "Unregistered"): Kind.TOKEN_INVALID,
     (410, "ExpiredToken"): Kind.TOKEN_INVALID,
     (400, "IdleTimeout"): Kind.RETRY,
-    (403, "ExpiredProviderToken"): Kind.RETRY,  # after a fresh JWT, once: see _send_one
+    (403, "ExpiredProviderToken"): Kind.RETRY,  # after a fresh JWT, once: see send_one
     (403, "InvalidProviderToken"): Kind.RETRY,
     (429, "TooManyRequests"): Kind.RETRY,
     (429, "TooManyProviderTokenUpdates"): Kind.RETRY,
@@ -33,21 +39,38 @@ ERRORS: dict[tuple[int, str], Kind] = {
     (503, "Shutdown"): Kind.RETRY,
 }
 JWT_ERRORS = {"ExpiredProviderToken", "InvalidProviderToken"}
+# Reasons that say the pool is configured wrong; dead letters carry the hint, metrics the reason.
+POOL_CONFIG_ERRORS = {
+    "DeviceTokenNotForTopic": "the pool's --apns-topic is not the bundle id these devices registered with",
+    "TopicDisallowed": "the pool's APNs key may not push to its --apns-topic",
+}
+# An answer that could not be read: set by the protocol below, retried like a 5xx.
+MALFORMED = "MalformedResponse"
 # How long APNs keeps a push for an offline device; a sync push older than this is stale anyway.
 EXPIRATION_SECONDS = 24 * 3600
 PRIORITY_BACKGROUND = 5  # Apple requires 5 for background (content-available) pushes
 
 
-def classify(device_id: str, status: int, reason: str, timestamp: int | None = None,
+def _moment(timestamp: object) -> datetime | None:
+    """APNs gives the moment a token ended in milliseconds; anything else is ignored."""
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float, str)):
+        return None
+    try:
+        ms = float(timestamp)
+        return datetime.fromtimestamp(ms / 1000, UTC) if math.isfinite(ms) and ms > 0 else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def classify(device_id: str, status: int, reason: object, timestamp: object = None,
              retry_after: float | None = None) -> Outcome:
     if status == 200:
         return Outcome(device_id, Kind.OK, status=200)
+    reason = reason if isinstance(reason, str) else ""
     kind = ERRORS.get((status, reason))
     if kind is None:
-        kind = Kind.RETRY if status >= 500 or status == 429 else Kind.PERMANENT
-    since = None
-    if kind is Kind.TOKEN_INVALID and status == 410 and timestamp:
-        since = datetime.fromtimestamp(timestamp / 1000, UTC)  # APNs gives milliseconds
+        kind = Kind.RETRY if status >= 500 or status == 429 or status == 0 or reason == MALFORMED else Kind.PERMANENT
+    since = _moment(timestamp) if kind is Kind.TOKEN_INVALID and status == 410 else None
     return Outcome(device_id, kind, reason=reason or f"HTTP {status}", status=status, invalid_since=since,
                    retry_after=retry_after if kind is Kind.RETRY else None)
 
@@ -60,8 +83,20 @@ class _Protocol(APNsTLSClientProtocol):
     def on_response_received(self, headers):
         value = headers.get(b"retry-after")
         if value:
-            self.retry_after[headers.get(b"apns-id", b"").decode()] = value.decode()
+            self.retry_after[headers.get(b"apns-id", b"").decode(errors="replace")] = value.decode(errors="replace")
         super().on_response_received(headers)
+
+    def on_data_received(self, data, stream_id):
+        # aioapns parses an error body with a bare json.loads: a body that is not a JSON object
+        # with a reason raises inside the protocol and takes the connection, and every push in
+        # flight on it, down. Such an answer is made that one push's MalformedResponse instead.
+        try:
+            body = json.loads(data.decode())
+            if not isinstance(body, dict) or not isinstance(body.get("reason"), str) or not body["reason"]:
+                raise ValueError("no reason")
+        except (ValueError, UnicodeDecodeError):
+            body = {"reason": MALFORMED}
+        super().on_data_received(json.dumps(body).encode(), stream_id)
 
 
 def protocol_for(url: str) -> type[APNsTLSClientProtocol]:
@@ -104,7 +139,7 @@ class APNsSender(Sender):
             if provider is not None:
                 provider._JWTAuthorizationHeaderProvider__header = None
 
-    async def _send_one(self, req: PushRequest) -> Outcome:
+    async def send_one(self, req: PushRequest) -> Outcome:
         note = self.request(req)
         for attempt in (1, 2):
             try:
@@ -114,7 +149,7 @@ class APNsSender(Sender):
             except Exception as exc:  # connection refused, dropped, TLS failure, max attempts
                 return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
             status = int(result.status) if str(result.status).isdigit() else 0
-            reason = result.description or ""
+            reason = result.description if isinstance(result.description, str) else ""
             retry_after = parse_retry_after(self._protocol.retry_after.pop(note.notification_id, None))
             if status == 403 and reason in JWT_ERRORS and attempt == 1:
                 self._renew_jwt()
@@ -122,9 +157,6 @@ class APNsSender(Sender):
                 continue
             return classify(req.device_id, status, reason, result.timestamp, retry_after)
         raise AssertionError("unreachable")
-
-    async def send(self, requests: list[PushRequest]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._send_one(r) for r in requests)))
 
     async def close(self) -> None:
         self._client.pool.close()

@@ -42,23 +42,33 @@ QUOTA_MIN_BACKOFF = 60.0
 SCOPES = ["https://www.googleapis.com/auth/firebase.messaging"]
 
 
-def _error_details(body: dict) -> tuple[str, bool]:
-    """(FcmError errorCode, whether a field violation names the registration token)."""
-    err = body.get("error") or {}
+def _error_details(body: object) -> tuple[str, bool]:
+    """(FcmError errorCode, whether a field violation names the registration token).
+
+    Every level is checked for its type: an answer of another shape yields ("", False)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return "", False
     code = ""
     token_field = False
-    for detail in err.get("details") or []:
-        if detail.get("@type", "").endswith("FcmError"):
-            code = detail.get("errorCode", "")
-        for violation in detail.get("fieldViolations") or []:
-            if violation.get("field") == "message.token":
+    details = err.get("details")
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict):
+            continue
+        if str(detail.get("@type", "")).endswith("FcmError") and isinstance(detail.get("errorCode"), str):
+            code = detail["errorCode"]
+        violations = detail.get("fieldViolations")
+        for violation in violations if isinstance(violations, list) else []:
+            if isinstance(violation, dict) and violation.get("field") == "message.token":
                 token_field = True
-    if "registration token" in (err.get("message") or "").lower():
+    message = err.get("message")
+    if isinstance(message, str) and "registration token" in message.lower():
         token_field = True
-    return code or err.get("status", ""), token_field
+    status = err.get("status")
+    return code or (status if isinstance(status, str) else ""), token_field
 
 
-def classify(device_id: str, status: int, body: dict, retry_after: str | None) -> Outcome:
+def classify(device_id: str, status: int, body: object, retry_after: str | None) -> Outcome:
     if status == 200:
         return Outcome(device_id, Kind.OK, status=200)
     code, token_field = _error_details(body)
@@ -157,7 +167,7 @@ class FCMSender(Sender):
             android_config={"collapse_key": req.dataset, "priority": "normal"},
         )
 
-    async def _send_one(self, req: PushRequest) -> Outcome:
+    async def send_one(self, req: PushRequest) -> Outcome:
         body = self.message(req)
         auth = await self._authorization()
         for attempt in (1, 2):
@@ -171,6 +181,9 @@ class FCMSender(Sender):
             try:
                 parsed = json.loads(text) if text else {}
             except ValueError:
+                if status != 200:  # an error we cannot read: try again later, say why
+                    return Outcome(req.device_id, Kind.RETRY, reason=f"HTTP {status} with an unreadable body",
+                                   status=status)
                 parsed = {}
             code, _ = _error_details(parsed) if status != 200 else ("", False)
             if status == 401 and code != "THIRD_PARTY_AUTH_ERROR" and attempt == 1:
@@ -180,12 +193,12 @@ class FCMSender(Sender):
             return classify(req.device_id, status, parsed, retry_after)
         raise AssertionError("unreachable")
 
-    async def send(self, requests: list[PushRequest]) -> list[Outcome]:
+    async def prepare(self, requests: list[PushRequest]) -> list[Outcome] | None:
         try:
             await self._authorization()
         except Exception as exc:  # the token endpoint refused or is unreachable
             return [Outcome(r.device_id, Kind.RETRY, reason=f"oauth: {str(exc)[:200]}") for r in requests]
-        return list(await asyncio.gather(*(self._send_one(r) for r in requests)))
+        return None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,0 +1,185 @@
+"""Typed task messages: what travels on the queues, checked when it comes off them.
+
+Nothing read from Redis is trusted (a forged Flower call, a hand-built Celery message, a
+retry-set entry written by an older version). ``DeliveryBatch.from_json`` and
+``RetryEntry.from_json`` turn such data into typed values or raise ``MessageError`` with a
+reason; an item that is wrong on its own is set aside with its reason, and the rest of its
+batch goes on.
+
+Wire shape of a delivery batch (queue ``push.fcm`` or ``push.apns``)::
+
+    {"pool": POOL_ID, "platform": "GCM" | "APNS" | "APNS_SANDBOX", "attempt": 1,
+     "items": [[device_id, identity_id, dataset_name, sync_count], ...],
+     "enqueued_at": 1700000000.0}          # optional, for the latency histogram
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pushsync import contract
+from pushsync.contract import ValidationError
+
+# A batch is made of at most PUSHSYNC_BATCH_SIZE items by fan-out; this is the hard ceiling
+# for anything that comes off a queue, whatever the settings of the process that wrote it.
+MAX_BATCH_ITEMS = 10_000
+# A retry counter beyond this is not one pushsync wrote.
+MAX_ATTEMPT = 1_000
+RETRY_KINDS = ("deliver", "ingest")
+
+
+class MessageError(ValueError):
+    """A task message that cannot be used at all; the text says why."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One push: this device, of this identity, is to be told this dataset's sync count."""
+
+    device_id: str
+    identity_id: str
+    dataset: str
+    sync_count: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Outcomes are keyed by (device, dataset): one device may get two datasets' pushes."""
+        return (self.device_id, self.dataset)
+
+    def to_json(self) -> list:
+        return [self.device_id, self.identity_id, self.dataset, self.sync_count]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Item:
+        if not isinstance(raw, (list, tuple)) or len(raw) != 4:
+            raise ValidationError("item", "must be [device_id, identity_id, dataset_name, sync_count]",
+                                  type(raw).__name__)
+        dev, identity, dataset, count = raw
+        return cls(contract.device_id(dev), contract.identity_id(identity), contract.dataset_name(dataset),
+                   contract.sync_count(count) if isinstance(count, int) else _bad_count(count))
+
+
+def _bad_count(value: Any) -> int:
+    raise ValidationError("syncCount", "must be an integer 0 <= n < 2^63", value)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item of a batch that could not be read, kept (as it came) for the dead-letter store."""
+
+    raw: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeliveryBatch:
+    pool: str
+    platform: str
+    items: tuple[Item, ...]
+    attempt: int = 1
+    enqueued_at: float | None = None
+    rejected: tuple[Rejected, ...] = field(default=(), compare=False)
+    duplicates: int = field(default=0, compare=False)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"pool": self.pool, "platform": self.platform,
+                               "items": [i.to_json() for i in self.items], "attempt": self.attempt}
+        if self.enqueued_at is not None:
+            out["enqueued_at"] = self.enqueued_at
+        return out
+
+    def again(self, items: list[Item]) -> DeliveryBatch:
+        """The same batch for a later attempt, with only ``items``."""
+        return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt + 1, self.enqueued_at)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> DeliveryBatch:
+        if not isinstance(raw, dict):
+            raise MessageError(f"a delivery batch must be a JSON object, got {type(raw).__name__}")
+        unknown = set(raw) - {"pool", "platform", "items", "attempt", "enqueued_at"}
+        if unknown:
+            raise MessageError(f"unknown keys in a delivery batch: {sorted(map(str, unknown))[:5]}")
+        try:
+            pool = contract.pool_id(raw.get("pool"))
+            platform = raw.get("platform")
+            # the queue's platform must be named exactly: an alias or a typo must not route
+            # a push to another service (anything not GCM once went to APNs production)
+            if platform not in contract.PLATFORMS:
+                raise ValidationError("platform", f"must be one of {', '.join(contract.PLATFORMS)}", platform)
+        except ValidationError as exc:
+            raise MessageError(f"bad delivery batch: {exc}") from None
+        attempt = raw.get("attempt", 1)
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= MAX_ATTEMPT:
+            raise MessageError(f"bad delivery batch: attempt must be an integer 1-{MAX_ATTEMPT}, got {attempt!r:.40}")
+        enqueued_at = raw.get("enqueued_at")
+        if enqueued_at is not None and (isinstance(enqueued_at, bool) or not isinstance(enqueued_at, (int, float))
+                                        or not math.isfinite(enqueued_at)):
+            enqueued_at = None  # only feeds a histogram: ignore rather than refuse
+        items_raw = raw.get("items")
+        if not isinstance(items_raw, list) or not items_raw:
+            raise MessageError("bad delivery batch: items must be a non-empty list")
+        if len(items_raw) > MAX_BATCH_ITEMS:
+            raise MessageError(f"bad delivery batch: {len(items_raw)} items, at most {MAX_BATCH_ITEMS}")
+        chosen: dict[tuple[str, str], Item] = {}
+        rejected: list[Rejected] = []
+        duplicates = 0
+        for entry in items_raw:
+            try:
+                item = Item.from_json(entry)
+            except ValidationError as exc:
+                rejected.append(Rejected(entry, f"bad delivery item: {exc}"))
+                continue
+            old = chosen.get(item.key)
+            if old is not None:
+                duplicates += 1
+                if old.sync_count >= item.sync_count:
+                    continue
+            chosen[item.key] = item
+        return cls(pool, platform, tuple(chosen.values()), attempt, enqueued_at, tuple(rejected), duplicates)
+
+
+@dataclass(frozen=True)
+class RetryEntry:
+    """A member of the Redis retry set: a task argument waiting for its time."""
+
+    kind: str
+    payload: Any
+    id: str = ""
+
+    @classmethod
+    def from_json(cls, member: str | bytes) -> RetryEntry:
+        try:
+            data = json.loads(member)
+        except (ValueError, UnicodeDecodeError):
+            raise MessageError("retry-set entry is not JSON") from None
+        if not isinstance(data, dict) or data.get("kind") not in RETRY_KINDS or "payload" not in data:
+            raise MessageError("retry-set entry must be an object with kind (deliver or ingest) and payload")
+        return cls(data["kind"], data["payload"], str(data.get("id", "")))
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "kind": self.kind, "payload": self.payload}, separators=(",", ":"))
+
+
+def dead_letter_payload(pool: str, platform: str, item: Item) -> dict:
+    """One push as the dead-letter store keeps it, in the shape replay reads back."""
+    return {"pool": pool, "platform": platform, "deviceId": item.device_id, "identityId": item.identity_id,
+            "datasetName": item.dataset, "syncCount": item.sync_count}
+
+
+def from_dead_letter(payload: Any) -> tuple[str, str, Item]:
+    """(pool, platform, item) of a delivery dead letter; ``MessageError`` if it is not one."""
+    if not isinstance(payload, dict):
+        raise MessageError("a delivery dead letter must be a JSON object")
+    try:
+        pool = contract.pool_id(payload.get("pool"))
+        platform = payload.get("platform")
+        if platform not in contract.PLATFORMS:
+            raise ValidationError("platform", f"must be one of {', '.join(contract.PLATFORMS)}", platform)
+        item = Item.from_json([payload.get("deviceId"), payload.get("identityId"), payload.get("datasetName"),
+                               payload.get("syncCount")])
+    except ValidationError as exc:
+        raise MessageError(f"bad delivery dead letter: {exc}") from None
+    return pool, platform, item
