@@ -294,11 +294,24 @@ def cmd_publish(args) -> int:
     return 0
 
 
+NO_SUPERVISE = "--no-supervise"
+
+
+def _supervise(args: list[str], what: str) -> int:
+    from pushsync.supervisor import child_command, supervise
+    from worker.logs import configure
+
+    configure()
+    return supervise(child_command([*args, NO_SUPERVISE]), what)
+
+
 def run_worker(argv: list[str]) -> int:
+    if NO_SUPERVISE not in argv:
+        return _supervise(["worker", *argv], "celery worker")
     from worker.app import QUEUES, app
 
     # Defaults first: Celery lets the operator's own -Q, -c, -l ... given after them win.
-    app.worker_main(["worker", "-Q", ",".join(QUEUES), "-l", "INFO", *argv])
+    app.worker_main(["worker", "-Q", ",".join(QUEUES), "-l", "INFO", *[a for a in argv if a != NO_SUPERVISE]])
     return 0
 
 
@@ -383,6 +396,8 @@ def cmd_dlq_replay(args) -> int:
 
 
 def cmd_scheduler(args) -> int:
+    if not args.no_supervise:
+        return _supervise(["scheduler"], "scheduler")
     from scheduler.beat import run
 
     return run()
@@ -511,8 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     pub.set_defaults(func=cmd_publish)
 
     sub.add_parser("worker", help="run a worker on the project's queues (Celery worker options follow)")
-    sub.add_parser("scheduler", help="run the periodic jobs (exactly one per deployment)").set_defaults(
-        func=cmd_scheduler)
+    sched = sub.add_parser("scheduler", help="run the periodic jobs (exactly one per deployment)")
+    sched.add_argument(NO_SUPERVISE, action="store_true",
+                       help="run beat in this process; by default a supervisor restarts it if it exits by itself")
+    sched.set_defaults(func=cmd_scheduler)
 
     from emulators.options import add_arguments as emulator_arguments
 

@@ -18,6 +18,7 @@ import uuid
 
 import redis
 from celery import beat
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pushsync.messages import DeliveryBatch, MessageError, RetryEntry
 from pushsync.settings import get_settings
@@ -141,7 +142,8 @@ class PushsyncScheduler(beat.Scheduler):
                 moved = pump_retries(self.redis)
                 if moved:
                     log.info("moved %d due retries back to their queues", moved)
-            except redis.RedisError as exc:
+            except (redis.RedisError, KombuOperationalError, OSError) as exc:
+                # what was claimed but not sent comes back to the retry set after CLAIM_TIMEOUT
                 log.warning("retry pump failed, will try again: %s", exc)
             self._next_pump = time.monotonic() + PUMP_INTERVAL
         return min(super().tick(*args, **kwargs), PUMP_INTERVAL)

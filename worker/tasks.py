@@ -20,6 +20,7 @@ import redis
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -51,6 +52,17 @@ class PushsyncTask(Task):
     retry_backoff_max = 60
     retry_jitter = True
     max_retries = TRANSIENT_MAX_RETRIES
+
+    def retry(self, *args, **kwargs):
+        # Celery publishes a retry as a new message; when it cannot (the broker is the thing
+        # that is down) it raises Reject(requeue=False), which drops the message. Requeue it
+        # instead: kombu moves it back to its queue in one Redis transaction, or, if Redis is
+        # still away, it stays among the unacknowledged and returns after the visibility timeout.
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            log.warning("could not publish the retry of %s (%s): message requeued", self.name, exc.reason)
+            raise Reject(exc.reason, requeue=True) from None
 
     def dead_letter_args(self, session, reason: str, args: tuple, kwargs: dict) -> None:
         """Keep what a failed task carried; tasks that carry something worth replaying override it."""

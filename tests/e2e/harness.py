@@ -244,3 +244,9 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: redis fsyncs the AOF and exits
             self.proc.wait(10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no flush, connections cut. The AOF (fsync always) keeps what Redis
+        acknowledged."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
