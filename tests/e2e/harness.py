@@ -87,7 +87,7 @@ class Pipeline:
         self.broker_url = broker_url or f"redis://{REDIS_HOST}:6379/{broker_db}"
         redis.Redis.from_url(self.broker_url).flushdb()
         info = emulator.info
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+        self.env = self.base_env()
         self.env.update({
             "PUSHSYNC_DATABASE_URL": db_url,
             "PUSHSYNC_BROKER_URL": self.broker_url,
@@ -99,6 +99,11 @@ class Pipeline:
         })
         self.workers: list[subprocess.Popen] = []
         self.cli("db", "upgrade")
+
+    @staticmethod
+    def base_env() -> dict[str, str]:
+        """This environment without any PUSHSYNC_ setting of the shell the tests run in."""
+        return {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
 
     def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         r = subprocess.run([PUSHSYNC, *args], env=self.env, capture_output=True, text=True, timeout=60, input=input)
