@@ -111,15 +111,27 @@ class Pipeline:
             assert r.returncode == 0, f"pushsync {' '.join(args)} failed: {r.stderr}"
         return r
 
-    def create_pool(self, pool_id: str, fcm: bool = True, apns: bool = True) -> None:
+    def create_pool(self, pool_id: str, fcm: bool = True, apns: bool = True, apns_topic: str | None = None) -> None:
         info = self.emulator.info
         args = ["pool", "create", pool_id]
         if fcm:
             args += ["--fcm-service-account", info["service_account"]]
         if apns:
             args += ["--apns-key", info["apns_key"], "--apns-key-id", info["apns_key_id"],
-                     "--apns-team-id", info["apns_team_id"], "--apns-topic", info["apns_topic"]]
+                     "--apns-team-id", info["apns_team_id"], "--apns-topic", apns_topic or info["apns_topic"]]
         self.cli(*args)
+
+    def send_raw(self, task: str, arg, queue: str) -> None:
+        """Put a hand-made task message on a queue, as any Celery client (or a Flower login) can."""
+        import sys
+
+        script = ("import json, sys\nfrom worker.app import app\n"
+                  "app.send_task(sys.argv[1], args=[json.loads(sys.stdin.read())], queue=sys.argv[2])\n")
+        subprocess.run([sys.executable, "-c", script, task, queue], input=json.dumps(arg), env=self.env,
+                       check=True, text=True, timeout=60)
+
+    def stats(self) -> dict:
+        return json.loads(self.cli("stats", "--json").stdout)
 
     def device(self, pool: str, identity: str, platform: str, token: str, datasets=("notes",)) -> str:
         dev = self.cli("device", "register", pool, identity, "--platform", platform, "--token", token).stdout.strip()
