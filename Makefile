@@ -21,4 +21,5 @@ bench: install
 	$(PY) bench/import_devices.py
 
 demo: install
+	bash scripts/services.sh --install-only
 	$(VENV)/bin/pushsync demo

@@ -1,7 +1,8 @@
 """`pushsync demo`: the whole pipeline on one machine, start to finish.
 
-Starts Redis if none answers (and redis-server is installed), the emulators, a worker and
-the scheduler; creates a demo pool with the emulators' keys; registers
+Starts a redis-server of its own (on a free port, in the state directory: the demo never
+touches a Redis it did not start, such as the one PUSHSYNC_BROKER_URL names), the emulators,
+a worker and the scheduler; creates a demo pool with the emulators' keys; registers
 devices on all three platforms; publishes changes; prints each push as the emulators receive
 it, with what the device's sync client would do with it; then stops everything it started.
 """
@@ -21,7 +22,6 @@ from pathlib import Path
 POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
 ALICE = "us-east-1:23ec4050-6aea-7089-a2dd-08002ec5b1c3"
 BOB = "us-east-1:5d1e6c3a-0f0e-4b5d-9a2b-77a0f2c4d111"
-DEMO_BROKER = "redis://127.0.0.1:6379/15"
 
 
 def _say(text: str) -> None:
@@ -73,14 +73,12 @@ class Demo:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def broker(self) -> str:
-        url = os.environ.get("PUSHSYNC_BROKER_URL", DEMO_BROKER)
-        if _redis_answers(url):
-            _say(f"• Redis answers at {url}")
-            return url
+        """A redis-server of the demo's own: the demo empties nothing and writes nothing in a
+        Redis it did not start (a production shell's PUSHSYNC_BROKER_URL is ignored)."""
         server = shutil.which("redis-server")
         if server is None:
-            raise RuntimeError(f"no Redis answers at {url} and redis-server is not installed "
-                               "(apt-get install redis-server, or set PUSHSYNC_BROKER_URL)")
+            raise RuntimeError("the demo runs a redis-server of its own, and redis-server is not installed "
+                               "(apt-get install redis-server; `make demo` installs it)")
         port = _free_port()
         (self.state / "redis").mkdir(exist_ok=True)
         self.start("redis", [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.state / "redis"),
@@ -91,15 +89,14 @@ class Demo:
             if time.monotonic() > deadline:
                 raise RuntimeError("the demo's redis-server did not start")
             time.sleep(0.1)
-        _say(f"• started redis-server on port {port} (no Redis was answering)")
+        if "PUSHSYNC_BROKER_URL" in os.environ:
+            _say("• PUSHSYNC_BROKER_URL is set: the demo leaves that Redis alone")
+        _say(f"• started a redis-server of the demo's own on port {port} (state in {self.state / 'redis'})")
         return url
 
     def run(self) -> int:
         emu_dir = self.state / "emulator"
         broker = self.broker()
-        import redis
-
-        redis.Redis.from_url(broker).flushdb()  # the demo's own database: start with empty queues
         self.start("emulator", [self.exe, "emulator", "--dir", str(emu_dir), "--quiet"])
         info_path = emu_dir / "emulator.json"
         deadline = time.monotonic() + 20
@@ -143,66 +140,80 @@ class Demo:
         self.start("scheduler", [self.exe, "scheduler"])
         _say("• started a worker and the scheduler")
 
-        _say("\nPublishing changes:")
+        _say("\nPublishing changes, and the pushes as the emulators receive them:")
         steps = [
             (["publish", POOL, ALICE, "contacts", "1", "--origin-device", origin],
-             "Alice edits contacts on her Pixel (sync count 1): her other devices are told"),
-            (["publish", POOL, ALICE, "contacts", "2"], "a backend job changes Alice's contacts (2)"),
-            (["publish", POOL, ALICE, "contacts", "1"], "a late duplicate of count 1 arrives: stale, dropped"),
-            (["publish", POOL, BOB, "notes", "7"], "Bob's notes reach sync count 7"),
+             "Alice edits contacts on her Pixel (sync count 1): her other devices are told",
+             {("alice-iphone", "1"), ("alice-ipad-dev", "1")}),
+            (["publish", POOL, ALICE, "contacts", "2"], "a backend job changes Alice's contacts (2)",
+             {("alice-iphone", "2"), ("alice-ipad-dev", "2"), ("alice-pixel", "2")}),
+            (["publish", POOL, ALICE, "contacts", "1"], "a late duplicate of count 1 arrives: stale, dropped",
+             set()),
+            (["publish", POOL, BOB, "notes", "7"], "Bob's notes reach sync count 7", {("bob-iphone", "7")}),
         ]
-        for args, text in steps:
-            _say(f"  $ pushsync {' '.join(a if len(a) < 20 else a[:12] + '…' for a in args)}\n    {text}")
+        watch = _PushLog(emu_dir / "pushes.jsonl", names)
+        expected: set = set()
+        for args, text, pushes in steps:
+            _say(f"\n  $ pushsync {' '.join(a if len(a) < 20 else a[:12] + '…' for a in args)}\n    {text}")
             self.cli(*args)
-            time.sleep(0.3)
-
-        expected = {("alice-iphone", "1"), ("alice-ipad-dev", "1"), ("alice-iphone", "2"), ("alice-ipad-dev", "2"),
-                    ("alice-pixel", "2"), ("bob-iphone", "7")}
-        _say("\nPushes as the emulators receive them:")
-        seen = self._watch(emu_dir / "pushes.jsonl", names, expected, timeout=60)
+            expected |= pushes
+            # each step's pushes before the next change: the newest count wins, so a count 1 still
+            # waiting when count 2 is notified would (rightly) be dropped at send time
+            watch.until(expected, timeout=60)
         inactive = json.loads(self.cli("pool", "show", POOL))["devices"]
         _say(f"\n• devices now: {json.dumps(inactive)} (the dead token was deactivated)")
-        missing = expected - seen
+        missing = expected - watch.seen
         if missing:
             _say(f"\nMISSING pushes: {sorted(missing)}; logs are in {self.state}")
             return 1
         _say(f"\nAll {len(expected)} expected pushes arrived; nothing stale was pushed. Logs: {self.state}")
         return 0
 
-    def _watch(self, path: Path, names: dict, expected: set, timeout: float) -> set:
-        seen: set = set()
-        last_count: dict[str, int] = {}  # what each device's sync client last synced, per dataset
+
+class _PushLog:
+    """The emulators' log of received pushes, read as it grows and printed as a device sees it."""
+
+    def __init__(self, path: Path, names: dict):
+        self.path, self.names = path, names
+        self.seen: set = set()
+        self.last_count: dict[str, int] = {}  # what each device's sync client last synced, per dataset
+        self.offset = 0
+
+    def until(self, expected: set, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        offset = 0
         settle = None
         while time.monotonic() < deadline:
-            if path.exists():
-                with path.open() as f:
-                    f.seek(offset)
-                    for line in f:
-                        offset += len(line.encode())
-                        r = json.loads(line)
-                        data = r.get("data") or {}
-                        name = names.get(r.get("token"), (r.get("token") or "?")[:8])
-                        where = r["service"] + (f"/{r['host']}" if r.get("host") else "")
-                        if r["status"] != 200:
-                            _say(f"  {where:<17} → {name:<16} {r['status']} {r['reason']} (token dead: device "
-                                 "deactivated, never tried again)")
-                            continue
-                        key = f"{name}/{data.get('datasetName')}"
-                        count = int(data.get("syncCount", -1))
-                        action = ("synchronizes" if data.get("source") == "cognito-sync"
-                                  and count > last_count.get(key, -1) else "ignores it (stale)")
-                        last_count[key] = max(last_count.get(key, -1), count)
-                        _say(f"  {where:<17} → {name:<16} {data.get('datasetName')} syncCount={count:<3} "
-                             f"the app {action}")
-                        seen.add((name, str(count)))
-            if expected <= seen:
-                settle = settle or time.monotonic() + 1.5  # let any stray push show before stopping
+            self._read()
+            if expected <= self.seen:
+                settle = settle or time.monotonic() + 1.0  # let any stray push show before going on
                 if time.monotonic() > settle:
-                    break
+                    return
             time.sleep(0.2)
-        return seen
+
+    def _read(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open() as f:
+            f.seek(self.offset)
+            for line in f:
+                self.offset += len(line.encode())
+                self._show(json.loads(line))
+
+    def _show(self, r: dict) -> None:
+        data = r.get("data") or {}
+        name = self.names.get(r.get("token"), (r.get("token") or "?")[:8])
+        where = r["service"] + (f"/{r['host']}" if r.get("host") else "")
+        if r["status"] != 200:
+            _say(f"      {where:<17} → {name:<16} {r['status']} {r['reason']} (token dead: device "
+                 "deactivated, never tried again)")
+            return
+        key = f"{name}/{data.get('datasetName')}"
+        count = int(data.get("syncCount", -1))
+        action = ("synchronizes" if data.get("source") == "cognito-sync"
+                  and count > self.last_count.get(key, -1) else "ignores it (stale)")
+        self.last_count[key] = max(self.last_count.get(key, -1), count)
+        _say(f"      {where:<17} → {name:<16} {data.get('datasetName')} syncCount={count:<3} the app {action}")
+        self.seen.add((name, str(count)))
 
 
 def main(state_dir: str = "demo-state") -> int:

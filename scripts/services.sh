@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need on this machine: PostgreSQL and Redis answering (started if not), and
 # redis-server and docker-compose installed (Debian packages).
+# With --install-only: just the packages (what `make demo` needs: the demo runs its own Redis).
 set -uo pipefail
 
 wait_for() {  # wait_for NAME COMMAND...
@@ -19,6 +20,9 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "services: installing ${missing[*]}" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
+fi
+if [ "${1:-}" = "--install-only" ]; then
+  exit 0
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "services: starting Redis on 127.0.0.1:6379" >&2
