@@ -102,17 +102,17 @@ class FCMEmulator:
             request.transport.abort()
             raise ConnectionResetError("dropped by fault rule")
         response = self._check(request, project, message, token)
+        if response is None and fault and fault.body is not None:
+            response = web.Response(status=fault.status or 400, body=fault.body.encode(),
+                                    headers=fault.headers or {}, content_type="application/json")
+            self.state.record({**entry, "status": response.status, "reason": "raw answer"})
+            return response
         if response is None and fault and fault.status:
             # 401 without a reason is an expired OAuth token: Google sends no FcmError then
             code = fault.reason or DEFAULT_CODES.get(fault.status)
             response = fcm_error(fault.status, code, "fault injected by the emulator")
             if fault.retry_after:
                 response.headers["Retry-After"] = str(fault.retry_after)
-        if response is None and fault and fault.body is not None:
-            response = web.Response(status=fault.status or 400, body=fault.body.encode(),
-                                    headers=fault.headers or {}, content_type="application/json")
-            self.state.record({**entry, "status": response.status, "reason": "raw answer"})
-            return response
         if response is None and self.state.is_dead(token):
             response = fcm_error(404, "UNREGISTERED", "Requested entity was not found.")
         if response is None:

@@ -254,3 +254,70 @@ def test_dlq_list_and_purge_older_than(store):
     assert r.returncode == 0 and "purged 1" in r.stdout
     assert [d["reason"] for d in json.loads(run_cli(store, "dlq", "list", "--json").stdout)] == ["unknown pool y"]
     assert "purged 1" in run_cli(store, "dlq", "purge").stdout
+
+
+def test_a_4096_character_token_registers_and_imports(store, tmp_path):
+    long_token = "f" * 4096  # the contract's limit (FCM tokens may be up to 4 kB)
+    first = _register(store, token=long_token)
+    assert _register(store, token=long_token) == first
+    lines = [json.dumps({"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM", "token": ch * 4096,
+                         "datasets": ["a"]}) for ch in "abc"]
+    r = run_cli(store, "device", "import", "-", input="\n".join(lines) + "\n")
+    assert r.returncode == 0 and "imported 3 devices, 0 bad lines" in r.stdout, r.stderr
+    too_long = run_cli(store, "device", "register", POOL, IDENT, "--platform", "GCM", "--token", "x" * 4097)
+    assert "token" in _one_error_line(too_long, 2)
+
+
+def test_a_line_the_store_refuses_does_not_take_the_good_lines_of_its_chunk(store, monkeypatch):
+    """A pool deleted while its lines wait in the chunk: the store refuses them (foreign key),
+    and the other lines of the same chunk still go in."""
+    from sqlalchemy import text
+
+    from pushsync import cli, settings
+    from store import repo
+    from store.db import engine_for, session_scope
+    from store.models import Pool
+
+    from ..conftest import POOL2
+
+    assert run_cli(store, "pool", "create", POOL2).returncode == 0
+    monkeypatch.setenv("PUSHSYNC_DATABASE_URL", store)
+    settings.get_settings.cache_clear()
+
+    def lines():
+        yield json.dumps({"identityPoolId": POOL2, "identityId": IDENT, "platform": "GCM", "token": "doomed"})
+        with session_scope(engine_for(store)) as s:
+            s.delete(s.get(Pool, POOL2))
+        for i in range(3):
+            yield json.dumps({"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM", "token": f"ok{i}",
+                              "datasets": ["a"]})
+
+    bad = []
+    try:
+        imported, n_bad = cli.import_devices(lines(), on_bad=lambda n, msg: bad.append((n, msg)))
+    finally:
+        settings.get_settings.cache_clear()
+    assert (imported, n_bad) == (3, 1)
+    assert bad[0][0] == 1 and "the store refused it" in bad[0][1]
+    with session_scope(engine_for(store)) as s:
+        assert len(repo.known_datasets(s, POOL, IDENT)) == 1
+        assert sorted(t for (t,) in s.execute(text("SELECT token FROM devices"))) == ["ok0", "ok1", "ok2"]
+
+
+def test_pool_create_refuses_an_http_token_uri(db_url, tmp_path, creds):
+    account = json.loads(open(creds["sa"]).read())
+    account["token_uri"] = "http://127.0.0.1:1/token"
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(account))
+    r = run_cli(db_url, "pool", "create", POOL, "--fcm-service-account", str(path))
+    assert "https://" in _one_error_line(r, 2)
+
+
+def test_dlq_list_shows_no_terminal_escapes(store):
+    from store import repo
+    from store.db import engine_for, session_scope
+
+    with session_scope(engine_for(store)) as s:
+        repo.add_dead_letter(s, "event", "invalid event: eventId \x1b[2J\x1b]0;owned\x07", {"identityId": "\x1b[31m"})
+    out = run_cli(store, "dlq", "list").stdout
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out

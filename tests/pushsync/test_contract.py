@@ -77,3 +77,28 @@ def test_push_data_has_the_five_string_keys():
     data = contract.push_data(POOL, IDENT, "ds", 7)
     assert data == {"source": "cognito-sync", "identityPoolId": POOL, "identityId": IDENT,
                     "datasetName": "ds", "syncCount": "7"}
+
+
+def test_ids_are_accepted_in_any_case_and_kept_lower_case():
+    from pushsync import contract
+
+    assert contract.pool_id("US-EAST-1:ABCDEF12-0000") == "us-east-1:abcdef12-0000"
+    event = contract.event({"identityPoolId": "US-EAST-1:AB", "identityId": "Us-East-1:Cd", "datasetName": "D",
+                            "syncCount": 1})
+    assert (event["identityPoolId"], event["identityId"], event["datasetName"]) == ("us-east-1:ab", "us-east-1:cd", "D")
+
+
+@pytest.mark.parametrize("event_id", ["a\x00b", "\x1b[31m", "line\nbreak", "", "x" * 129, 5])
+def test_event_id_must_be_1_to_128_printable_characters(event_id):
+    from pushsync import contract
+
+    with pytest.raises(contract.ValidationError, match="eventId"):
+        contract.event({"identityPoolId": "us-east-1:ab", "identityId": "us-east-1:cd", "datasetName": "d",
+                        "syncCount": 1, "eventId": event_id})
+
+
+def test_printable_escapes_control_characters_and_bounds_length():
+    from pushsync.contract import printable
+
+    assert printable("ok \x1b[2J\x00") == "ok \\x1b[2J\\x00"
+    assert len(printable("y" * 1000, limit=50)) == 50

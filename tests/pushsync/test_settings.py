@@ -54,3 +54,20 @@ def test_visibility_timeout_must_outlast_the_task_time_limit():
 def test_retry_cap_below_base_is_refused():
     with pytest.raises(SettingsError, match="^PUSHSYNC_RETRY_CAP:"):
         load_settings({"PUSHSYNC_RETRY_BASE": "10", "PUSHSYNC_RETRY_CAP": "1"})
+
+
+@pytest.mark.parametrize("var", ["PUSHSYNC_FCM_URL", "PUSHSYNC_APNS_PRODUCTION_URL", "PUSHSYNC_APNS_SANDBOX_URL"])
+def test_plain_http_push_endpoints_are_refused_unless_development_allows_them(var):
+    with pytest.raises(SettingsError, match=f"{var}: must be an https://"):
+        load_settings({var: "http://127.0.0.1:9000"})
+    s = load_settings({var: "http://127.0.0.1:9000", "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": "true"})
+    assert s.allow_insecure_endpoints is True
+    with pytest.raises(SettingsError, match="PUSHSYNC_ALLOW_INSECURE_ENDPOINTS"):
+        load_settings({"PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": "perhaps"})
+
+
+def test_publish_timeout_and_message_limit_have_defaults_and_bounds():
+    s = load_settings({})
+    assert (s.publish_timeout, s.max_events_per_message) == (20.0, 1000)
+    with pytest.raises(SettingsError, match="PUSHSYNC_MAX_EVENTS_PER_MESSAGE"):
+        load_settings({"PUSHSYNC_MAX_EVENTS_PER_MESSAGE": "0"})

@@ -56,3 +56,41 @@ def test_ingest_batches_by_platform_skips_origin_and_stale(engine):
     with session_scope(engine) as s:
         res = fanout.ingest(s, [_event(4), _event(2)], batch_size=500, enqueue=lambda p, b: sent.append(b))
     assert res.stale == 1 and res.coalesced == 1 and sent == []
+
+
+def test_a_message_over_the_events_limit_is_refused_whole_and_each_event_kept(engine):
+    with session_scope(engine) as s:
+        repo.upsert_pool(s, POOL, fcm_service_account=FCM_ONLY)
+    sent = []
+    with session_scope(engine) as s:
+        res = fanout.ingest(s, [_event(i) for i in range(4)], batch_size=10, max_events=3,
+                            enqueue=lambda p, b: sent.append(b))
+    assert sent == [] and res.dead_lettered == 4
+    with session_scope(engine) as s:
+        letters = repo.list_dead_letters(s)
+        assert repo.last_sync_count(s, POOL, IDENT, "notes") is None
+    assert [d["payload"]["syncCount"] for d in letters] == [0, 1, 2, 3]
+    assert all("limit is 3 per message" in d["reason"] for d in letters)
+
+
+def test_resolve_narrows_the_join_to_the_events_datasets_in_sql(engine):
+    from sqlalchemy import event as sa_event
+
+    with session_scope(engine) as s:
+        repo.upsert_pool(s, POOL, fcm_service_account=FCM_ONLY)
+        dev = repo.register_device(s, POOL, IDENT, "GCM", "t")
+        repo.subscribe(s, POOL, IDENT, [f"ds{i}" for i in range(30)], dev)
+    statements = []
+
+    def seen(_conn, _cursor, statement, params, _context, _many):
+        statements.append((statement, params))
+
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with session_scope(engine) as s:
+            rows = repo.resolve_many(s, [(POOL, IDENT, "ds7")])
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    assert rows == [(POOL, IDENT, "ds7", dev, "GCM")]
+    [(sql, params)] = [(q, p) for q, p in statements if "subscriptions" in q]
+    assert "dataset_name IN" in sql.replace('"', "").replace("subscriptions.", "")
