@@ -10,23 +10,14 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from ..conftest import POOL
-from .harness import Emulator, Pipeline, new_identity, wait_for
+from .harness import Pipeline, new_identity, wait_for
 
 FCM_POOL, APNS_POOL = 3, 2
 
 
-@pytest.fixture
-def emulator(tmp_path):
-    emu = Emulator(tmp_path / "emu")
-    yield emu
-    emu.stop()
-
-
-def test_thousand_events_to_hundred_devices_reuse_pooled_connections(tmp_path, emulator):
-    pipe = Pipeline(tmp_path, emulator, f"sqlite:///{tmp_path}/store.db", broker_db=14,
+def test_thousand_events_to_hundred_devices_reuse_pooled_connections(tmp_path, own_emulator):
+    pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_db=14,
                     extra_env={"PUSHSYNC_FCM_CONNECTIONS": str(FCM_POOL), "PUSHSYNC_APNS_CONNECTIONS": str(APNS_POOL)})
     try:
         pipe.create_pool(POOL)
@@ -54,14 +45,14 @@ def test_thousand_events_to_hundred_devices_reuse_pooled_connections(tmp_path, e
 
         def all_final():
             latest = {}
-            for req in emulator.requests():
+            for req in own_emulator.requests():
                 if req["status"] == 200:
                     key = (req["token"], req["data"]["datasetName"])
                     latest[key] = max(latest.get(key, 0), int(req["data"]["syncCount"]))
             return len(latest) == 1000 and all(v == 10 for v in latest.values())
 
         wait_for(all_final, timeout=120, interval=0.5, what="count 10 of every dataset on every device")
-        stats = emulator.stats()
+        stats = own_emulator.stats()
         delivered = sum(n for k, n in stats["requests"].items() if k.endswith(":200"))
         print(f"\npushes accepted: {delivered}; connections opened: {stats['connections']}")
         assert delivered >= 1000  # every device got count 10 of each dataset, most got earlier ones too

@@ -25,6 +25,9 @@ ENV = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("well_behaved")
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory, emulator):
     directory = tmp_path_factory.mktemp("faults")
@@ -34,13 +37,6 @@ def pipe(tmp_path_factory, emulator):
     p.start_scheduler()
     yield p
     p.stop_workers()
-
-
-@pytest.fixture(autouse=True)
-def behave(emulator):
-    emulator.clear_faults()
-    yield
-    emulator.clear_faults()
 
 
 def _seed(pipe, n_identities=20, per_identity=3):

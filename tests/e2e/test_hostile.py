@@ -28,6 +28,9 @@ ENV = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("well_behaved")
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory, emulator):
     _prepare_pg()
@@ -39,13 +42,6 @@ def pipe(tmp_path_factory, emulator):
     p.start_scheduler()
     yield p
     p.stop_workers()
-
-
-@pytest.fixture(autouse=True)
-def behave(emulator):
-    emulator.clear_faults()
-    yield
-    emulator.clear_faults()
 
 
 def fcm_token() -> str:

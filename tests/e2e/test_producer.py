@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ..conftest import POOL
-from .harness import Emulator, Pipeline, RedisServer, seed, tally, wait_for
+from .harness import Pipeline, RedisServer, seed, tally, wait_for
 
 PRODUCER = """
 import json, sys, time
@@ -29,17 +29,10 @@ print("published", len(events))
 """
 
 
-@pytest.fixture
-def emulator(tmp_path):
-    emu = Emulator(tmp_path / "emu")
-    yield emu
-    emu.stop()
-
-
-def test_a_redis_restart_mid_publish_loses_no_event(tmp_path, emulator):
+def test_a_redis_restart_mid_publish_loses_no_event(tmp_path, own_emulator):
     server = RedisServer(tmp_path / "redis")
     # a message a worker held when Redis died comes back after the visibility timeout: short here
-    pipe = Pipeline(tmp_path, emulator, f"sqlite:///{tmp_path}/store.db", broker_url=server.url,
+    pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_url=server.url,
                     extra_env={"PUSHSYNC_TASK_TIME_LIMIT": "10", "PUSHSYNC_VISIBILITY_TIMEOUT": "15"})
     try:
         pipe.create_pool(POOL)
@@ -51,7 +44,7 @@ def test_a_redis_restart_mid_publish_loses_no_event(tmp_path, emulator):
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         producer.stdin.write(json.dumps(events))
         producer.stdin.close()
-        wait_for(lambda: tally(emulator.requests(), tokens, "notes", 1)["delivered"] >= 30, timeout=60,
+        wait_for(lambda: tally(own_emulator.requests(), tokens, "notes", 1)["delivered"] >= 30, timeout=60,
                  what="events flowing")
         server.kill()
         time.sleep(2)
@@ -61,9 +54,9 @@ def test_a_redis_restart_mid_publish_loses_no_event(tmp_path, emulator):
         out, err = producer.stdout.read(), producer.stderr.read()
         assert producer.returncode == 0 and f"published {len(events)}" in out, err
         assert "broker unreachable" in err  # it did meet the outage, and rode it out
-        wait_for(lambda: tally(emulator.requests(), tokens, "notes", 1)["delivered"] == len(tokens),
+        wait_for(lambda: tally(own_emulator.requests(), tokens, "notes", 1)["delivered"] == len(tokens),
                  timeout=90, interval=0.5, what="every event published across the restart")
-        t = tally(emulator.requests(), tokens, "notes", 1)
+        t = tally(own_emulator.requests(), tokens, "notes", 1)
         print(f"\n[Redis SIGKILL mid-publish] events {len(events)}, pushes expected {t['expected']}, "
               f"delivered {t['delivered']}, duplicates {t['duplicates']}")
         assert t["strays"] == 0

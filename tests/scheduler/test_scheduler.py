@@ -142,7 +142,10 @@ def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
         assert client.llen("push.fcm") == 1
         assert retry.depth(client) == {"retry": 0, "retry_claimed": 0}
         logs = "".join((tmp_path / f"s{i}.log").read_text() for i in range(2))
-        assert "standing by" in logs and str(holder.split(":")[1]) in {str(p.pid) for p in procs}
+        # the holder is the beat process that one of the two (supervising) schedulers started
+        holder_pid = holder.split(":")[1]
+        parent = open(f"/proc/{holder_pid}/stat").read().rsplit(")", 1)[1].split()[1]
+        assert "standing by" in logs and parent in {str(p.pid) for p in procs}
         assert all(p.poll() is None for p in procs), logs
         dead = json.loads(subprocess.run([PUSHSYNC, "dlq", "list", "--json"], env=env, capture_output=True,
                                          text=True, check=True).stdout)
