@@ -257,11 +257,15 @@ def test_dlq_list_and_purge_older_than(store):
 
 
 def test_a_4096_character_token_registers_and_imports(store, tmp_path):
-    long_token = "f" * 4096  # the contract's limit (FCM tokens may be up to 4 kB)
+    import secrets
+
+    # the contract's limit (FCM tokens may be up to 4 kB); random, as real tokens are, because
+    # PostgreSQL compresses a repetitive value until it fits its index
+    long_token = secrets.token_urlsafe(3072)[:4096]
     first = _register(store, token=long_token)
     assert _register(store, token=long_token) == first
-    lines = [json.dumps({"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM", "token": ch * 4096,
-                         "datasets": ["a"]}) for ch in "abc"]
+    lines = [json.dumps({"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM",
+                         "token": secrets.token_urlsafe(3072)[:4096], "datasets": ["a"]}) for _ in range(3)]
     r = run_cli(store, "device", "import", "-", input="\n".join(lines) + "\n")
     assert r.returncode == 0 and "imported 3 devices, 0 bad lines" in r.stdout, r.stderr
     too_long = run_cli(store, "device", "register", POOL, IDENT, "--platform", "GCM", "--token", "x" * 4097)

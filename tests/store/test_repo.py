@@ -267,3 +267,27 @@ def test_prune_deletes_only_devices_dead_for_long_enough(pools):
     with session_scope(pools) as s:
         assert s.get(Device, old) is None and s.get(Device, recent) is not None and s.get(Device, live).active
         assert s.execute(select(func.count()).select_from(Subscription)).scalar_one() == 0
+
+
+def test_migration_0002_keys_existing_devices_by_token_hash(db_url):
+    """A store made before 0002 keeps its devices: each gets its hash, and registering the same
+    token again still finds the same device."""
+    from alembic import command
+
+    from store.migrate import alembic_config, upgrade
+
+    command.downgrade(alembic_config(db_url), "0001")
+    engine = engine_for(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO pools (id, created_at, updated_at) VALUES (:p, :t, :t)"),
+                         {"p": POOL, "t": "2026-01-01T00:00:00+00:00"})
+            conn.execute(text("INSERT INTO devices (id, pool_id, identity_id, platform, token, active, created_at, "
+                              "updated_at) VALUES ('old-device', :p, :i, 'GCM', 'legacy-token', true, :t, :t)"),
+                         {"p": POOL, "i": IDENT, "t": "2026-01-01T00:00:00+00:00"})
+    finally:
+        upgrade(db_url)
+    with session_scope(engine) as s:
+        assert s.execute(select(Device.token_hash).where(Device.id == "old-device")).scalar_one() == \
+            repo.token_hash("legacy-token")
+        assert repo.register_device(s, POOL, IDENT, "GCM", "legacy-token") == "old-device"
