@@ -33,10 +33,16 @@ class PublishError(Exception):
         self.sent = sent
 
 
-def _app():
-    from worker.app import app
+_producer = None
 
-    return app
+
+def _app():
+    global _producer
+    if _producer is None:
+        from pushsync.queues import producer_app
+
+        _producer = producer_app()
+    return _producer
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
@@ -48,7 +54,7 @@ def _retryable() -> tuple[type[BaseException], ...]:
 
 
 def _send(app, chunk: list[dict], producer=None) -> None:
-    from worker.app import EVENTS_QUEUE, INGEST_TASK
+    from pushsync.queues import EVENTS_QUEUE, INGEST_TASK
 
     # enqueued_at feeds the enqueue-to-accepted latency histogram; other clients may leave it out
     app.send_task(INGEST_TASK, args=[chunk], kwargs={"enqueued_at": time.time()}, queue=EVENTS_QUEUE,

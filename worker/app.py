@@ -1,71 +1,26 @@
-"""The Celery app. Everything that keeps messages from being lost is set here, in one place."""
+"""The workers' Celery app: the shared configuration (``pushsync.queues``) and the tasks."""
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
 
+from pushsync.queues import (  # noqa: F401 - re-exported for the worker's modules
+    APNS_QUEUE,
+    DELIVER_TASK,
+    EVENTS_QUEUE,
+    FCM_QUEUE,
+    INGEST_TASK,
+    QUEUES,
+    celery_config,
+    queue_for,
+)
 from pushsync.settings import get_settings
-
-EVENTS_QUEUE = "events"
-FCM_QUEUE = "push.fcm"
-APNS_QUEUE = "push.apns"
-QUEUES = (EVENTS_QUEUE, FCM_QUEUE, APNS_QUEUE)
-
-INGEST_TASK = "pushsync.ingest"
-DELIVER_TASK = "pushsync.deliver"
-
-# Time limits and the visibility timeout come from the settings (README "Not losing messages"):
-# a task is killed after PUSHSYNC_TASK_TIME_LIMIT (default 60 s; a batch of 500 pushes takes a
-# few seconds, and at most send timeout x attempts against a stalled service), and Redis hands
-# an un-acked message to another worker after PUSHSYNC_VISIBILITY_TIMEOUT (default 120 s),
-# which must be longer, so a healthy task is never re-delivered while it runs.
-
-
-def queue_for(platform: str) -> str:
-    return FCM_QUEUE if platform == "GCM" else APNS_QUEUE
 
 
 def make_app() -> Celery:
-    settings = get_settings()
-    app = Celery("pushsync", broker=settings.broker_url, include=["worker.tasks", "scheduler.tasks"])
-    app.conf.update(
-        # pickle from a queue is remote code execution: JSON only, both ways
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        # a message is acknowledged only once its task has finished, and given back when the
-        # process running it dies
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(1, settings.task_time_limit - 5),
-        broker_connection_retry=True,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            # kombu looks for abandoned (un-acked, past the visibility timeout) messages every
-            # interval x throttle seconds, 100 s by default; every 5 s makes recovery after a
-            # worker's death take the visibility timeout plus at most 5 s
-            "unacked_restore_interval": 5,
-            "unacked_restore_throttle": 1,
-        },
-        # each queue its own exchange and routing key: a bare Queue(name) here took the default
-        # queue's exchange and key, which would route every delivery into "events"
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
-        task_default_queue=EVENTS_QUEUE,
-        task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}},
-        task_create_missing_queues=False,
-        # task events feed Flower (received, started, succeeded...); a "sent" event per enqueued
-        # task would double the Redis publishes on the hot path, so producers send none
-        worker_send_task_events=True,
-        task_send_sent_event=False,
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-    )
+    # scheduler.tasks is named so that workers run the periodic jobs; their code stays there
+    app = Celery("pushsync", include=["worker.tasks", "scheduler.tasks"])
+    app.conf.update(celery_config(get_settings()))
     return app
 
 

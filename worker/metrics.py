@@ -95,6 +95,26 @@ def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | Non
     return out
 
 
+def summary_lines(snap: dict) -> list[str]:
+    """`pushsync stats` without --json: a few lines a person reads."""
+    lines = ["queues:        " + ", ".join(f"{q} {n}" for q, n in snap["queues"].items()),
+             "events:        " + (", ".join(f"{k} {v}" for k, v in sorted(snap["events"].items())) or "none yet")]
+    for platform in sorted(set(snap["sent"]) | set(snap["failed"])):
+        failed = snap["failed"].get(platform, {})
+        lat = snap["latency"].get(platform, {})
+        mean = lat.get("sum", 0.0) / lat["count"] if lat.get("count") else None
+        lines.append(f"{platform + ':':<14} sent {snap['sent'].get(platform, 0)}, failed {sum(failed.values())}"
+                     + (f" ({', '.join(f'{r} {n}' for r, n in sorted(failed.items()))})" if failed else "")
+                     + f", tokens invalidated {snap['invalidated'].get(platform, 0)}"
+                     + (f", mean enqueue-to-accepted {mean:.3f} s" if mean is not None else ""))
+    if snap.get("skipped"):
+        lines.append("skipped:       " + ", ".join(f"{k} {v}" for k, v in sorted(snap["skipped"].items())))
+    dead = snap["dead_letters"] if snap["dead_letters"] is not None else "unknown (store)"
+    lines.append(f"dead letters:  {dead} in the store; written so far: "
+                 + (", ".join(f"{k} {v}" for k, v in sorted(snap["dead_lettered"].items())) or "none"))
+    return lines
+
+
 def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     """Messages waiting per queue, and in the retry set."""
     from worker import retry

@@ -277,9 +277,10 @@ def test_a_line_the_store_refuses_does_not_take_the_good_lines_of_its_chunk(stor
     and the other lines of the same chunk still go in."""
     from sqlalchemy import text
 
-    from pushsync import cli, settings
+    from pushsync import settings
     from store import repo
     from store.db import engine_for, session_scope
+    from store.imports import import_lines
     from store.models import Pool
 
     from ..conftest import POOL2
@@ -298,7 +299,7 @@ def test_a_line_the_store_refuses_does_not_take_the_good_lines_of_its_chunk(stor
 
     bad = []
     try:
-        imported, n_bad = cli.import_devices(lines(), on_bad=lambda n, msg: bad.append((n, msg)))
+        imported, n_bad = import_lines(lines(), on_bad=lambda n, msg: bad.append((n, msg)))
     finally:
         settings.get_settings.cache_clear()
     assert (imported, n_bad) == (3, 1)

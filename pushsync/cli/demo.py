@@ -262,3 +262,12 @@ def produce(emulator_dir: str) -> int:
             return 1
     print("published 3 changes for 3 devices: see the emulator's log for the pushes")
     return 0
+
+
+def register(sub) -> None:
+    demo = sub.add_parser("demo", help="run the whole pipeline locally against the emulators")
+    demo.add_argument("--state-dir", default="demo-state", help="logs, keys and the demo store (wiped first)")
+    demo.set_defaults(func=lambda args: main(args.state_dir))
+    producer = sub.add_parser("demo-producer", help="compose dev profile: demo pool, devices and changes")
+    producer.add_argument("--emulator-dir", default="emulator-state")
+    producer.set_defaults(func=lambda args: produce(args.emulator_dir))

@@ -1,0 +1,52 @@
+"""The ``pushsync`` command (CONTRACT section 4): one module per command group, found here.
+
+Errors print one line to stderr: exit 2 for bad input (a field, a setting, a file), exit 1
+for everything else (unknown pool or device, the store or the broker unreachable). This package
+is the one place that imports everything; each group's module only handles its arguments.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from pushsync.cli import db, demo, device, dlq, ops, pool, publish, subscribe
+from pushsync.cli.common import CommandError, Parser
+from pushsync.contract import ValidationError
+from pushsync.settings import SettingsError, get_settings
+
+GROUPS = (db, pool, device, subscribe, publish, ops, dlq, demo)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="pushsync", description="Self-hosted push sync for FCM and APNs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in GROUPS:
+        module.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from store.repo import NotFound
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        get_settings()
+        if argv[:1] == ["worker"]:
+            return ops.run_worker(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (ValidationError, SettingsError) as exc:
+        print(f"pushsync: {exc}", file=sys.stderr)
+        return 2
+    except (NotFound, CommandError) as exc:
+        print(f"pushsync: {exc}", file=sys.stderr)
+        return 1
+    except OperationalError as exc:
+        print(f"pushsync: the store is unreachable or failing: {str(exc.orig).strip().splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,5 @@
+import sys
+
+from pushsync.cli import main
+
+sys.exit(main())

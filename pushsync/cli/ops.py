@@ -1,0 +1,104 @@
+"""Running and watching: `pushsync worker|scheduler|stats|metrics|emulator`."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pushsync.cli.common import CommandError, session
+from pushsync.settings import get_settings
+
+NO_SUPERVISE = "--no-supervise"
+log = logging.getLogger("pushsync.cli")
+
+
+def _supervise(args: list[str], what: str) -> int:
+    from pushsync.supervisor import child_command, supervise
+    from worker.logs import configure
+
+    configure()
+    # once per start: what this deployment runs with, passwords hidden
+    log.info("%s starting with settings %s", what, json.dumps(get_settings().redacted(), default=str))
+    return supervise(child_command([*args, NO_SUPERVISE]), what)
+
+
+def run_worker(argv: list[str]) -> int:
+    """`pushsync worker [celery worker options]`: Celery parses the options itself."""
+    if NO_SUPERVISE not in argv:
+        return _supervise(["worker", *argv], "celery worker")
+    from worker.app import QUEUES, app
+
+    # Defaults first: Celery lets the operator's own -Q, -c, -l ... given after them win.
+    app.worker_main(["worker", "-Q", ",".join(QUEUES), "-l", "INFO", *[a for a in argv if a != NO_SUPERVISE]])
+    return 0
+
+
+def scheduler(args) -> int:
+    if not args.no_supervise:
+        return _supervise(["scheduler"], "scheduler")
+    from scheduler.beat import run
+
+    return run()
+
+
+def _snapshot() -> dict:
+    import redis
+
+    from store import repo
+    from worker.app import QUEUES
+    from worker.metrics import snapshot
+
+    client = redis.Redis.from_url(get_settings().broker_url, socket_connect_timeout=3)
+    try:
+        with session() as s:
+            dead = repo.count_dead_letters(s)
+    except Exception:  # the store may not be migrated yet; the rest is still worth showing
+        dead = None
+    return snapshot(client, QUEUES, dead)
+
+
+def stats(args) -> int:
+    import redis
+
+    from worker.metrics import summary_lines
+
+    try:
+        snap = _snapshot()
+    except redis.RedisError as exc:
+        raise CommandError(f"cannot reach Redis: {exc}") from None
+    print(json.dumps(snap, indent=2, sort_keys=True) if args.json else "\n".join(summary_lines(snap)))
+    return 0
+
+
+def metrics(args) -> int:
+    from worker.metrics import serve
+
+    serve(args.host, args.port, _snapshot)
+    return 0
+
+
+def emulator(args) -> int:
+    from emulators.server import main as run_emulators
+
+    return run_emulators(args)
+
+
+def register(sub) -> None:
+    from emulators.options import add_arguments as emulator_arguments
+
+    sub.add_parser("worker", help="run a worker on the project's queues (Celery worker options follow; "
+                                  f"{NO_SUPERVISE} runs Celery in this process)")
+    sched = sub.add_parser("scheduler", help="run the periodic jobs (exactly one per deployment)")
+    sched.add_argument(NO_SUPERVISE, action="store_true",
+                       help="run beat in this process; by default a supervisor restarts it if it exits by itself")
+    sched.set_defaults(func=scheduler)
+    st = sub.add_parser("stats", help="queue depths, pushes sent and failed, dead letters, invalidated tokens")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=stats)
+    me = sub.add_parser("metrics", help="serve Prometheus metrics over HTTP")
+    me.add_argument("--host", default="127.0.0.1")
+    me.add_argument("--port", type=int, default=9464)
+    me.set_defaults(func=metrics)
+    emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators")
+    emulator_arguments(emu)
+    emu.set_defaults(func=emulator)

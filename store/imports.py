@@ -1,0 +1,114 @@
+"""Bulk registration from JSON lines (`pushsync device import`): parse, check, register and
+subscribe in chunks, one transaction a chunk; a line the store refuses is retried alone so that
+it never takes the good lines of its chunk with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+
+from pushsync import contract
+from pushsync.contract import ValidationError
+from store import repo
+from store.db import session_scope
+
+CHUNK = 2000
+Row = tuple[str, str, str, str, list[str]]
+REFUSED = (DataError, IntegrityError, ProgrammingError)
+
+
+def parse_line(line: str) -> Row:
+    """(pool, identity, platform, token, datasets) of one line, or ``ValidationError``."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValidationError("line", f"not JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValidationError("line", "must be a JSON object")
+    for key in ("identityPoolId", "identityId", "platform", "token"):
+        if key not in data:
+            raise ValidationError(key, "is required")
+    platform = contract.platform(data["platform"])
+    datasets = data.get("datasets", [])
+    if not isinstance(datasets, list):
+        raise ValidationError("datasets", "must be a list of dataset names")
+    return (contract.pool_id(data["identityPoolId"]), contract.identity_id(data["identityId"]), platform,
+            contract.device_token(data["token"], platform), [contract.dataset_name(d) for d in datasets])
+
+
+class Importer:
+    """Feed it lines; it reports bad ones through ``on_bad(line_number, message)``."""
+
+    def __init__(self, on_bad: Callable[[int, str], None]):
+        self.on_bad = on_bad
+        self.imported = self.bad = self.seen = 0
+        self._pools: dict[str, bool] = {}
+        self._rows: list[Row] = []
+        self._numbers: list[int] = []
+
+    def add(self, number: int, line: str) -> None:
+        self.seen = number
+        if not line.strip():
+            return
+        try:
+            row = parse_line(line)
+        except ValidationError as exc:
+            self._refuse(number, str(exc))
+            return
+        if not self._known_pool(row[0]):
+            self._refuse(number, f"identityPoolId: unknown pool {row[0]} (create it with `pushsync pool create`)")
+            return
+        self._rows.append(row)
+        self._numbers.append(number)
+
+    def full(self) -> bool:
+        return len(self._rows) >= CHUNK
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        try:
+            with session_scope() as s:
+                repo.import_devices(s, self._rows)
+            self.imported += len(self._rows)
+        except REFUSED:
+            for number, row in zip(self._numbers, self._rows, strict=True):
+                self._one(number, row)
+        self._rows.clear()
+        self._numbers.clear()
+
+    def _one(self, number: int, row: Row) -> None:
+        try:
+            with session_scope() as s:
+                repo.import_devices(s, [row])
+            self.imported += 1
+        except REFUSED as exc:
+            self._refuse(number, f"the store refused it: {str(exc.orig).strip().splitlines()[0][:200]}")
+
+    def _known_pool(self, pool: str) -> bool:
+        if pool not in self._pools:
+            with session_scope() as s:
+                self._pools[pool] = bool(repo.pool_versions(s, [pool]))
+        return self._pools[pool]
+
+    def _refuse(self, number: int, message: str) -> None:
+        self.bad += 1
+        self.on_bad(number, message)
+
+
+def import_lines(lines: Iterable[str], *, on_bad: Callable[[int, str], None],
+                 on_progress: Callable[[int, int, int], None] | None = None) -> tuple[int, int]:
+    """Register and subscribe devices from JSON lines; returns (imported, bad)."""
+    importer = Importer(on_bad)
+    for number, line in enumerate(lines, start=1):
+        importer.add(number, line)
+        if importer.full():
+            importer.flush()
+            if on_progress:
+                on_progress(importer.seen, importer.imported, importer.bad)
+    importer.flush()
+    if on_progress:
+        on_progress(importer.seen, importer.imported, importer.bad)
+    return importer.imported, importer.bad
