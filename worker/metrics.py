@@ -66,6 +66,22 @@ class Recorder:
         self.latency.clear()
 
 
+def record_delivery(rec: Recorder, batch, result, outcomes, accepted_at: float) -> None:
+    """One delivery task's figures: pushes sent, failed by reason, skipped, dead-lettered, and
+    the enqueue-to-accepted latency of those sent."""
+    platform = batch.platform
+    rec.add("sent", platform, n=result.sent)
+    for o in outcomes:
+        if o.kind.value != "ok":
+            rec.add("failed", platform, o.reason or o.kind.value)
+    rec.add("invalidated", platform, n=result.deactivated)
+    rec.add("dead_lettered", "delivery", n=result.dead_lettered)
+    rec.add("skipped", "not_owned", n=result.skipped)
+    rec.add("skipped", "stale", n=result.stale + batch.duplicates)
+    if batch.enqueued_at is not None:
+        rec.observe(platform, accepted_at - batch.enqueued_at, n=result.sent)
+
+
 def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | None) -> dict:
     """Everything `pushsync stats` shows and `pushsync metrics` serves."""
     counters = {k.decode(): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}

@@ -30,7 +30,6 @@ from store import repo
 from store.db import session_scope
 from worker import delivery, fanout, metrics, retry
 from worker.app import DELIVER_TASK, INGEST_TASK, app, queue_for
-from worker.senders.base import Kind
 
 log = logging.getLogger("pushsync.tasks")
 
@@ -46,12 +45,23 @@ TRANSIENT_MAX_RETRIES = 240
 
 
 class PushsyncTask(Task):
+    """The chores of every task: its figures (``self.metrics``, flushed to Redis in one round
+    trip when the task ends, whatever the outcome), bounded retries of transient errors, and
+    its arguments kept as dead letters when it fails for good (``dead_letter_args``)."""
+
     abstract = True
     autoretry_for = TRANSIENT
     retry_backoff = 2
     retry_backoff_max = 60
     retry_jitter = True
     max_retries = TRANSIENT_MAX_RETRIES
+
+    def __call__(self, *args, **kwargs):
+        self.metrics = metrics.Recorder()
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            _flush(self.metrics)
 
     def retry(self, *args, **kwargs):
         # Celery publishes a retry as a new message; when it cannot (the broker is the thing
@@ -145,22 +155,18 @@ def _fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult
 
 @app.task(name=INGEST_TASK, base=IngestTask, bind=True)
 def ingest(self, events: list, enqueued_at: float | None = None) -> dict:
-    if not isinstance(events, list):
-        events = [events]
-    started = time.time()
+    events = events if isinstance(events, list) else [events]
     if not isinstance(enqueued_at, (int, float)) or isinstance(enqueued_at, bool):
-        enqueued_at = started
+        enqueued_at = time.time()
     try:
         result = _fan_out(events, enqueued_at)
     except DATA_ERRORS as exc:
         log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
                     len(events), type(exc.orig).__name__)
         result = _fan_out_one_by_one(events, enqueued_at)
-    rec = metrics.Recorder()
     for outcome in ("received", "invalid", "stale", "coalesced", "notified"):
-        rec.add("events", outcome, n=getattr(result, outcome))
-    rec.add("dead_lettered", "event", n=result.dead_lettered)
-    _flush(rec)
+        self.metrics.add("events", outcome, n=getattr(result, outcome))
+    self.metrics.add("dead_lettered", "event", n=result.dead_lettered)
     log.info("ingested %d events: %d notified, %d stale, %d dead-lettered, %d devices in %d batches",
              result.received, result.notified, result.stale, result.dead_lettered, result.devices, result.batches,
              extra={"event_ids": [e.get("eventId") for e in events if isinstance(e, dict) and e.get("eventId")]
@@ -182,30 +188,16 @@ def deliver(self, batch: dict) -> dict:
     except MessageError as exc:
         with session_scope() as session:
             repo.add_dead_letter(session, "message", str(exc), {"message": batch})
-        rec = metrics.Recorder()
-        rec.add("dead_lettered", "message")
-        _flush(rec)
+        self.metrics.add("dead_lettered", "message")
         log.warning("dead-lettered a delivery message that does not parse: %s", exc)
         return {"dead_lettered": 1}
     result, outcomes = delivery.deliver(parsed, get_settings(), session_scope=session_scope,
                                         schedule_retry=_schedule_retry)
-    accepted_at = time.time()
-    rec = metrics.Recorder()
-    platform = parsed.platform
-    rec.add("sent", platform, n=result.sent)
-    for o in outcomes:
-        if o.kind is not Kind.OK:
-            rec.add("failed", platform, o.reason or o.kind.value)
-    rec.add("invalidated", platform, n=result.deactivated)
-    rec.add("dead_lettered", "delivery", n=result.dead_lettered)
-    rec.add("skipped", "not_owned", n=result.skipped)
-    rec.add("skipped", "stale", n=result.stale + parsed.duplicates)
-    if parsed.enqueued_at is not None:
-        rec.observe(platform, accepted_at - parsed.enqueued_at, n=result.sent)
-    _flush(rec)
+    metrics.record_delivery(self.metrics, parsed, result, outcomes, accepted_at=time.time())
     log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered, %d skipped, %d stale",
              result.sent, len(parsed.items), parsed.attempt, result.retried, result.deactivated,
-             result.dead_lettered, result.skipped, result.stale, extra={"pool": parsed.pool, "platform": platform})
+             result.dead_lettered, result.skipped, result.stale,
+             extra={"pool": parsed.pool, "platform": parsed.platform})
     return result.as_dict()
 
 

@@ -45,7 +45,7 @@ def test_a_micro_batch_the_store_refuses_goes_again_event_by_event(settings_for,
     monkeypatch.setattr(tasks, "_enqueue", lambda platform, batch: sent.append(batch))
     events = [{"identityPoolId": POOL, "identityId": ident, "datasetName": "notes", "syncCount": 3}
               for ident in (IDENT, IDENT2)]
-    result = tasks.ingest.run(events)
+    result = tasks.ingest(events)  # as the worker calls it: through the base task
     assert (result["notified"], result["dead_lettered"]) == (1, 1)
     assert [item[0] for b in sent for item in b["items"]] == [devices[IDENT]]
     with session_scope(engine) as s:
