@@ -23,6 +23,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from emulators.options import pushsync_env
+
 POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
 EXE = str(Path(sys.executable).with_name("pushsync"))
 
@@ -54,9 +56,7 @@ def main() -> None:
                 conn.execute(text("DROP DATABASE IF EXISTS pushsync_bench"))
                 conn.execute(text("CREATE DATABASE pushsync_bench"))
         env.update({"PUSHSYNC_DATABASE_URL": db, "PUSHSYNC_BROKER_URL": f"redis://127.0.0.1:6379/{args.broker_db}",
-                    "PUSHSYNC_FCM_URL": info["fcm_url"], "PUSHSYNC_APNS_PRODUCTION_URL": info["apns_production_url"],
-                    "PUSHSYNC_APNS_SANDBOX_URL": info["apns_sandbox_url"], "PUSHSYNC_CA_FILE": info["ca_file"],
-                    "PUSHSYNC_INGEST_CHUNK": str(args.chunk)})
+                    **pushsync_env(info), "PUSHSYNC_INGEST_CHUNK": str(args.chunk)})
         import redis
 
         redis.Redis(db=args.broker_db).flushdb()

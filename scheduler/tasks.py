@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import time
+import logging
 from datetime import timedelta
 
 import redis
@@ -15,7 +14,7 @@ from worker import metrics
 from worker.app import QUEUES, app
 from worker.tasks import PushsyncTask
 
-QUEUE_DEPTHS_KEY = "pushsync:queue_depths"
+log = logging.getLogger("pushsync.scheduler")
 
 
 @app.task(name="pushsync.prune_devices", base=PushsyncTask)
@@ -36,7 +35,8 @@ def trim_dead_letters() -> int:
 
 @app.task(name="pushsync.record_queue_depths", base=PushsyncTask)
 def record_queue_depths() -> dict:
-    client = redis.Redis.from_url(get_settings().broker_url)
-    depths = metrics.queue_depths(client, QUEUES)
-    client.set(QUEUE_DEPTHS_KEY, json.dumps({"at": time.time(), "depths": depths}))
+    """A log line of what waits, every 15 s, for whoever reads the logs rather than the metrics
+    page (which computes the depths itself when scraped)."""
+    depths = metrics.queue_depths(redis.Redis.from_url(get_settings().broker_url), QUEUES)
+    log.info("queue depths: %s", ", ".join(f"{q} {n}" for q, n in depths.items()))
     return depths

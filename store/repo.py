@@ -389,23 +389,19 @@ def subscriptions_of(session: Session, device_id: str) -> list[str]:
     return list(rows.scalars())
 
 
-def resolve_query(pool_id: str, identity_id: str, dataset: str, origin_device_id: str | None):
-    """The one query that finds who gets a push: active devices of the identity subscribed to
-    the dataset, less the origin device. Served by ix_devices_pool_identity and the
-    subscriptions primary key (device_id, dataset_name)."""
-    q = (select(Device.id, Device.platform)
-         .join(Subscription, and_(Subscription.device_id == Device.id,
-                                  Subscription.dataset_name == dataset))
-         .where(Device.pool_id == pool_id, Device.identity_id == identity_id, Device.active.is_(True)))
-    if origin_device_id is not None:
-        q = q.where(Device.id != origin_device_id)
-    return q
-
-
-def resolve_devices(session: Session, pool_id: str, identity_id: str, dataset: str,
-                    origin_device_id: str | None = None) -> list[tuple[str, str]]:
-    """(device id, platform) of every device that must receive this dataset's push."""
-    return [tuple(r) for r in session.execute(resolve_query(pool_id, identity_id, dataset, origin_device_id))]
+def resolve_statement(keys: Sequence[tuple[str, str, str]]):
+    """The one query that finds who gets a push, for up to 200 (pool, identity, dataset) keys:
+    active devices of those identities subscribed to those datasets. Served by
+    ix_devices_pool_identity and the subscriptions primary key (device_id, dataset_name); the
+    caller keeps only the rows whose (pool, identity, dataset) it asked for."""
+    pairs = sorted({(p, i) for p, i, _d in keys})
+    datasets = sorted({d for _p, _i, d in keys})
+    # the datasets narrow the join in SQL: an identity with many subscribed datasets must not
+    # cost a row per subscription for each event
+    return (select(Device.pool_id, Device.identity_id, Subscription.dataset_name, Device.id, Device.platform)
+            .join(Subscription, Subscription.device_id == Device.id)
+            .where(tuple_(Device.pool_id, Device.identity_id).in_(pairs), Device.active.is_(True),
+                   Subscription.dataset_name.in_(datasets)))
 
 
 def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, str, str]]:
@@ -414,16 +410,8 @@ def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list
     leaving out each event's origin device is the caller's part."""
     out = []
     for chunk in _chunks(list(keys), 200):
-        pairs = list({(p, i) for p, i, _d in chunk})
-        datasets = list({d for _p, _i, d in chunk})
-        # the datasets narrow the join in SQL: an identity with many subscribed datasets must
-        # not cost a row per subscription for each event
-        q = (select(Device.pool_id, Device.identity_id, Subscription.dataset_name, Device.id, Device.platform)
-             .join(Subscription, Subscription.device_id == Device.id)
-             .where(tuple_(Device.pool_id, Device.identity_id).in_(pairs), Device.active.is_(True),
-                    Subscription.dataset_name.in_(datasets)))
         wanted = set(chunk)
-        out.extend(tuple(r) for r in session.execute(q) if (r[0], r[1], r[2]) in wanted)
+        out.extend(tuple(r) for r in session.execute(resolve_statement(chunk)) if (r[0], r[1], r[2]) in wanted)
     return out
 
 

@@ -21,6 +21,8 @@ import pytest
 import redis
 import yaml
 
+from emulators.options import pushsync_env
+
 from .conftest import ROOT
 from .e2e.harness import wait_for
 
@@ -165,9 +167,7 @@ def test_every_service_command_is_a_real_entry_point(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         # the dev profile's producer, against the emulator: the pushes arrive
         info = json.loads((here.state / "emulator.json").read_text())
-        here.env.update({"PUSHSYNC_FCM_URL": info["fcm_url"], "PUSHSYNC_CA_FILE": info["ca_file"],
-                         "PUSHSYNC_APNS_PRODUCTION_URL": info["apns_production_url"],
-                         "PUSHSYNC_APNS_SANDBOX_URL": info["apns_sandbox_url"]})
+        here.env.update(pushsync_env(info))
         procs["worker"].send_signal(signal.SIGTERM)
         procs["worker"].wait(30)
         procs["worker"] = here.start("worker")  # again, now with the emulator's endpoints

@@ -8,7 +8,7 @@ query -> leave out each event's origin device -> group by (pool, platform) -> ba
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,6 @@ class IngestResult:
     dead_lettered: int = 0
     devices: int = 0
     batches: int = 0
-    per_platform: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -118,7 +117,6 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
         groups.setdefault((pool_id, platform), []).append(item)
     for (pool_id, platform), items in groups.items():
         res.devices += len(items)
-        res.per_platform[platform] = res.per_platform.get(platform, 0) + len(items)
         for start in range(0, len(items), batch_size):
             batch = DeliveryBatch(pool_id, platform, tuple(items[start:start + batch_size]), 1, enqueued_at)
             enqueue(platform, batch.to_json())

@@ -29,6 +29,11 @@ def _task_context() -> dict:
     return {"task": task.name, "task_id": task.request.id}
 
 
+def short_token(token: str) -> str:
+    """Tokens are secrets: logs show this prefix only."""
+    return token[:8] + "…"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -42,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         for name in EXTRA_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                out[name] = value[:8] + "…" if name == "token" and isinstance(value, str) else value
+                out[name] = short_token(value) if name == "token" and isinstance(value, str) else value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from emulators.options import pushsync_env
+
 POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
 ALICE = "us-east-1:23ec4050-6aea-7089-a2dd-08002ec5b1c3"
 BOB = "us-east-1:5d1e6c3a-0f0e-4b5d-9a2b-77a0f2c4d111"
@@ -110,10 +112,7 @@ class Demo:
         self.env.update({
             "PUSHSYNC_DATABASE_URL": f"sqlite:///{self.state / 'demo.db'}",
             "PUSHSYNC_BROKER_URL": broker,
-            "PUSHSYNC_FCM_URL": info["fcm_url"],
-            "PUSHSYNC_APNS_PRODUCTION_URL": info["apns_production_url"],
-            "PUSHSYNC_APNS_SANDBOX_URL": info["apns_sandbox_url"],
-            "PUSHSYNC_CA_FILE": info["ca_file"],
+            **pushsync_env(info),
         })
         self.cli("db", "upgrade")
         self.cli("pool", "create", POOL, "--fcm-service-account", info["service_account"],

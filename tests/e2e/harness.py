@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from emulators.options import pushsync_env
+
 from ..conftest import PUSHSYNC
 
 REDIS_HOST = "127.0.0.1"
@@ -91,10 +93,7 @@ class Pipeline:
         self.env.update({
             "PUSHSYNC_DATABASE_URL": db_url,
             "PUSHSYNC_BROKER_URL": self.broker_url,
-            "PUSHSYNC_FCM_URL": info["fcm_url"],
-            "PUSHSYNC_APNS_PRODUCTION_URL": info["apns_production_url"],
-            "PUSHSYNC_APNS_SANDBOX_URL": info["apns_sandbox_url"],
-            "PUSHSYNC_CA_FILE": info["ca_file"],
+            **pushsync_env(info),
             **(extra_env or {}),
         })
         self.workers: list[subprocess.Popen] = []

@@ -219,8 +219,8 @@ def test_device_import_imports_good_lines_and_names_bad_ones(store, tmp_path):
     with session_scope(engine_for(store)) as s:
         # g1 moved to IDENT2 on line 7, so it lost a and b and holds c only
         assert repo.subscriptions_of(s, g1) == ["c"]
-        apns = repo.resolve_devices(s, POOL, IDENT, "a")
-        assert [p for _d, p in apns] == ["APNS"]
+        apns = repo.resolve_many(s, [(POOL, IDENT, "a")])
+        assert [row[4] for row in apns] == ["APNS"]
 
 
 def test_device_import_from_stdin_and_missing_file(store):

@@ -22,6 +22,12 @@ def pools(engine):
     return engine
 
 
+def _resolve(s, pool, ident, dataset, origin=None) -> list[tuple[str, str]]:
+    """(device, platform) that ingest would push to, through the resolve it runs."""
+    return [(dev, plat) for _p, _i, _d, dev, plat in repo.resolve_many(s, [(pool, ident, dataset)])
+            if dev != origin]
+
+
 def _register(engine, pool, ident, platform, token):
     with session_scope(engine) as s:
         return repo.register_device(s, pool, ident, platform, token)
@@ -46,7 +52,7 @@ def test_moving_a_token_to_another_identity_drops_its_old_subscriptions(pools):
     with session_scope(pools) as s:
         assert repo.subscriptions_of(s, dev) == []
         assert repo.device_info(s, dev)["identity_id"] == IDENT2
-        assert repo.resolve_devices(s, POOL, IDENT, "contacts") == []
+        assert _resolve(s, POOL, IDENT, "contacts") == []
         # the old identity's subscription calls now refuse the device
         with pytest.raises(repo.NotFound):
             repo.subscribe(s, POOL, IDENT, ["notes"], dev)
@@ -57,10 +63,10 @@ def test_reregistering_a_deactivated_device_reactivates_it(pools):
     with session_scope(pools) as s:
         repo.subscribe(s, POOL, IDENT, ["d"], dev)
         assert repo.deactivate_devices(s, [dev], "UNREGISTERED") == 1
-        assert repo.resolve_devices(s, POOL, IDENT, "d") == []
+        assert _resolve(s, POOL, IDENT, "d") == []
     assert _register(pools, POOL, IDENT, "GCM", "t") == dev
     with session_scope(pools) as s:
-        assert repo.resolve_devices(s, POOL, IDENT, "d") == [(dev, "GCM")]
+        assert _resolve(s, POOL, IDENT, "d") == [(dev, "GCM")]
 
 
 def test_subscribe_all_uses_known_datasets_or_the_subset(pools):
@@ -93,9 +99,9 @@ def test_resolve_leaves_out_origin_inactive_unsubscribed_and_strangers(pools):
         repo.subscribe(s, POOL, IDENT2, ["ds"], other_ident)
         repo.subscribe(s, POOL2, IDENT, ["ds"], other_pool)
         repo.deactivate_devices(s, [d3], "BadDeviceToken")
-        got = sorted(repo.resolve_devices(s, POOL, IDENT, "ds", origin_device_id=d1))
+        got = sorted(_resolve(s, POOL, IDENT, "ds", origin=d1))
         assert got == [(d2, "APNS")]
-        assert sorted(repo.resolve_devices(s, POOL, IDENT, "ds")) == sorted([(d1, "GCM"), (d2, "APNS")])
+        assert sorted(_resolve(s, POOL, IDENT, "ds")) == sorted([(d1, "GCM"), (d2, "APNS")])
         many = repo.resolve_many(s, [(POOL, IDENT, "ds"), (POOL2, IDENT, "ds"), (POOL, IDENT2, "ds")])
         assert sorted(r[3] for r in many) == sorted([d1, d2, other_pool, other_ident])
 
@@ -189,7 +195,7 @@ def test_concurrent_advances_never_both_win_the_same_count(pools, db_url):
 
 # -- a large store ---------------------------------------------------------------------------
 
-def test_resolve_on_a_store_of_100k_devices_is_exact_and_indexed(pools, db_url):
+def test_resolve_many_on_a_store_of_100k_devices_is_exact_and_indexed(pools, db_url):
     n_ident = 25_000  # 4 devices each: 100,000 devices
     rows, subs = [], []
     for i in range(n_ident):
@@ -212,20 +218,21 @@ def test_resolve_on_a_store_of_100k_devices_is_exact_and_indexed(pools, db_url):
     ident = f"us-east-1:{target:08x}-0000-4000-8000-000000000000"
     expected = sorted((ids[target * 4 + k], plat) for k, plat in ((0, "GCM"), (1, "APNS")))
     with session_scope(pools) as s:
-        assert sorted(repo.resolve_devices(s, POOL, ident, "ds")) == expected
-        assert repo.resolve_devices(s, POOL, ident, "ds", origin_device_id=ids[target * 4]) == [expected[1]] \
+        assert sorted(_resolve(s, POOL, ident, "ds")) == expected
+        assert _resolve(s, POOL, ident, "ds", origin=ids[target * 4]) == [expected[1]] \
             if expected[1][0] != ids[target * 4] else [expected[0]]
-        assert repo.resolve_devices(s, POOL2, ident, "ds") == []
+        assert _resolve(s, POOL2, ident, "ds") == []
         if s.get_bind().dialect.name == "postgresql":
             s.execute(text("ANALYZE devices"))
             s.execute(text("ANALYZE subscriptions"))
-            stmt = repo.resolve_query(POOL, ident, "ds", None)
+            stmt = repo.resolve_statement([(POOL, ident, "ds"), (POOL, f"us-east-1:{7:08x}-0000-4000-8000-000000000000",
+                                                                 "other")])
             compiled = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
             plan = "\n".join(r[0] for r in s.execute(text(f"EXPLAIN {compiled}")))
             assert "ix_devices_pool_identity" in plan, plan
             assert "Seq Scan on devices" not in plan, plan
         else:
-            stmt = repo.resolve_query(POOL, ident, "ds", None)
+            stmt = repo.resolve_statement([(POOL, ident, "ds")])
             compiled = stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(r[-1]) for r in s.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
             assert "ix_devices_pool_identity" in plan, plan
@@ -248,7 +255,7 @@ def test_apns_410_keeps_a_device_that_registered_after_the_token_ended(pools):
         assert s.get(Device, dev).updated_at > before
         soon = utcnow() + timedelta(seconds=1)
         assert repo.deactivate_devices(s, [dev], "Unregistered", not_registered_after=soon) == 1
-        assert repo.resolve_devices(s, POOL, IDENT, "x") == []
+        assert _resolve(s, POOL, IDENT, "x") == []
         assert s.get(Device, dev).active is False
 
 

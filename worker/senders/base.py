@@ -91,11 +91,6 @@ def _settle(req: PushRequest, result: object) -> Outcome:
     return Outcome(req.device_id, Kind.RETRY, reason=reason, dataset=req.dataset)
 
 
-def short_token(token: str) -> str:
-    """Tokens are secrets: logs and metrics show this prefix only."""
-    return token[:8] + "…"
-
-
 def collapse_id(dataset: str) -> str:
     """apns-collapse-id: at most 64 bytes. A device belongs to one identity, so the dataset
     name is already stable per identity and dataset; a longer name is hashed to 64 hex chars."""
