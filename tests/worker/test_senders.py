@@ -83,3 +83,28 @@ def test_apns_protocol_takes_host_and_port_from_the_url():
     proto = apns.protocol_for("https://127.0.0.1:8443")
     assert (proto.APNS_SERVER, proto.APNS_PORT) == ("127.0.0.1", 8443)
     assert apns.protocol_for("https://api.push.apple.com").APNS_PORT == 443
+
+
+def test_the_provider_token_is_a_verifiable_es256_jwt_renewed_once_per_refusal():
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    token = apns.ProviderToken(pem, "KEYID12345", "TEAMID1234")
+    first = token.get_header()
+    assert first == token.get_header()  # reused, not signed per request
+    raw = first.split(" ", 1)[1]
+    assert jwt.get_unverified_header(raw)["kid"] == "KEYID12345"
+    assert jwt.decode(raw, key.public_key(), algorithms=["ES256"])["iss"] == "TEAMID1234"
+    sent_before_renewal = time.time()
+    token.renew(refused_at=sent_before_renewal)
+    second = token.get_header()
+    assert second != first
+    # a second refusal of a request sent with the old token does not renew again
+    token.renew(refused_at=sent_before_renewal - 1)
+    assert token.get_header() == second

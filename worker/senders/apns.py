@@ -2,7 +2,10 @@
 
 aioapns takes its host from a class attribute of its protocol and sets no ALPN of its own;
 both are wired here, so PUSHSYNC_APNS_PRODUCTION_URL / PUSHSYNC_APNS_SANDBOX_URL and
-PUSHSYNC_CA_FILE apply, with "h2" offered in the TLS handshake as Apple requires.
+PUSHSYNC_CA_FILE apply, with "h2" offered in the TLS handshake as Apple requires. The provider
+token is this module's own (``ProviderToken``, signed with pyjwt), handed to each connection
+through the protocol's ``auth_provider`` argument, so that it can be renewed when APNs says it
+expired without reaching into aioapns's private state.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
+import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import jwt
 from aioapns import APNs, NotificationRequest, PushType
-from aioapns.connection import APNsTLSClientProtocol
+from aioapns.connection import APNsTLSClientProtocol, AuthorizationHeaderProvider
 
 from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id, parse_retry_after, tls_context
 
@@ -75,10 +81,47 @@ def classify(device_id: str, status: int, reason: object, timestamp: object = No
                    retry_after=retry_after if kind is Kind.RETRY else None)
 
 
+class ProviderToken(AuthorizationHeaderProvider):
+    """The APNs provider token: an ES256 JWT of the team id and the time, signed with the pool's
+    .p8 key. One per sender, shared by its connections; Apple accepts a token for an hour and
+    refuses renewals more often than every 20 minutes, so it is signed again every 30 minutes,
+    or at once when APNs answers ExpiredProviderToken/InvalidProviderToken."""
+
+    TTL = 30 * 60
+
+    def __init__(self, key: str, key_id: str, team_id: str):
+        self._key, self._key_id, self._team_id = key, key_id, team_id
+        self._lock = threading.Lock()
+        self._header: str | None = None
+        self.issued_at = 0.0
+
+    def get_header(self) -> str:
+        with self._lock:
+            if self._header is None or time.time() - self.issued_at > self.TTL:
+                self.issued_at = time.time()
+                token = jwt.encode({"iss": self._team_id, "iat": int(self.issued_at)}, self._key,
+                                   algorithm="ES256", headers={"kid": self._key_id})
+                self._header = f"bearer {token}"
+            return self._header
+
+    def renew(self, refused_at: float) -> None:
+        """APNs refused the token a request sent at ``refused_at`` carried: sign a new one,
+        unless another refused request already did since."""
+        with self._lock:
+            if self.issued_at <= refused_at:
+                self._header = None
+
+
 class _Protocol(APNsTLSClientProtocol):
-    """aioapns's protocol, keeping the Retry-After header that its result object drops."""
+    """aioapns's protocol with this sender's provider token, keeping the Retry-After header
+    that aioapns's result object drops."""
 
     retry_after: dict[str, str]
+    provider_token: ProviderToken
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.auth_provider = self.provider_token
 
     def on_response_received(self, headers):
         value = headers.get(b"retry-after")
@@ -99,9 +142,10 @@ class _Protocol(APNsTLSClientProtocol):
         super().on_data_received(json.dumps(body).encode(), stream_id)
 
 
-def protocol_for(url: str) -> type[APNsTLSClientProtocol]:
+def protocol_for(url: str, token: ProviderToken | None = None) -> type[APNsTLSClientProtocol]:
     parts = urlsplit(url)
-    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "retry_after": {}}
+    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "retry_after": {},
+             "provider_token": token}
     return type("PushsyncAPNsProtocol", (_Protocol,), attrs)
 
 
@@ -118,7 +162,8 @@ class APNsSender(Sender):
         self._timeout = timeout
         self._client = APNs(key=key, key_id=key_id, team_id=team_id, topic=topic, max_connections=connections,
                             max_connection_attempts=3, ssl_context=tls_context(ca_file, ["h2"]), err_func=_quiet)
-        self._protocol = protocol_for(url)
+        self._token = ProviderToken(key, key_id, team_id)
+        self._protocol = protocol_for(url, self._token)
         self._client.pool.protocol_class = self._protocol
 
     def request(self, req: PushRequest) -> NotificationRequest:
@@ -131,17 +176,10 @@ class APNsSender(Sender):
             push_type=PushType.BACKGROUND,
         )
 
-    def _renew_jwt(self) -> None:
-        # aioapns caches the JWT per connection for 30 minutes and has no public way to drop it;
-        # clearing the cached header makes the next request sign a fresh one.
-        for conn in list(self._client.pool.connections):
-            provider = getattr(conn, "auth_provider", None)
-            if provider is not None:
-                provider._JWTAuthorizationHeaderProvider__header = None
-
     async def send_one(self, req: PushRequest) -> Outcome:
         note = self.request(req)
         for attempt in (1, 2):
+            sent_at = time.time()
             try:
                 result = await asyncio.wait_for(self._client.send_notification(note), self._timeout)
             except TimeoutError:
@@ -152,7 +190,7 @@ class APNsSender(Sender):
             reason = result.description if isinstance(result.description, str) else ""
             retry_after = parse_retry_after(self._protocol.retry_after.pop(note.notification_id, None))
             if status == 403 and reason in JWT_ERRORS and attempt == 1:
-                self._renew_jwt()
+                self._token.renew(refused_at=sent_at)
                 note = self.request(req)  # a new apns-id for the second try
                 continue
             return classify(req.device_id, status, reason, result.timestamp, retry_after)

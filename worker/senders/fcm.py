@@ -1,8 +1,9 @@
 """FCM HTTP v1 sender.
 
-pyfcm builds the message and holds the service account credentials (google-auth, whose
-OAuth2 token comes from the file's ``token_uri``); the HTTP requests go through one
-aiohttp session per worker process so that connections are pooled and reused.
+Only public APIs of the libraries: google-auth's service-account credentials give the OAuth2
+token (fetched from the file's ``token_uri``, refreshed through a requests session that trusts
+PUSHSYNC_CA_FILE), pyfcm's ``parse_payload`` builds the message, and the HTTP requests go
+through one aiohttp session per worker process so that connections are pooled and reused.
 """
 
 from __future__ import annotations
@@ -113,25 +114,13 @@ class _VerifyingSession(requests.Session):
         return super().request(*args, **kwargs)
 
 
-class _PoolFCM(FCMNotification):
-    """pyfcm client bound to one pool's service account and to PUSHSYNC_FCM_URL."""
-
-    def __init__(self, account: dict, fcm_url: str, ca_bundle: str | bool):
-        creds = service_account.Credentials.from_service_account_info(account, scopes=SCOPES)
-        super().__init__(credentials=creds, project_id=account["project_id"])
-        self.FCM_END_POINT_BASE = f"{fcm_url}/v1/projects"
-        self._token_session = _VerifyingSession()
-        self._token_session.verify = ca_bundle
-
-    def _get_access_token(self) -> str:
-        # pyfcm's own refresh uses a bare requests call, which knows nothing of PUSHSYNC_CA_FILE.
-        self.credentials.refresh(google.auth.transport.requests.Request(session=self._token_session))
-        return self.credentials.token
-
-
 class FCMSender(Sender):
     def __init__(self, account: dict, *, fcm_url: str, ca_file: str | None, connections: int, timeout: float):
-        self._fcm = _PoolFCM(account, fcm_url, _ca_bundle(ca_file))
+        self._credentials = service_account.Credentials.from_service_account_info(account, scopes=SCOPES)
+        self._token_session = _VerifyingSession()
+        self._token_session.verify = _ca_bundle(ca_file)
+        self._fcm = FCMNotification(credentials=self._credentials, project_id=account["project_id"])
+        self._url = f"{fcm_url}/v1/projects/{account['project_id']}/messages:send"
         self._ssl = tls_context(ca_file)
         self._connections = connections
         self._timeout = timeout
@@ -151,12 +140,15 @@ class FCMSender(Sender):
         async with self._auth_lock:
             if self._auth and self._auth != stale and time.time() < self._auth_expires:
                 return self._auth
-            token = await asyncio.get_running_loop().run_in_executor(None, self._fcm._get_access_token)
-            expiry = self._fcm.credentials.expiry
+            await asyncio.get_running_loop().run_in_executor(None, self._refresh)
+            token, expiry = self._credentials.token, self._credentials.expiry
             # refresh a minute before Google says the token ends
             self._auth_expires = (expiry.timestamp() if expiry else time.time() + 3000) - 60
             self._auth = f"Bearer {token}"
             return self._auth
+
+    def _refresh(self) -> None:
+        self._credentials.refresh(google.auth.transport.requests.Request(session=self._token_session))
 
     def message(self, req: PushRequest) -> bytes:
         # A data message with no notification block is silent; collapse_key lets FCM keep only
@@ -172,7 +164,7 @@ class FCMSender(Sender):
         auth = await self._authorization()
         for attempt in (1, 2):
             try:
-                async with self._http().post(self._fcm.fcm_end_point, data=body, headers={
+                async with self._http().post(self._url, data=body, headers={
                         "Authorization": auth, "Content-Type": "application/json"}) as resp:
                     text = await resp.text()
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
