@@ -66,6 +66,19 @@ def engine(db_url):
     return engine_for(db_url)
 
 
+@pytest.fixture
+def store_settings(db_url, monkeypatch):
+    """This process's settings pointed at the test store (and Redis database 7), for code that
+    opens its own sessions (``store.db.session_scope()`` without an engine)."""
+    from pushsync import settings
+
+    monkeypatch.setenv("PUSHSYNC_DATABASE_URL", db_url)
+    monkeypatch.setenv("PUSHSYNC_BROKER_URL", "redis://127.0.0.1:6379/7")
+    settings.get_settings.cache_clear()
+    yield db_url
+    settings.get_settings.cache_clear()
+
+
 def cli_env(db_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
     env["PUSHSYNC_DATABASE_URL"] = db_url

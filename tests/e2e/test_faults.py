@@ -58,7 +58,7 @@ def _finish(name, pipe, emulator, tokens, dataset, count, events, timeout=90):
     return t
 
 
-def test_503_for_200_requests_with_retry_after_2(pipe, emulator):
+def test_a_503_storm_delivers_everything_after_retry_after(pipe, emulator):
     dataset, tokens = _seed(pipe)
     emulator.fault(service="any", status=503, retry_after=2, count=200)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
@@ -109,7 +109,7 @@ def test_auth_expiry_refreshes_the_token_once_and_sending_resumes(pipe, emulator
     assert after["status"] == 200 and after["auth_id"] != refused["auth_id"], "the JWT was not renewed"
 
 
-def test_dropped_connections_mid_batch(pipe, emulator):
+def test_connections_dropped_mid_batch_lose_no_push(pipe, emulator):
     dataset, tokens = _seed(pipe, n_identities=20)
     emulator.fault(service="any", drop=True, count=4)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
@@ -117,7 +117,7 @@ def test_dropped_connections_mid_batch(pipe, emulator):
     assert sum(r["status"] == 0 for r in emulator.requests() if r.get("token") in tokens) == 4
 
 
-def test_two_seconds_of_latency_on_every_response(pipe, emulator):
+def test_two_seconds_of_latency_slow_but_lose_no_push(pipe, emulator):
     dataset, tokens = _seed(pipe, n_identities=10)
     emulator.fault(service="any", latency=2.0)
     events = publish_counts(pipe, POOL, set(tokens.values()), dataset, 1)
@@ -164,7 +164,7 @@ def test_replay_drops_a_delivery_whose_count_is_stale(pipe, emulator):
     assert tally(emulator.requests(), tokens, dataset, 1)["delivered"] == 0
 
 
-def test_dlq_replay_bad_input(pipe):
+def test_dlq_replay_refuses_bad_ids_with_one_line(pipe):
     r = pipe.cli("dlq", "replay", check=False)
     assert r.returncode == 2 and "ID" in r.stderr
     r = pipe.cli("dlq", "replay", "abc", check=False)

@@ -41,7 +41,7 @@ def _report(name, pipe, emulator, tokens, dataset, events):
 
 
 @pytest.mark.parametrize("victim_kind", ["pool-process", "celery-main", "whole-worker"])
-def test_kill_9_while_5000_pushes_are_in_flight(tmp_path, own_emulator, victim_kind):
+def test_kill_9_under_load_loses_nothing_and_resends_only_what_was_in_flight(tmp_path, own_emulator, victim_kind):
     """pool-process: Celery's prefork child dies; celery-main: the Celery main process dies and
     `pushsync worker` (its supervisor) starts it again by itself; whole-worker: everything dies
     and an operator starts a new worker."""
@@ -102,7 +102,7 @@ def _canary_seen(emulator, token: str, count: int) -> bool:
                for r in emulator.requests())
 
 
-def test_redis_killed_three_times_while_events_flow(tmp_path, own_emulator):
+def test_workers_and_scheduler_consume_again_after_redis_is_killed_three_times(tmp_path, own_emulator):
     """SIGKILL of Redis (AOF, fsync always) three times under load, producers doing nothing
     special: after each restart the worker and the scheduler consume again within 15 s, nobody
     restarts them, and every push arrives."""

@@ -68,7 +68,7 @@ class CuttableProxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def test_store_briefly_unreachable_makes_tasks_retry_not_vanish(tmp_path):
+def test_a_store_briefly_unreachable_makes_tasks_retry_not_vanish(tmp_path):
     _prepare_pg()
     emulator = Emulator(tmp_path / "emu")
     proxy = CuttableProxy(5432)

@@ -136,13 +136,13 @@ def test_device_register_prints_the_id_alone_and_is_stable(store):
     (["us-west-2:00000000-0000-0000-0000-000000000000", IDENT, "--platform", "GCM", "--token", "t"], 1,
      "unknown pool"),
 ])
-def test_device_register_bad_input(store, args, code, text):
+def test_device_register_refuses_bad_input_with_one_line(store, args, code, text):
     r = run_cli(store, "device", "register", *args)
     assert text in _one_error_line(r, code)
     assert r.stdout == ""
 
 
-def test_device_unregister(store):
+def test_device_unregister_removes_it_and_says_so(store):
     dev = _register(store)
     assert run_cli(store, "device", "unregister", dev).returncode == 0
     assert "unknown device" in _one_error_line(run_cli(store, "device", "unregister", dev), 1)
@@ -176,7 +176,7 @@ def test_subscribe_unsubscribe_and_subscribe_all(store):
 
 
 @pytest.mark.parametrize("cmd", ["subscribe", "unsubscribe"])
-def test_subscription_bad_input(store, cmd):
+def test_subscription_commands_refuse_bad_input(store, cmd):
     dev = _register(store)
     assert "datasetName" in _one_error_line(run_cli(store, cmd, POOL, IDENT, "bad/name", dev), 2)
     assert "deviceId" in _one_error_line(run_cli(store, cmd, POOL, IDENT, "ds", "x"), 2)
@@ -187,7 +187,7 @@ def test_subscription_bad_input(store, cmd):
     assert "not registered to identity" in _one_error_line(run_cli(store, cmd, POOL, IDENT2, "ds", dev), 1)
 
 
-def test_subscribe_all_bad_subset(store):
+def test_subscribe_all_refuses_a_bad_subset(store):
     dev = _register(store)
     r = run_cli(store, "subscribe-all", POOL, IDENT, dev, "--datasets", "ok,bad/one")
     assert "datasetName" in _one_error_line(r, 2)

@@ -54,7 +54,7 @@ def test_largest_sync_count_is_accepted():
 
 @pytest.mark.parametrize("given,normal", [("GCM", "GCM"), ("fcm", "GCM"), ("APNS", "APNS"),
                                           ("apns_sandbox", "APNS_SANDBOX")])
-def test_platform_aliases(given, normal):
+def test_fcm_is_an_alias_of_gcm_and_case_does_not_matter(given, normal):
     assert contract.platform(given) == normal
 
 

@@ -29,7 +29,7 @@ def _fcm_body(code=None, status="X", message="m", token_field=False):
     (502, None, False, Kind.RETRY),
     (418, None, False, Kind.PERMANENT),
 ])
-def test_fcm_error_table(status, code, token_field, kind):
+def test_fcm_answers_map_to_outcomes_by_the_error_table(status, code, token_field, kind):
     assert fcm.classify("d", status, _fcm_body(code, token_field=token_field), None).kind is kind
 
 
@@ -58,7 +58,7 @@ def test_fcm_retry_after_and_quota_minimum():
     (503, "ServiceUnavailable", Kind.RETRY),
     (403, "BadCertificate", Kind.PERMANENT),
 ])
-def test_apns_error_table(status, reason, kind):
+def test_apns_answers_map_to_outcomes_by_the_error_table(status, reason, kind):
     assert apns.classify("d", status, reason).kind is kind
 
 

@@ -3,7 +3,6 @@ data, the events go again one by one and only the refused one is dead-lettered."
 
 from __future__ import annotations
 
-import pytest
 import sqlalchemy.exc
 
 from store import repo
@@ -13,18 +12,7 @@ from ..conftest import IDENT, IDENT2, POOL
 from .test_fanout import FCM_ONLY
 
 
-@pytest.fixture
-def settings_for(db_url, monkeypatch):
-    from pushsync import settings
-
-    monkeypatch.setenv("PUSHSYNC_DATABASE_URL", db_url)
-    monkeypatch.setenv("PUSHSYNC_BROKER_URL", "redis://127.0.0.1:6379/7")
-    settings.get_settings.cache_clear()
-    yield db_url
-    settings.get_settings.cache_clear()
-
-
-def test_a_micro_batch_the_store_refuses_goes_again_event_by_event(settings_for, engine, monkeypatch):
+def test_a_micro_batch_the_store_refuses_goes_again_event_by_event(store_settings, engine, monkeypatch):
     from worker import tasks
 
     with session_scope(engine) as s:
