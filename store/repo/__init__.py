@@ -1,0 +1,56 @@
+"""Repository functions: the only code that writes SQL against the store.
+
+Every function takes a ``Session`` inside a transaction the caller owns (``session_scope``),
+and returns plain values, never ORM objects that outlive the session. One module per subject;
+callers use ``from store import repo`` and the names below.
+"""
+
+from store.repo.common import NotFound
+from store.repo.dead_letters import (
+    add_dead_letter,
+    count_dead_letters,
+    dead_letters_by_id,
+    delete_dead_letters,
+    list_dead_letters,
+    purge_dead_letters,
+)
+from store.repo.devices import (
+    Target,
+    deactivate_devices,
+    delete_inactive_devices,
+    delivery_targets,
+    device_info,
+    import_devices,
+    register_device,
+    register_devices,
+    token_hash,
+    unregister_device,
+)
+from store.repo.pools import (
+    PoolCredentials,
+    pool_credentials,
+    pool_summary,
+    pool_versions,
+    require_pool,
+    upsert_pool,
+)
+from store.repo.subscriptions import (
+    advance_sync_count,
+    known_datasets,
+    last_sync_count,
+    resolve_many,
+    resolve_statement,
+    subscribe,
+    subscribe_many,
+    subscriptions_of,
+    unsubscribe,
+)
+
+__all__ = [
+    "NotFound", "PoolCredentials", "Target", "add_dead_letter", "advance_sync_count", "count_dead_letters",
+    "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
+    "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
+    "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters",
+    "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement", "subscribe",
+    "subscribe_many", "subscriptions_of", "token_hash", "unregister_device", "unsubscribe", "upsert_pool",
+]

@@ -1,0 +1,118 @@
+"""Datasets, subscriptions, who gets a push (resolve) and the last notified sync counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from store.models import Dataset, Device, Subscription, utcnow
+from store.repo.common import NotFound, chunks, insert_for
+
+
+def _ensure_datasets(session: Session, keys: Iterable[tuple[str, str, str]]) -> None:
+    now = utcnow()
+    rows = [{"pool_id": p, "identity_id": i, "dataset_name": d, "sync_count": None, "updated_at": now}
+            for p, i, d in set(keys)]
+    if rows:
+        session.execute(insert_for(session, Dataset.__table__).on_conflict_do_nothing(
+            index_elements=["pool_id", "identity_id", "dataset_name"]), rows)
+
+
+def _device_for(session: Session, pool_id: str, identity_id: str, device_id: str) -> Device:
+    dev = session.get(Device, device_id)
+    if dev is None:
+        raise NotFound(f"unknown device {device_id}")
+    if dev.pool_id != pool_id or dev.identity_id != identity_id:
+        raise NotFound(f"device {device_id} is not registered to identity {identity_id} in pool {pool_id}")
+    return dev
+
+
+def subscribe(session: Session, pool_id: str, identity_id: str, datasets: Sequence[str],
+              device_id: str) -> int:
+    """Subscribe the device to the datasets; returns how many subscriptions are new."""
+    _device_for(session, pool_id, identity_id, device_id)
+    return subscribe_many(session, [(pool_id, identity_id, device_id, d) for d in datasets])
+
+
+def subscribe_many(session: Session, rows: Sequence[tuple[str, str, str, str]]) -> int:
+    """Rows of (pool, identity, device id, dataset); the devices must belong to that identity."""
+    if not rows:
+        return 0
+    _ensure_datasets(session, ((p, i, d) for p, i, _dev, d in rows))
+    now = utcnow()
+    subs = [{"device_id": dev, "dataset_name": d, "created_at": now} for _p, _i, dev, d in rows]
+    stmt = insert_for(session, Subscription.__table__).on_conflict_do_nothing(
+        index_elements=["device_id", "dataset_name"]).returning(Subscription.device_id)
+    return len(session.execute(stmt, subs).all())
+
+
+def unsubscribe(session: Session, pool_id: str, identity_id: str, dataset: str, device_id: str) -> bool:
+    _device_for(session, pool_id, identity_id, device_id)
+    res = session.execute(delete(Subscription).where(Subscription.device_id == device_id,
+                                                     Subscription.dataset_name == dataset))
+    return res.rowcount > 0
+
+
+def known_datasets(session: Session, pool_id: str, identity_id: str) -> list[str]:
+    rows = session.execute(select(Dataset.dataset_name).where(
+        Dataset.pool_id == pool_id, Dataset.identity_id == identity_id).order_by(Dataset.dataset_name))
+    return list(rows.scalars())
+
+
+def subscriptions_of(session: Session, device_id: str) -> list[str]:
+    rows = session.execute(select(Subscription.dataset_name).where(Subscription.device_id == device_id)
+                           .order_by(Subscription.dataset_name))
+    return list(rows.scalars())
+
+
+def resolve_statement(keys: Sequence[tuple[str, str, str]]):
+    """The one query that finds who gets a push, for up to 200 (pool, identity, dataset) keys:
+    active devices of those identities subscribed to those datasets. Served by
+    ix_devices_pool_identity and the subscriptions primary key (device_id, dataset_name); the
+    caller keeps only the rows whose (pool, identity, dataset) it asked for."""
+    pairs = sorted({(p, i) for p, i, _d in keys})
+    datasets = sorted({d for _p, _i, d in keys})
+    # the datasets narrow the join in SQL: an identity with many subscribed datasets must not
+    # cost a row per subscription for each event
+    return (select(Device.pool_id, Device.identity_id, Subscription.dataset_name, Device.id, Device.platform)
+            .join(Subscription, Subscription.device_id == Device.id)
+            .where(tuple_(Device.pool_id, Device.identity_id).in_(pairs), Device.active.is_(True),
+                   Subscription.dataset_name.in_(datasets)))
+
+
+def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, str, str]]:
+    """Set-based resolve for a micro-batch of (pool, identity, dataset) keys: one query per
+    200 keys instead of one per event. Rows are (pool, identity, dataset, device id, platform);
+    leaving out each event's origin device is the caller's part."""
+    out = []
+    for chunk in chunks(list(keys), 200):
+        wanted = set(chunk)
+        out.extend(tuple(r) for r in session.execute(resolve_statement(chunk)) if (r[0], r[1], r[2]) in wanted)
+    return out
+
+
+def advance_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str, count: int) -> bool:
+    """Compare-and-set: record ``count`` as the last notified sync count if it is newer.
+
+    True means this caller won and must notify; False means the count is stale or a
+    duplicate. A single conditional UPDATE does it, so two concurrent callers with the same
+    count cannot both win: the second one's WHERE no longer matches once the first commits
+    (PostgreSQL re-checks the row after the lock wait; SQLite serialises writers).
+    """
+    _ensure_datasets(session, [(pool_id, identity_id, dataset)])
+    res = session.execute(
+        update(Dataset)
+        .where(Dataset.pool_id == pool_id, Dataset.identity_id == identity_id,
+               Dataset.dataset_name == dataset,
+               or_(Dataset.sync_count.is_(None), Dataset.sync_count < count))
+        .values(sync_count=count, updated_at=utcnow())
+    )
+    return res.rowcount == 1
+
+
+def last_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str) -> int | None:
+    return session.execute(select(Dataset.sync_count).where(
+        Dataset.pool_id == pool_id, Dataset.identity_id == identity_id,
+        Dataset.dataset_name == dataset)).scalar_one_or_none()
