@@ -29,6 +29,40 @@ POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
 EXE = str(Path(sys.executable).with_name("pushsync"))
 
 
+def _store(args, tmp: Path) -> str:
+    if args.db == "sqlite":
+        return f"sqlite:///{tmp}/bench.db"
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS pushsync_bench"))
+        conn.execute(text("CREATE DATABASE pushsync_bench"))
+    return "postgresql://postgres@127.0.0.1:5432/pushsync_bench"
+
+
+def _device_lines(identities: list[str], per_identity: int) -> str:
+    plats = ("GCM", "APNS", "APNS_SANDBOX")
+    lines = []
+    for i, ident in enumerate(identities):
+        for k in range(per_identity):
+            plat = plats[k % 3]
+            tok = f"fcm-{i}-{k}" if plat == "GCM" else f"{i:08x}{k:04x}" + "0" * 52
+            lines.append(json.dumps({"identityPoolId": POOL, "identityId": ident, "platform": plat,
+                                     "token": tok, "datasets": ["notes"]}))
+    return "\n".join(lines)
+
+
+def _wait_for_pushes(info: dict, expected: int, started: float) -> dict:
+    while True:
+        with urllib.request.urlopen(info["control_url"] + "/stats") as resp:
+            stats = json.loads(resp.read())
+        done = sum(n for k, n in stats["requests"].items() if k.endswith(":200"))
+        if done >= expected:
+            return stats
+        if time.monotonic() - started > 600:
+            sys.exit(f"only {done} of {expected} pushes after 600 s")
+        time.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2000)
@@ -47,16 +81,9 @@ def main() -> None:
         while not (tmp / "emu" / "emulator.json").exists():
             time.sleep(0.1)
         info = json.loads((tmp / "emu" / "emulator.json").read_text())
-        if args.db == "sqlite":
-            db = f"sqlite:///{tmp}/bench.db"
-        else:
-            db = "postgresql://postgres@127.0.0.1:5432/pushsync_bench"
-            admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text("DROP DATABASE IF EXISTS pushsync_bench"))
-                conn.execute(text("CREATE DATABASE pushsync_bench"))
-        env.update({"PUSHSYNC_DATABASE_URL": db, "PUSHSYNC_BROKER_URL": f"redis://127.0.0.1:6379/{args.broker_db}",
-                    **pushsync_env(info), "PUSHSYNC_INGEST_CHUNK": str(args.chunk)})
+        env.update({"PUSHSYNC_DATABASE_URL": _store(args, tmp), **pushsync_env(info),
+                    "PUSHSYNC_BROKER_URL": f"redis://127.0.0.1:6379/{args.broker_db}",
+                    "PUSHSYNC_INGEST_CHUNK": str(args.chunk)})
         import redis
 
         redis.Redis(db=args.broker_db).flushdb()
@@ -66,15 +93,7 @@ def main() -> None:
             "--apns-key-id", info["apns_key_id"], "--apns-team-id", info["apns_team_id"],
             "--apns-topic", info["apns_topic"])
         identities = [f"us-east-1:{i:08x}-0000-4000-8000-000000000000" for i in range(args.events)]
-        plats = ("GCM", "APNS", "APNS_SANDBOX")
-        lines = []
-        for i, ident in enumerate(identities):
-            for k in range(args.devices):
-                plat = plats[k % 3]
-                tok = f"fcm-{i}-{k}" if plat == "GCM" else f"{i:08x}{k:04x}" + "0" * 52
-                lines.append(json.dumps({"identityPoolId": POOL, "identityId": ident, "platform": plat,
-                                         "token": tok, "datasets": ["notes"]}))
-        run("device", "import", "-", input="\n".join(lines))
+        run("device", "import", "-", input=_device_lines(identities, args.devices))
         expected = args.events * args.devices
         procs.append(subprocess.Popen([EXE, "worker", "-c", str(args.concurrency), "-l", "WARNING",
                                        "--without-gossip", "--without-mingle"], env=env, start_new_session=True))
@@ -86,15 +105,7 @@ def main() -> None:
         started = time.monotonic()
         subprocess.run([sys.executable, "-c", script], input=json.dumps(events), env=env, check=True, text=True)
         published = time.monotonic() - started
-        while True:
-            with urllib.request.urlopen(info["control_url"] + "/stats") as resp:
-                stats = json.loads(resp.read())
-            done = sum(n for k, n in stats["requests"].items() if k.endswith(":200"))
-            if done >= expected:
-                break
-            if time.monotonic() - started > 600:
-                sys.exit(f"only {done} of {expected} pushes after 600 s")
-            time.sleep(0.2)
+        stats = _wait_for_pushes(info, expected, started)
         elapsed = time.monotonic() - started
         print(f"store={args.db} events={args.events} devices/identity={args.devices} chunk={args.chunk} "
               f"worker -c {args.concurrency}")

@@ -159,13 +159,7 @@ class APNsProtocol(asyncio.Protocol):
                  # which provider token signed it, without keeping the token itself
                  "auth_id": hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:12]}
         if fault and fault.drop:
-            try:
-                dropped = json.loads(body)
-            except ValueError:
-                dropped = None
-            data = dropped.get("data") if isinstance(dropped, dict) else None
-            self.state.record({**entry, "status": 0, "reason": "dropped", "body": dropped, "data": data})
-            self.transport.abort()
+            self._drop(entry, body)
             return
         status, reason, payload = self._validate(headers, body, token)
         if status == 200 and fault and fault.body is not None:
@@ -181,6 +175,19 @@ class APNsProtocol(asyncio.Protocol):
         entry.update(status=status, reason=reason, body=payload,
                      data=payload.get("data") if isinstance(payload, dict) else None)
         self.state.record(entry)
+        self._send(stream_id, status, reason, apns_id, extra)
+
+    def _drop(self, entry: dict, body: bytes) -> None:
+        """Cut the connection without an answer, recording what the push carried."""
+        try:
+            dropped = json.loads(body)
+        except ValueError:
+            dropped = None
+        data = dropped.get("data") if isinstance(dropped, dict) else None
+        self.state.record({**entry, "status": 0, "reason": "dropped", "body": dropped, "data": data})
+        self.transport.abort()
+
+    def _send(self, stream_id: int, status: int, reason: str, apns_id: str, extra: list) -> None:
         if self.transport.is_closing():
             return
         try:

@@ -82,6 +82,22 @@ def control_app(state: State) -> web.Application:
     return app
 
 
+def _tls(paths: dict, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(paths["cert"], paths["key"])
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def _write_info(directory: Path, info: dict) -> None:
+    tmp = directory / "emulator.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(directory / "emulator.json")
+    print(f"emulators ready: FCM {info['fcm_url']}, APNs {info['apns_production_url']} (production), "
+          f"{info['apns_sandbox_url']} (sandbox), control {info['control_url']}", flush=True)
+
+
 async def serve(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -92,23 +108,17 @@ async def serve(args: argparse.Namespace) -> None:
     url_host = f"[{public}]" if ":" in public else public
     token_uri = f"https://{url_host}:{fcm_port}/token"
     paths = ensure_material(directory, token_uri, (args.public_host,) if args.public_host else ())
-
     state = State(log_file=open(directory / "pushes.jsonl", "a"), quiet=args.quiet)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(paths["cert"], paths["key"])
-    tls_h2 = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls_h2.load_cert_chain(paths["cert"], paths["key"])
-    tls_h2.set_alpn_protocols(["h2"])
 
     loop = asyncio.get_running_loop()
     keys = KeyRing()
     keys.add(DEMO_KEY_ID, DEMO_TEAM_ID, Path(paths["apns_key"]).read_bytes(), {DEMO_TOPIC})
-    servers = []
-    ports = {}
+    servers, ports = [], {}
     for name, port in (("production", args.apns_port), ("sandbox", args.apns_sandbox_port)):
         sock = _bind(host, port)
         ports[name] = sock.getsockname()[1]
-        servers.append(await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=sock, ssl=tls_h2))
+        servers.append(await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=sock,
+                                                ssl=_tls(paths, ["h2"])))
 
     fcm = FCMEmulator(state, token_uri)
     fcm.add_account(json.loads(Path(paths["service_account"]).read_text()))
@@ -119,29 +129,19 @@ async def serve(args: argparse.Namespace) -> None:
         state.connections["fcm"] += 1
         return fcm_runner.server()
 
-    servers.append(await loop.create_server(counting_factory, sock=fcm_sock, ssl=tls))
+    servers.append(await loop.create_server(counting_factory, sock=fcm_sock, ssl=_tls(paths)))
     control_runner = web.AppRunner(control_app(state), access_log=None, handle_signals=False)
     await control_runner.setup()
     control_sock = _bind(host, args.control_port)
     await web.SockSite(control_runner, control_sock).start()
-
-    info = {
+    _write_info(directory, {
         "fcm_url": f"https://{url_host}:{fcm_port}",
         "apns_production_url": f"https://{url_host}:{ports['production']}",
         "apns_sandbox_url": f"https://{url_host}:{ports['sandbox']}",
         "control_url": f"http://{url_host}:{control_sock.getsockname()[1]}",
-        "ca_file": paths["ca"],
-        "service_account": paths["service_account"],
-        "apns_key": paths["apns_key"],
-        "apns_key_id": DEMO_KEY_ID,
-        "apns_team_id": DEMO_TEAM_ID,
-        "apns_topic": DEMO_TOPIC,
-    }
-    tmp = directory / "emulator.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(directory / "emulator.json")
-    print(f"emulators ready: FCM {info['fcm_url']}, APNs {info['apns_production_url']} (production), "
-          f"{info['apns_sandbox_url']} (sandbox), control {info['control_url']}", flush=True)
+        "ca_file": paths["ca"], "service_account": paths["service_account"], "apns_key": paths["apns_key"],
+        "apns_key_id": DEMO_KEY_ID, "apns_team_id": DEMO_TEAM_ID, "apns_topic": DEMO_TOPIC,
+    })
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -68,6 +68,20 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
                                            "per message (PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
         res.invalid = res.dead_lettered = len(raw_events)
         return res
+    events, res.coalesced = coalesce(_valid(session, raw_events, res))
+    creds = pools.credentials(session, (e["identityPoolId"] for e in events))
+    winners = _advance(session, events, creds, res)
+    if winners:
+        for (pool_id, platform), items in _targets(session, winners, creds, res).items():
+            res.devices += len(items)
+            for start in range(0, len(items), batch_size):
+                batch = DeliveryBatch(pool_id, platform, tuple(items[start:start + batch_size]), 1, enqueued_at)
+                enqueue(platform, batch.to_json())
+                res.batches += 1
+    return res
+
+
+def _valid(session: Session, raw_events: list, res: IngestResult) -> list[dict]:
     valid = []
     for raw in raw_events:
         try:
@@ -76,29 +90,34 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
             res.invalid += 1
             res.dead_lettered += 1
             _dead_letter_raw(session, raw, f"invalid event: {exc}")
-    events, res.coalesced = coalesce(valid)
+    return valid
 
-    creds = pools.credentials(session, (e["identityPoolId"] for e in events))
+
+def _advance(session: Session, events: list[dict], creds: dict, res: IngestResult) -> list[dict]:
+    """The events whose count is newer than the last notified one (compare-and-set); events of
+    unknown pools or pools without credentials are dead-lettered before anything moves."""
     winners = []
     for e in events:
         pool = creds[e["identityPoolId"]]
-        if pool is None:
+        if pool is None or not (pool.has("GCM") or pool.has("APNS")):
             res.dead_lettered += 1
-            repo.add_dead_letter(session, "event", f"unknown pool {e['identityPoolId']}", e,
-                                 pool_id=e["identityPoolId"])
-            continue
-        if not (pool.has("GCM") or pool.has("APNS")):
-            res.dead_lettered += 1
-            repo.add_dead_letter(session, "event", "pool has no push credentials", e, pool_id=pool.pool_id)
-            continue
-        if repo.advance_sync_count(session, e["identityPoolId"], e["identityId"], e["datasetName"], e["syncCount"]):
+            why = f"unknown pool {e['identityPoolId']}" if pool is None else "pool has no push credentials"
+            repo.add_dead_letter(session, "event", why, e, pool_id=e["identityPoolId"])
+        elif repo.advance_sync_count(session, e["identityPoolId"], e["identityId"], e["datasetName"],
+                                     e["syncCount"]):
             winners.append(e)
         else:
             res.stale += 1
     res.notified = len(winners)
-    if not winners:
-        return res
+    return winners
 
+
+def _targets(session: Session, winners: list[dict], creds: dict,
+             res: IngestResult) -> dict[tuple[str, str], list[Item]]:
+    """(pool, platform) -> the pushes to make: one resolve for the micro-batch, less each
+    event's origin device; a platform the pool has no credentials for is dead-lettered per
+    device, at the count just notified, so that `dlq replay` delivers it once `pool create`
+    adds them (a replay is stale only below that count)."""
     by_key = {(e["identityPoolId"], e["identityId"], e["datasetName"]): e for e in winners}
     groups: dict[tuple[str, str], list[Item]] = {}
     for pool_id, identity, dataset, device_id, platform in repo.resolve_many(session, list(by_key)):
@@ -107,21 +126,13 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
             continue
         item = Item(device_id, identity, dataset, e["syncCount"])
         if not creds[pool_id].has(platform):
-            # kept per device, at the count just notified: once `pool create` adds the
-            # credentials, `dlq replay` delivers it (a replay is stale only below that count)
             res.dead_lettered += 1
             repo.add_dead_letter(session, "delivery", f"pool has no {'FCM' if platform == 'GCM' else 'APNs'} "
                                  f"credentials for {platform} devices", dead_letter_payload(pool_id, platform, item),
                                  pool_id=pool_id, platform=platform)
             continue
         groups.setdefault((pool_id, platform), []).append(item)
-    for (pool_id, platform), items in groups.items():
-        res.devices += len(items)
-        for start in range(0, len(items), batch_size):
-            batch = DeliveryBatch(pool_id, platform, tuple(items[start:start + batch_size]), 1, enqueued_at)
-            enqueue(platform, batch.to_json())
-            res.batches += 1
-    return res
+    return groups
 
 
 def _dead_letter_raw(session: Session, raw: object, reason: str) -> None:

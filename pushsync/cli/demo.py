@@ -97,8 +97,32 @@ class Demo:
         return url
 
     def run(self) -> int:
-        emu_dir = self.state / "emulator"
         broker = self.broker()
+        info = self.emulators()
+        self.env.update({"PUSHSYNC_DATABASE_URL": f"sqlite:///{self.state / 'demo.db'}",
+                         "PUSHSYNC_BROKER_URL": broker, **pushsync_env(info)})
+        self.cli("db", "upgrade")
+        self.cli("pool", "create", POOL, "--fcm-service-account", info["service_account"],
+                 "--apns-key", info["apns_key"], "--apns-key-id", info["apns_key_id"],
+                 "--apns-team-id", info["apns_team_id"], "--apns-topic", info["apns_topic"])
+        _say(f"• pool {POOL} with FCM and APNs credentials")
+        names, ids = self.devices()
+        self.start("worker", [self.exe, "worker", "-c", "2", "-n", "demo@%h", "--without-gossip", "--without-mingle"])
+        self.start("scheduler", [self.exe, "scheduler"])
+        _say("• started a worker and the scheduler")
+        watch = _PushLog(self.state / "emulator" / "pushes.jsonl", names)
+        expected = self.publish(ids["alice-pixel"], watch)
+        inactive = json.loads(self.cli("pool", "show", POOL))["devices"]
+        _say(f"\n• devices now: {json.dumps(inactive)} (the dead token was deactivated)")
+        missing = expected - watch.seen
+        if missing:
+            _say(f"\nMISSING pushes: {sorted(missing)}; logs are in {self.state}")
+            return 1
+        _say(f"\nAll {len(expected)} expected pushes arrived; nothing stale was pushed. Logs: {self.state}")
+        return 0
+
+    def emulators(self) -> dict:
+        emu_dir = self.state / "emulator"
         self.start("emulator", [self.exe, "emulator", "--dir", str(emu_dir), "--quiet"])
         info_path = emu_dir / "emulator.json"
         deadline = time.monotonic() + 20
@@ -109,16 +133,11 @@ class Demo:
         info = json.loads(info_path.read_text())
         _say(f"• emulators: FCM {info['fcm_url']}, APNs production {info['apns_production_url']}, "
              f"APNs sandbox {info['apns_sandbox_url']}")
-        self.env.update({
-            "PUSHSYNC_DATABASE_URL": f"sqlite:///{self.state / 'demo.db'}",
-            "PUSHSYNC_BROKER_URL": broker,
-            **pushsync_env(info),
-        })
-        self.cli("db", "upgrade")
-        self.cli("pool", "create", POOL, "--fcm-service-account", info["service_account"],
-                 "--apns-key", info["apns_key"], "--apns-key-id", info["apns_key_id"],
-                 "--apns-team-id", info["apns_team_id"], "--apns-topic", info["apns_topic"])
-        _say(f"• pool {POOL} with FCM and APNs credentials")
+        return info
+
+    def devices(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Five devices of two users on all three platforms, one with a dead token:
+        (token -> name, name -> device id)."""
         devices = {
             "alice-pixel": (ALICE, "GCM", "fcm-alice-pixel-0001"),
             "alice-iphone": (ALICE, "APNS", "a1" * 32),
@@ -130,15 +149,11 @@ class Demo:
         for name, (ident, platform, token) in devices.items():
             dev = self.cli("device", "register", POOL, ident, "--platform", platform, "--token", token)
             self.cli("subscribe-all", POOL, ident, dev, "--datasets", "contacts,notes")
-            names[token] = name
-            ids[name] = dev
+            names[token], ids[name] = name, dev
             _say(f"• registered {name:<16} {platform:<13} device {dev}")
-        origin = ids["alice-pixel"]
+        return names, ids
 
-        self.start("worker", [self.exe, "worker", "-c", "2", "-n", "demo@%h", "--without-gossip", "--without-mingle"])
-        self.start("scheduler", [self.exe, "scheduler"])
-        _say("• started a worker and the scheduler")
-
+    def publish(self, origin: str, watch: _PushLog) -> set:
         _say("\nPublishing changes, and the pushes as the emulators receive them:")
         steps = [
             (["publish", POOL, ALICE, "contacts", "1", "--origin-device", origin],
@@ -150,7 +165,6 @@ class Demo:
              set()),
             (["publish", POOL, BOB, "notes", "7"], "Bob's notes reach sync count 7", {("bob-iphone", "7")}),
         ]
-        watch = _PushLog(emu_dir / "pushes.jsonl", names)
         expected: set = set()
         for args, text, pushes in steps:
             _say(f"\n  $ pushsync {' '.join(a if len(a) < 20 else a[:12] + '…' for a in args)}\n    {text}")
@@ -159,14 +173,7 @@ class Demo:
             # each step's pushes before the next change: the newest count wins, so a count 1 still
             # waiting when count 2 is notified would (rightly) be dropped at send time
             watch.until(expected, timeout=60)
-        inactive = json.loads(self.cli("pool", "show", POOL))["devices"]
-        _say(f"\n• devices now: {json.dumps(inactive)} (the dead token was deactivated)")
-        missing = expected - watch.seen
-        if missing:
-            _say(f"\nMISSING pushes: {sorted(missing)}; logs are in {self.state}")
-            return 1
-        _say(f"\nAll {len(expected)} expected pushes arrived; nothing stale was pushed. Logs: {self.state}")
-        return 0
+        return expected
 
 
 class _PushLog:

@@ -102,6 +102,40 @@ def _canary_seen(emulator, token: str, count: int) -> bool:
                for r in emulator.requests())
 
 
+class _Producer(threading.Thread):
+    """A backend publishing 25 events a message every 0.2 s, doing nothing special on errors."""
+
+    def __init__(self, pipe, identities, dataset):
+        super().__init__()
+        self.pipe, self.identities, self.dataset = pipe, identities, dataset
+        self.sent, self.failures = [], []
+
+    def run(self):
+        for i in range(0, len(self.identities), 25):
+            try:
+                publish_counts(self.pipe, POOL, self.identities[i:i + 25], self.dataset, 1, chunk=25)
+                self.sent.extend(self.identities[i:i + 25])
+            except subprocess.CalledProcessError as exc:  # publish_many gave up: must not happen
+                self.failures.append(exc)
+            time.sleep(0.2)
+
+
+def _kill_redis_and_time_recovery(server, pipe, emulator, canary, canary_token, round_) -> float:
+    """SIGKILL Redis, start it again, publish a canary: seconds until its push arrives."""
+    server.kill()
+    time.sleep(1.5)
+    server.start()
+    back = time.monotonic()
+    if round_ == 3:  # the canary's first try is refused, so its push waits in the retry set
+        emulator.clear_faults()
+        emulator.fault(service="fcm", token=canary_token, status=503, retry_after=2, count=1)
+    publish_counts(pipe, POOL, [canary], "canary", round_)
+    # within 15 s of Redis being back (2 s more in round 3: the canary's Retry-After)
+    wait_for(lambda: _canary_seen(emulator, canary_token, round_), timeout=15 + (2 if round_ == 3 else 0),
+             interval=0.2, what=f"a push published after Redis restart {round_}")
+    return time.monotonic() - back
+
+
 def test_workers_and_scheduler_consume_again_after_redis_is_killed_three_times(tmp_path, own_emulator):
     """SIGKILL of Redis (AOF, fsync always) three times under load, producers doing nothing
     special: after each restart the worker and the scheduler consume again within 15 s, nobody
@@ -111,58 +145,30 @@ def test_workers_and_scheduler_consume_again_after_redis_is_killed_three_times(t
     pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_url=server.url, extra_env=env)
     try:
         pipe.create_pool(POOL)
-        dataset = "notes"
-        tokens = seed(pipe, POOL, 400, 2, dataset=dataset)
-        identities = sorted(set(tokens.values()))
+        tokens = seed(pipe, POOL, 400, 2, dataset="notes")
         canary = new_identity()
         canary_token = "fcm-canary-" + canary[-12:]
         pipe.device(POOL, canary, "GCM", canary_token, datasets=("canary",))
-        worker = pipe.start_worker("-c", "2")
-        scheduler = pipe.start_scheduler()
-        failures, sent = [], []
-
-        def producer():
-            for i in range(0, len(identities), 25):
-                try:
-                    publish_counts(pipe, POOL, identities[i:i + 25], dataset, 1, chunk=25)
-                    sent.extend(identities[i:i + 25])
-                except subprocess.CalledProcessError as exc:  # publish_many gave up: must not happen
-                    failures.append(exc)
-                time.sleep(0.2)
-
+        worker, scheduler = pipe.start_worker("-c", "2"), pipe.start_scheduler()
         # slow answers keep deliveries in flight, so each kill finds unacknowledged messages
         own_emulator.fault(service="any", latency=0.4)
-
-        thread = threading.Thread(target=producer)
-        thread.start()
-        wait_for(lambda: len(sent) >= 50, timeout=60, what="events flowing")
+        producer = _Producer(pipe, sorted(set(tokens.values())), "notes")
+        producer.start()
+        wait_for(lambda: len(producer.sent) >= 50, timeout=60, what="events flowing")
         recovery = []
-        for round_ in (1, 2, 3):
-            server.kill()
-            time.sleep(1.5)
-            server.start()
-            back = time.monotonic()
-            if round_ == 3:  # the canary's first try is refused, so its push waits in the retry set
-                own_emulator.clear_faults()
-                own_emulator.fault(service="fcm", token=canary_token, status=503, retry_after=2, count=1)
-            publish_counts(pipe, POOL, [canary], "canary", round_)
-            # within 15 s of Redis being back (2 s more in round 3: the canary's Retry-After)
-            wait_for(lambda n=round_: _canary_seen(own_emulator, canary_token, n),
-                     timeout=15 + (2 if round_ == 3 else 0), interval=0.2,
-                     what=f"a push published after Redis restart {round_}")
-            recovery.append(time.monotonic() - back)
+        for n in (1, 2, 3):
+            recovery.append(_kill_redis_and_time_recovery(server, pipe, own_emulator, canary, canary_token, n))
             time.sleep(2)
-        thread.join(240)
-        assert failures == [] and len(sent) == len(identities)
-        wait_for(lambda: tally(own_emulator.requests(), tokens, dataset, 1)["delivered"] == len(tokens),
+        producer.join(240)
+        assert producer.failures == [] and len(producer.sent) == len(producer.identities)
+        wait_for(lambda: tally(own_emulator.requests(), tokens, "notes", 1)["delivered"] == len(tokens),
                  timeout=120, interval=0.5, what="all pushes after the restarts")
         time.sleep(1)
         assert worker.poll() is None and scheduler.poll() is None, "a supervisor exited"
-        logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
-        restarts = logs.count("stopped by itself")
+        restarts = "".join(p.read_text() for p in tmp_path.glob("worker-*.log")).count("stopped by itself")
         print(f"\n[Redis SIGKILL x3] consuming again after {', '.join(f'{r:.1f}' for r in recovery)} s; "
               f"Celery processes restarted by the supervisor: {restarts}")
-        _report("Redis SIGKILL x3", pipe, own_emulator, tokens, dataset, len(identities))
+        _report("Redis SIGKILL x3", pipe, own_emulator, tokens, "notes", len(producer.identities))
     finally:
         pipe.stop_workers()
         server.stop()
