@@ -63,7 +63,7 @@ def _wait_for_pushes(info: dict, expected: int, started: float) -> dict:
         time.sleep(0.2)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2000)
     ap.add_argument("--devices", type=int, default=4, help="devices per identity (GCM, APNS, APNS_SANDBOX, ...)")
@@ -71,7 +71,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--broker-db", type=int, default=9)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     tmp = Path(tempfile.mkdtemp(prefix="pushsync-bench-"))
     procs = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}

@@ -98,6 +98,18 @@ def _write_info(directory: Path, info: dict) -> None:
           f"{info['apns_sandbox_url']} (sandbox), control {info['control_url']}", flush=True)
 
 
+async def _apns_servers(args: argparse.Namespace, state: State, keys: KeyRing, paths: dict) -> tuple[list, dict]:
+    """The production and sandbox hosts: HTTP/2 over TLS, each on its own port."""
+    loop = asyncio.get_running_loop()
+    servers, ports = [], {}
+    for name, port in (("production", args.apns_port), ("sandbox", args.apns_sandbox_port)):
+        sock = _bind(args.host, port)
+        ports[name] = sock.getsockname()[1]
+        servers.append(await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=sock,
+                                                ssl=_tls(paths, ["h2"])))
+    return servers, ports
+
+
 async def serve(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -113,12 +125,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     keys = KeyRing()
     keys.add(DEMO_KEY_ID, DEMO_TEAM_ID, Path(paths["apns_key"]).read_bytes(), {DEMO_TOPIC})
-    servers, ports = [], {}
-    for name, port in (("production", args.apns_port), ("sandbox", args.apns_sandbox_port)):
-        sock = _bind(host, port)
-        ports[name] = sock.getsockname()[1]
-        servers.append(await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=sock,
-                                                ssl=_tls(paths, ["h2"])))
+    servers, ports = await _apns_servers(args, state, keys, paths)
 
     fcm = FCMEmulator(state, token_uri)
     fcm.add_account(json.loads(Path(paths["service_account"]).read_text()))
