@@ -79,6 +79,26 @@ def store_settings(db_url, monkeypatch):
     settings.get_settings.cache_clear()
 
 
+RETRY_REDIS_URL = "redis://127.0.0.1:6379/9"
+RETRY_DEV = "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+@pytest.fixture
+def retry_redis():
+    """Redis database 9, empty before and after: the retry set and the scheduler's lock."""
+    import redis
+
+    c = redis.Redis.from_url(RETRY_REDIS_URL)
+    c.flushdb()
+    yield c
+    c.flushdb()
+
+
+def retry_batch(platform: str, n: int, attempt: int = 2) -> dict:
+    """A delivery batch as deliver writes it to the retry set; n tells batches apart."""
+    return {"pool": POOL, "platform": platform, "items": [[RETRY_DEV, IDENT, "notes", n]], "attempt": attempt}
+
+
 def cli_env(db_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
     env["PUSHSYNC_DATABASE_URL"] = db_url

@@ -7,28 +7,18 @@ import subprocess
 import time
 
 import pytest
-import redis
 
 from scheduler import beat
 from worker import retry
 
-from ..conftest import IDENT, POOL, PUSHSYNC
+from ..conftest import PUSHSYNC, RETRY_REDIS_URL, retry_batch
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
-DEV = "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
-
-
-def _batch(platform: str, n: int, attempt: int = 2) -> dict:
-    """A delivery batch as deliver writes it to the retry set; n tells batches apart."""
-    return {"pool": POOL, "platform": platform, "items": [[DEV, IDENT, "notes", n]], "attempt": attempt}
+REDIS_URL = RETRY_REDIS_URL
 
 
 @pytest.fixture
-def client():
-    c = redis.Redis.from_url(REDIS_URL)
-    c.flushdb()
-    yield c
-    c.flushdb()
+def client(retry_redis):
+    return retry_redis
 
 
 def test_the_beat_schedule_is_declared_in_code():
@@ -47,9 +37,9 @@ def test_the_beat_schedule_is_declared_in_code():
 
 def test_pump_moves_only_due_entries_once(client):
     now = time.time()
-    retry.schedule(client, "deliver", _batch("GCM", 1), now - 1)
-    retry.schedule(client, "deliver", _batch("APNS", 2), now - 0.5)
-    retry.schedule(client, "deliver", _batch("GCM", 3), now + 60)
+    retry.schedule(client, "deliver", retry_batch("GCM", 1), now - 1)
+    retry.schedule(client, "deliver", retry_batch("APNS", 2), now - 0.5)
+    retry.schedule(client, "deliver", retry_batch("GCM", 3), now + 60)
     sent = []
     assert beat.pump_retries(client, send=lambda name, arg, q: sent.append((name, arg["items"][0][3], q)),
                              now=now) == 2
@@ -61,13 +51,13 @@ def test_pump_moves_only_due_entries_once(client):
 @pytest.mark.parametrize("member", [
     b"not json", b"\xff\xfe", b"[1, 2]", b'{"kind": "deliver"}', b'{"kind": "shell", "payload": {}}',
     json.dumps({"kind": "deliver", "payload": {"platform": "GCM"}}).encode(),  # no pool, no items
-    json.dumps({"kind": "deliver", "payload": {**_batch("ADM", 1)}}).encode(),
-    json.dumps({"kind": "deliver", "payload": {**_batch("GCM", 1, attempt=-5)}}).encode(),
+    json.dumps({"kind": "deliver", "payload": {**retry_batch("ADM", 1)}}).encode(),
+    json.dumps({"kind": "deliver", "payload": {**retry_batch("GCM", 1, attempt=-5)}}).encode(),
 ])
 def test_a_malformed_retry_entry_is_dead_lettered_and_the_pump_goes_on(client, member):
     now = time.time()
     client.zadd(retry.RETRY_KEY, {member: now - 2})
-    retry.schedule(client, "deliver", _batch("APNS_SANDBOX", 7), now - 1)
+    retry.schedule(client, "deliver", retry_batch("APNS_SANDBOX", 7), now - 1)
     sent, dead = [], []
     moved = beat.pump_retries(client, send=lambda name, arg, q: sent.append((arg["platform"], q)), now=now,
                               dead_letter=lambda reason, m: dead.append((reason, m)))
@@ -115,7 +105,7 @@ def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
         # a due retry is moved once, by the holder, onto the queue; a malformed entry before it
         # is dead-lettered and does not stop the pump
         client.zadd(retry.RETRY_KEY, {b'{"kind": "deliver", "payload": {"items": 5}}': time.time() - 1})
-        retry.schedule(client, "deliver", _batch("GCM", 1), time.time())
+        retry.schedule(client, "deliver", retry_batch("GCM", 1), time.time())
         deadline = time.time() + 10
         while client.llen("push.fcm") == 0 and time.time() < deadline:
             time.sleep(0.2)
@@ -145,7 +135,7 @@ def test_record_queue_depths_reports_what_is_waiting(client, monkeypatch):
     settings.get_settings.cache_clear()
     try:
         client.rpush("push.apns", "x", "y")
-        retry.schedule(client, "deliver", _batch("GCM", 1), time.time() + 60)
+        retry.schedule(client, "deliver", retry_batch("GCM", 1), time.time() + 60)
         depths = tasks.record_queue_depths.run()
         assert depths == {"events": 0, "push.fcm": 0, "push.apns": 2, "retry": 1, "retry_claimed": 0}
         assert client.keys("pushsync:queue_depths*") == []  # a log line, nothing left in Redis

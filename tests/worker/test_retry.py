@@ -7,19 +7,15 @@ import random
 import time
 
 import pytest
-import redis
 
 from worker import retry
 
-from ..scheduler.test_scheduler import REDIS_URL, _batch
+from ..conftest import retry_batch
 
 
 @pytest.fixture
-def client():
-    c = redis.Redis.from_url(REDIS_URL)
-    c.flushdb()
-    yield c
-    c.flushdb()
+def client(retry_redis):
+    return retry_redis
 
 
 def test_backoff_is_full_jitter_under_the_cap_and_honours_retry_after():
@@ -32,21 +28,21 @@ def test_backoff_is_full_jitter_under_the_cap_and_honours_retry_after():
 
 def test_a_claim_left_by_a_dead_pump_returns_to_the_retry_set(client):
     now = time.time()
-    retry.schedule(client, "deliver", _batch("GCM", 1), now - 1)
+    retry.schedule(client, "deliver", retry_batch("GCM", 1), now - 1)
     claimed = retry.claim_due(client, now=now)  # the pump dies before sending
     assert len(claimed) == 1 and retry.depth(client) == {"retry": 0, "retry_claimed": 1}
     assert retry.claim_due(client, now=now + 1) == []  # not taken twice
     again = retry.claim_due(client, now=now + retry.CLAIM_TIMEOUT + 1)
-    assert [json.loads(m)["payload"] for m in again] == [_batch("GCM", 1)]
+    assert [json.loads(m)["payload"] for m in again] == [retry_batch("GCM", 1)]
 
 
 
 
 def test_entries_wait_in_the_set_scored_by_when_they_are_due(client):
     now = time.time()
-    retry.schedule(client, "deliver", _batch("GCM", 1), now + 30)
+    retry.schedule(client, "deliver", retry_batch("GCM", 1), now + 30)
     [(member, due)] = client.zrange(retry.RETRY_KEY, 0, -1, withscores=True)
     entry = json.loads(member)
-    assert entry["kind"] == "deliver" and entry["payload"] == _batch("GCM", 1) and due == pytest.approx(now + 30)
+    assert entry["kind"] == "deliver" and entry["payload"] == retry_batch("GCM", 1) and due == pytest.approx(now + 30)
     assert retry.claim_due(client, now=now) == []  # not due yet
     assert len(retry.claim_due(client, now=now + 31)) == 1
