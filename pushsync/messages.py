@@ -83,23 +83,26 @@ class DeliveryBatch:
     enqueued_at: float | None = None
     rejected: tuple[Rejected, ...] = field(default=(), compare=False)
     duplicates: int = field(default=0, compare=False)
+    id: str | None = None  # its row in the store's outbox, settled once its outcomes are recorded
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"pool": self.pool, "platform": self.platform,
                                "items": [i.to_json() for i in self.items], "attempt": self.attempt}
         if self.enqueued_at is not None:
             out["enqueued_at"] = self.enqueued_at
+        if self.id is not None:
+            out["id"] = self.id
         return out
 
     def again(self, items: list[Item]) -> DeliveryBatch:
         """The same batch for a later attempt, with only ``items``."""
-        return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt + 1, self.enqueued_at)
+        return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt + 1, self.enqueued_at, id=self.id)
 
     @classmethod
     def from_json(cls, raw: Any) -> DeliveryBatch:
         if not isinstance(raw, dict):
             raise MessageError(f"a delivery batch must be a JSON object, got {type(raw).__name__}")
-        unknown = set(raw) - {"pool", "platform", "items", "attempt", "enqueued_at"}
+        unknown = set(raw) - {"pool", "platform", "items", "attempt", "enqueued_at", "id"}
         if unknown:
             raise MessageError(f"unknown keys in a delivery batch: {sorted(map(str, unknown))[:5]}")
         try:
@@ -138,7 +141,13 @@ class DeliveryBatch:
                 if old.sync_count >= item.sync_count:
                     continue
             chosen[item.key] = item
-        return cls(pool, platform, tuple(chosen.values()), attempt, enqueued_at, tuple(rejected), duplicates)
+        batch_id = raw.get("id")
+        try:
+            batch_id = None if batch_id is None else contract.device_id(batch_id, "id")  # a UUID either way
+        except ValidationError:
+            batch_id = None  # only names an outbox row: ignore rather than refuse
+        return cls(pool, platform, tuple(chosen.values()), attempt, enqueued_at, tuple(rejected), duplicates,
+                   batch_id)
 
 
 @dataclass(frozen=True)

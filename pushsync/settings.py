@@ -42,6 +42,12 @@ class Settings:
     # development only: lets the push endpoints and a service account's token_uri be http://
     allow_insecure_endpoints: bool = False
 
+    @property
+    def redeliver_after(self) -> float:
+        """Seconds after which a delivery batch that no worker settled is sent again: longer than
+        a message can be held unacknowledged (the visibility timeout) plus run (the time limit)."""
+        return float(self.visibility_timeout + self.task_time_limit)
+
     def redacted(self) -> dict[str, object]:
         out = asdict(self)
         out["database_url"] = redact_url(self.database_url)

@@ -28,6 +28,7 @@ from worker.app import EVENTS_QUEUE, app, queue_for
 log = logging.getLogger("pushsync.scheduler")
 
 PUMP_INTERVAL = 1.0
+OUTBOX_INTERVAL = 10.0
 LOCK_KEY = "pushsync:scheduler:lock"
 LOCK_TTL = 15
 
@@ -124,6 +125,7 @@ class PushsyncScheduler(beat.Scheduler):
         self.redis = redis.Redis.from_url(get_settings().broker_url)
         self.lock = SchedulerLock(self.redis)
         self._next_pump = 0.0
+        self._next_sweep = 0.0
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self):
@@ -146,7 +148,18 @@ class PushsyncScheduler(beat.Scheduler):
                 # what was claimed but not sent comes back to the retry set after CLAIM_TIMEOUT
                 log.warning("retry pump failed, will try again: %s", exc)
             self._next_pump = time.monotonic() + PUMP_INTERVAL
+        if time.monotonic() >= self._next_sweep:
+            self._sweep_outbox()
+            self._next_sweep = time.monotonic() + OUTBOX_INTERVAL
         return min(super().tick(*args, **kwargs), PUMP_INTERVAL)
+
+    def _sweep_outbox(self) -> None:
+        from scheduler import outbox
+
+        try:
+            outbox.sweep(self.redis, lambda name, arg, queue: app.send_task(name, args=[arg], queue=queue))
+        except Exception as exc:  # the store or Redis away: the rows wait for the next sweep
+            log.warning("outbox sweep failed, will try again: %s", exc)
 
     def close(self):
         self.lock.release()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,7 @@ from pushsync import contract
 from pushsync.messages import DeliveryBatch, Item, dead_letter_payload
 from pushsync.settings import Settings
 from store import repo
+from store.models import utcnow
 from store.repo import PoolCredentials, Target
 from worker import aio, pools, retry
 from worker.senders.apns import POOL_CONFIG_ERRORS, APNsSender
@@ -172,12 +174,18 @@ def deliver(batch: DeliveryBatch, settings: Settings, *, session_scope: Callable
             for item in batch.items:
                 if item.key in sending:
                     dead_letter_item(session, batch.pool, batch.platform, item, why, attempts=batch.attempt)
+            repo.settle_outbox(session, batch.id)
         result.dead_lettered += len(sending)
         return result, []
     outcomes = send(creds, batch.platform, requests, settings) if requests else []
     with session_scope() as session:
         record(session, batch, outcomes, result, settings)
-        if result.retry_batch is not None:
+        if result.retry_batch is None:
+            repo.settle_outbox(session, batch.id)
+        else:
+            # the outbox row follows the retry, due only well after the retry's own time
+            repo.reschedule_outbox(session, batch.id, result.retry_batch.to_json(), utcnow() + timedelta(
+                seconds=result.retry_in + settings.redeliver_after))
             # queued before the outcomes commit: a failure in between re-sends, never loses
             schedule_retry(result.retry_batch, result.retry_in)
     return result, outcomes

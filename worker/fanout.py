@@ -7,8 +7,10 @@ query -> leave out each event's origin device -> group by (pool, platform) -> ba
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -16,6 +18,7 @@ from pushsync import contract
 from pushsync.contract import ValidationError
 from pushsync.messages import DeliveryBatch, Item, dead_letter_payload
 from store import repo
+from store.models import utcnow
 from worker import pools
 
 Enqueue = Callable[[str, dict], None]  # (platform, batch) -> puts the batch on its queue
@@ -53,12 +56,15 @@ def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
 
 
 def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue,
-           enqueued_at: float | None = None, max_events: int = 1000) -> IngestResult:
+           enqueued_at: float | None = None, max_events: int = 1000,
+           redeliver_after: float | None = None) -> IngestResult:
     """Run one micro-batch of events inside the caller's transaction.
 
     Batches are enqueued before the transaction commits: if the commit then fails, the task
     runs again and the devices may get the same sync count twice, which they ignore; the
-    other order could record a count as notified whose pushes were never queued.
+    other order could record a count as notified whose pushes were never queued. With
+    ``redeliver_after``, each batch is also kept in the outbox, in this transaction, until
+    deliver settles it: a batch lost on its way to a worker is sent again by the scheduler.
     """
     res = IngestResult(received=len(raw_events))
     if len(raw_events) > max_events:
@@ -71,13 +77,18 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     events, res.coalesced = coalesce(_valid(session, raw_events, res))
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
     winners = _advance(session, events, creds, res)
-    if winners:
-        for (pool_id, platform), items in _targets(session, winners, creds, res).items():
-            res.devices += len(items)
-            for start in range(0, len(items), batch_size):
-                batch = DeliveryBatch(pool_id, platform, tuple(items[start:start + batch_size]), 1, enqueued_at)
-                enqueue(platform, batch.to_json())
-                res.batches += 1
+    batches = []
+    for (pool_id, platform), items in (_targets(session, winners, creds, res).items() if winners else ()):
+        res.devices += len(items)
+        batches.extend(DeliveryBatch(pool_id, platform, tuple(items[start:start + batch_size]), 1, enqueued_at,
+                                     id=str(uuid.uuid4()) if redeliver_after is not None else None)
+                       for start in range(0, len(items), batch_size))
+    if redeliver_after is not None:
+        repo.add_outbox(session, [(b.id, b.platform, b.to_json()) for b in batches],
+                        due_at=utcnow() + timedelta(seconds=redeliver_after))
+    for batch in batches:
+        enqueue(batch.platform, batch.to_json())
+    res.batches = len(batches)
     return res
 
 

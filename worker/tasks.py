@@ -99,7 +99,9 @@ class DeliverTask(PushsyncTask):
     def dead_letter_args(self, session, reason, args, kwargs):
         raw = args[0] if args else None
         try:
-            delivery.dead_letter_batch(session, DeliveryBatch.from_json(raw), reason)
+            batch = DeliveryBatch.from_json(raw)
+            delivery.dead_letter_batch(session, batch, reason)
+            repo.settle_outbox(session, batch.id)
         except MessageError:
             repo.add_dead_letter(session, "message", reason, {"message": raw})
 
@@ -132,7 +134,8 @@ def _fan_out(events: list, enqueued_at: float) -> fanout.IngestResult:
     settings = get_settings()
     with session_scope() as session:
         return fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=_enqueue,
-                             enqueued_at=enqueued_at, max_events=settings.max_events_per_message)
+                             enqueued_at=enqueued_at, max_events=settings.max_events_per_message,
+                             redeliver_after=settings.redeliver_after)
 
 
 def _fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult:

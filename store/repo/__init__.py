@@ -26,6 +26,7 @@ from store.repo.devices import (
     token_hash,
     unregister_device,
 )
+from store.repo.outbox import add_outbox, defer_outbox, reschedule_outbox, settle_outbox, take_due_outbox
 from store.repo.pools import (
     PoolCredentials,
     pool_credentials,
@@ -47,7 +48,8 @@ from store.repo.subscriptions import (
 )
 
 __all__ = [
-    "NotFound", "PoolCredentials", "Target", "add_dead_letter", "advance_sync_count", "count_dead_letters",
+    "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_outbox", "defer_outbox", "reschedule_outbox",
+    "settle_outbox", "take_due_outbox", "advance_sync_count", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
     "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters",

@@ -172,3 +172,35 @@ def test_workers_and_scheduler_consume_again_after_redis_is_killed_three_times(t
     finally:
         pipe.stop_workers()
         server.stop()
+
+
+def test_a_delivery_message_lost_on_the_way_to_a_worker_is_sent_again(tmp_path, own_emulator):
+    """What Redis dying between a worker's BRPOP and its unacknowledged record does, made
+    deterministic: the batch vanishes from its queue after ingest. The outbox row that ingest
+    wrote with the counts brings it back, once, through the scheduler."""
+    env = {"PUSHSYNC_TASK_TIME_LIMIT": "5", "PUSHSYNC_VISIBILITY_TIMEOUT": "6"}  # re-sent after 11 s
+    pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_db=4, extra_env=env)
+    try:
+        pipe.create_pool(POOL)
+        user, token = new_identity(), "fcm-lost-batch-1"
+        pipe.device(POOL, user, "GCM", token)
+        pipe.start_worker("-Q", "events")  # ingest only: the batch stays on its queue
+        client = redis.Redis.from_url(pipe.broker_url)
+        publish_counts(pipe, POOL, [user], "notes", 1)
+        wait_for(lambda: client.llen("push.fcm") == 1, what="the delivery batch on its queue")
+        client.delete("push.fcm")  # gone, as if popped by a worker that never recorded it
+        pipe.start_worker("-Q", "push.fcm,push.apns")
+        scheduler = pipe.start_scheduler()
+        wait_for(lambda: tally(own_emulator.requests(), {token: user}, "notes", 1)["delivered"] == 1, timeout=45,
+                 interval=0.5, what="the lost batch to be sent again")
+        time.sleep(12)  # past another redelivery delay: settled, so not sent a second time
+        assert tally(own_emulator.requests(), {token: user}, "notes", 1)["duplicates"] == 0
+        assert scheduler.poll() is None
+        log = "".join(p.read_text() for p in tmp_path.glob("scheduler-*.log"))
+        assert "sent again 1 delivery batches" in log
+        from sqlalchemy import create_engine, text
+
+        with create_engine(pipe.db_url).connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 0
+    finally:
+        pipe.stop_workers()

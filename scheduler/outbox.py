@@ -1,0 +1,58 @@
+"""Re-sending delivery batches that no worker settled (the store's outbox, migration 0003).
+
+Ingest keeps each delivery batch in the outbox, in the transaction that advances the sync
+counts; deliver removes it once the batch's outcomes are recorded (a retry keeps it, due after
+the retry's time). A row still there ``redeliver_after`` seconds later (the visibility timeout
+plus the task time limit) belongs to a message that no worker ever ran: lost between Redis and
+a worker when Redis died. The scheduler puts it on its queue again. While a platform's queue is
+not empty its rows are only deferred: they are probably waiting in that queue, and re-sending
+them would pile duplicates on a backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import redis
+
+from pushsync.messages import DeliveryBatch, MessageError
+from pushsync.queues import APNS_QUEUE, DELIVER_TASK, FCM_QUEUE
+from pushsync.settings import get_settings
+from store import repo
+from store.db import session_scope
+from store.models import utcnow
+
+log = logging.getLogger("pushsync.scheduler")
+
+PLATFORMS_BY_QUEUE = {FCM_QUEUE: ("GCM",), APNS_QUEUE: ("APNS", "APNS_SANDBOX")}
+
+
+def sweep(client: redis.Redis, send) -> int:
+    """Send again the unsettled batches that are due; returns how many went."""
+    now = utcnow()
+    next_due = now + timedelta(seconds=get_settings().redeliver_after)
+    idle, busy = [], []
+    for queue, platforms in PLATFORMS_BY_QUEUE.items():
+        (idle if client.llen(queue) == 0 else busy).extend(platforms)
+    with session_scope() as session:
+        if busy:
+            repo.defer_outbox(session, busy, now, next_due)
+        rows = repo.take_due_outbox(session, now, next_due, idle) if idle else []
+    sent = 0
+    for batch_id, payload in rows:
+        try:
+            batch = DeliveryBatch.from_json(payload)
+        except MessageError as exc:  # it was written by ingest: should not happen; say so, keep going
+            log.error("outbox row %s does not parse (%s); left for an operator", batch_id, exc)
+            continue
+        send(DELIVER_TASK, batch.to_json(), queue_for_platform(batch.platform))
+        sent += 1
+    if sent:
+        log.warning("sent again %d delivery batches that no worker settled within %.0f s (lost on the way to a "
+                    "worker, most likely when Redis died)", sent, get_settings().redeliver_after)
+    return sent
+
+
+def queue_for_platform(platform: str) -> str:
+    return next(q for q, platforms in PLATFORMS_BY_QUEUE.items() if platform in platforms)
