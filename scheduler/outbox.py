@@ -17,7 +17,7 @@ from datetime import timedelta
 import redis
 
 from pushsync.messages import DeliveryBatch, MessageError
-from pushsync.queues import APNS_QUEUE, DELIVER_TASK, FCM_QUEUE
+from pushsync.queues import APNS_QUEUE, DELIVER_TASK, FCM_QUEUE, queue_for
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
@@ -46,13 +46,10 @@ def sweep(client: redis.Redis, send) -> int:
         except MessageError as exc:  # it was written by ingest: should not happen; say so, keep going
             log.error("outbox row %s does not parse (%s); left for an operator", batch_id, exc)
             continue
-        send(DELIVER_TASK, batch.to_json(), queue_for_platform(batch.platform))
+        send(DELIVER_TASK, batch.to_json(), queue_for(batch.platform))
         sent += 1
     if sent:
         log.warning("sent again %d delivery batches that no worker settled within %.0f s (lost on the way to a "
                     "worker, most likely when Redis died)", sent, get_settings().redeliver_after)
     return sent
 
-
-def queue_for_platform(platform: str) -> str:
-    return next(q for q, platforms in PLATFORMS_BY_QUEUE.items() if platform in platforms)

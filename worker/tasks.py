@@ -14,6 +14,7 @@ item where the items can be told apart, and the rest of the message goes on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import redis
@@ -44,6 +45,9 @@ DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError, sqlalche
 TRANSIENT_MAX_RETRIES = 240
 
 
+_runs = threading.local()
+
+
 class PushsyncTask(Task):
     """The chores of every task: its figures (``self.metrics``, flushed to Redis in one round
     trip when the task ends, whatever the outcome), bounded retries of transient errors, and
@@ -56,12 +60,18 @@ class PushsyncTask(Task):
     retry_jitter = True
     max_retries = TRANSIENT_MAX_RETRIES
 
+    @property
+    def metrics(self) -> metrics.Recorder:
+        """This run's figures. Kept per thread: a task object is shared by every run in a process,
+        and with `-P threads` runs overlap."""
+        return _runs.recorder
+
     def __call__(self, *args, **kwargs):
-        self.metrics = metrics.Recorder()
+        _runs.recorder = metrics.Recorder()
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            _flush(self.metrics)
+            _flush(_runs.recorder)
 
     def retry(self, *args, **kwargs):
         # Celery publishes a retry as a new message; when it cannot (the broker is the thing
