@@ -68,11 +68,10 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     """
     res = IngestResult(received=len(raw_events))
     if len(raw_events) > max_events:
-        # refused whole, each event kept: replayed one by one, none of them is lost
-        for raw in raw_events:
-            _dead_letter_raw(session, raw, f"message holds {len(raw_events)} events; the limit is {max_events} "
-                                           "per message (PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
-        res.invalid = res.dead_lettered = len(raw_events)
+        # refused whole, each event kept (in one statement): replayed one by one, none is lost
+        res.invalid = res.dead_lettered = repo.add_event_dead_letters(
+            session, raw_events, f"message holds {len(raw_events)} events; the limit is {max_events} per message "
+                                 "(PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
         return res
     events, res.coalesced = coalesce(_valid(session, raw_events, res))
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
@@ -100,7 +99,7 @@ def _valid(session: Session, raw_events: list, res: IngestResult) -> list[dict]:
         except ValidationError as exc:
             res.invalid += 1
             res.dead_lettered += 1
-            _dead_letter_raw(session, raw, f"invalid event: {exc}")
+            repo.add_event_dead_letters(session, [raw], f"invalid event: {exc}")
     return valid
 
 
@@ -144,9 +143,3 @@ def _targets(session: Session, winners: list[dict], creds: dict,
             continue
         groups.setdefault((pool_id, platform), []).append(item)
     return groups
-
-
-def _dead_letter_raw(session: Session, raw: object, reason: str) -> None:
-    pool = raw.get("identityPoolId") if isinstance(raw, dict) else None
-    repo.add_dead_letter(session, "event", reason, raw if isinstance(raw, dict) else {"event": raw},
-                         pool_id=pool if isinstance(pool, str) else None)

@@ -100,9 +100,8 @@ class PushsyncTask(Task):
 
 class IngestTask(PushsyncTask):
     def dead_letter_args(self, session, reason, args, kwargs):
-        events = args[0] if args and isinstance(args[0], list) else list(args[:1])
-        for e in events:
-            repo.add_dead_letter(session, "event", reason, e if isinstance(e, dict) else {"event": e})
+        repo.add_event_dead_letters(session, args[0] if args and isinstance(args[0], list) else list(args[:1]),
+                                    reason)
 
 
 class DeliverTask(PushsyncTask):
@@ -158,8 +157,8 @@ def _fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult
         except DATA_ERRORS as exc:
             one = fanout.IngestResult(received=1, invalid=1, dead_lettered=1)
             with session_scope() as session:
-                repo.add_dead_letter(session, "event", f"the store refused the event: {type(exc.orig).__name__}: "
-                                     f"{str(exc.orig)[:150]}", e if isinstance(e, dict) else {"event": e})
+                repo.add_event_dead_letters(session, [e], f"the store refused the event: {type(exc.orig).__name__}: "
+                                                          f"{str(exc.orig)[:150]}")
         for name, value in one.__dict__.items():
             if isinstance(value, int):
                 setattr(total, name, getattr(total, name) + value)

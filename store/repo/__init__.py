@@ -8,6 +8,7 @@ callers use ``from store import repo`` and the names below.
 from store.repo.common import NotFound
 from store.repo.dead_letters import (
     add_dead_letter,
+    add_event_dead_letters,
     count_dead_letters,
     dead_letters_by_id,
     delete_dead_letters,
@@ -48,7 +49,8 @@ from store.repo.subscriptions import (
 )
 
 __all__ = [
-    "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_outbox", "defer_outbox", "reschedule_outbox",
+    "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_event_dead_letters", "add_outbox",
+    "defer_outbox", "reschedule_outbox",
     "settle_outbox", "take_due_outbox", "advance_sync_count", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",

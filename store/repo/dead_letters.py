@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from store.models import DeadLetter, utcnow
@@ -19,21 +19,37 @@ def _clean(text: str | None, limit: int) -> str | None:
     return None if text is None else str(text).replace("\x00", "\\x00")[:limit]
 
 
-def add_dead_letter(session: Session, kind: str, reason: str, payload: dict, *, last_error: str | None = None,
-                    pool_id: str | None = None, platform: str | None = None, attempts: int = 1) -> int:
+def _row(kind: str, reason: str, payload: dict, last_error: str | None, pool_id: object, platform: object,
+         attempts: int) -> dict:
     from pushsync import contract
 
     try:
         pool_id = contract.pool_id(pool_id)
     except ValueError:
         pool_id = None  # only a well-formed id goes in the column; the payload keeps what came
-    dl = DeadLetter(kind=kind, reason=_clean(reason, 255), last_error=_clean(last_error, 2000),
-                    payload=json.dumps(payload, default=repr), pool_id=pool_id,
-                    platform=platform if platform in ("GCM", "APNS", "APNS_SANDBOX") else None,
-                    attempts=max(1, min(int(attempts), 1_000_000)))
+    now = utcnow()
+    return {"kind": kind, "reason": _clean(reason, 255), "last_error": _clean(last_error, 2000),
+            "payload": json.dumps(payload, default=repr), "pool_id": pool_id,
+            "platform": platform if platform in ("GCM", "APNS", "APNS_SANDBOX") else None,
+            "attempts": max(1, min(int(attempts), 1_000_000)), "created_at": now, "updated_at": now}
+
+
+def add_dead_letter(session: Session, kind: str, reason: str, payload: dict, *, last_error: str | None = None,
+                    pool_id: str | None = None, platform: str | None = None, attempts: int = 1) -> int:
+    dl = DeadLetter(**_row(kind, reason, payload, last_error, pool_id, platform, attempts))
     session.add(dl)
     session.flush()
     return dl.id
+
+
+def add_event_dead_letters(session: Session, events: list, reason: str) -> int:
+    """Change events as they came (any type), one dead letter each, in one statement: a message
+    of many thousand events costs one round trip, not one per event."""
+    rows = [_row("event", reason, e if isinstance(e, dict) else {"event": e}, None,
+                 e.get("identityPoolId") if isinstance(e, dict) else None, None, 1) for e in events]
+    if rows:
+        session.execute(insert(DeadLetter.__table__), rows)
+    return len(rows)
 
 
 def list_dead_letters(session: Session, limit: int = 1000) -> list[dict]:
