@@ -21,9 +21,10 @@ from celery import beat
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pushsync.messages import DeliveryBatch, MessageError, RetryEntry
+from pushsync.queues import EVENTS_QUEUE, queue_for
 from pushsync.settings import get_settings
 from worker import retry
-from worker.app import EVENTS_QUEUE, app, queue_for
+from worker.app import app
 
 log = logging.getLogger("pushsync.scheduler")
 
@@ -81,7 +82,7 @@ def pump_retries(client: redis.Redis, send=None, now: float | None = None, dead_
 
     An entry that does not parse as a retry of pushsync's is dead-lettered with the reason
     and taken out of the set; the pump goes on with the others."""
-    from worker.app import DELIVER_TASK, EVENTS_QUEUE, INGEST_TASK
+    from pushsync.queues import DELIVER_TASK, INGEST_TASK
 
     send = send or (lambda name, arg, queue: app.send_task(name, args=[arg], queue=queue))
     dead_letter = dead_letter or _dead_letter

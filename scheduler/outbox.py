@@ -16,8 +16,9 @@ from datetime import timedelta
 
 import redis
 
+from pushsync.contract import PLATFORMS
 from pushsync.messages import DeliveryBatch, MessageError
-from pushsync.queues import APNS_QUEUE, DELIVER_TASK, FCM_QUEUE, queue_for
+from pushsync.queues import DELIVER_TASK, EVENTS_QUEUE, QUEUES, queue_for
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
@@ -25,7 +26,8 @@ from store.models import utcnow
 
 log = logging.getLogger("pushsync.scheduler")
 
-PLATFORMS_BY_QUEUE = {FCM_QUEUE: ("GCM",), APNS_QUEUE: ("APNS", "APNS_SANDBOX")}
+# push.fcm -> GCM, push.apns -> APNS and APNS_SANDBOX, as queue_for routes them
+PLATFORMS_BY_QUEUE = {q: tuple(p for p in PLATFORMS if queue_for(p) == q) for q in QUEUES if q != EVENTS_QUEUE}
 
 
 def sweep(client: redis.Redis, send) -> int:

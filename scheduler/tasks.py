@@ -7,11 +7,12 @@ from datetime import timedelta
 
 import redis
 
+from pushsync.queues import QUEUES
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
 from worker import metrics
-from worker.app import QUEUES, app
+from worker.app import app
 from worker.tasks import PushsyncTask
 
 log = logging.getLogger("pushsync.scheduler")

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from pushsync.queues import (  # noqa: F401 - re-exported for the worker's modules
-    APNS_QUEUE,
-    DELIVER_TASK,
-    EVENTS_QUEUE,
-    FCM_QUEUE,
-    INGEST_TASK,
-    QUEUES,
-    celery_config,
-    queue_for,
-)
+from pushsync.queues import celery_config
 from pushsync.settings import get_settings
 
 

@@ -35,7 +35,7 @@ def replay(ids: list[int] | None, send: Send, *, batch_size: int = 500,
            progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay the dead letters ``ids`` (all when None), a page at a time; each page's letters
     are deleted once their messages are on the queue."""
-    from worker.app import DELIVER_TASK, EVENTS_QUEUE, INGEST_TASK, queue_for
+    from pushsync.queues import DELIVER_TASK, EVENTS_QUEUE, INGEST_TASK, queue_for
 
     res = ReplayResult()
     after = 0

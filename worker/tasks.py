@@ -26,11 +26,12 @@ from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pushsync.messages import DeliveryBatch, MessageError
+from pushsync.queues import DELIVER_TASK, INGEST_TASK, queue_for
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
 from worker import delivery, fanout, metrics, retry
-from worker.app import DELIVER_TASK, INGEST_TASK, app, queue_for
+from worker.app import app
 
 log = logging.getLogger("pushsync.tasks")
 

@@ -26,7 +26,8 @@ def run_worker(argv: list[str]) -> int:
     """`pushsync worker [celery worker options]`: Celery parses the options itself."""
     if NO_SUPERVISE not in argv:
         return _supervise(["worker", *argv], "celery worker")
-    from worker.app import QUEUES, app
+    from pushsync.queues import QUEUES
+    from worker.app import app
 
     # Defaults first: Celery lets the operator's own -Q, -c, -l ... given after them win.
     app.worker_main(["worker", "-Q", ",".join(QUEUES), "-l", "INFO", *[a for a in argv if a != NO_SUPERVISE]])
@@ -44,8 +45,8 @@ def scheduler(args) -> int:
 def _snapshot() -> dict:
     import redis
 
+    from pushsync.queues import QUEUES
     from store import repo
-    from worker.app import QUEUES
     from worker.metrics import snapshot
 
     client = redis.Redis.from_url(get_settings().broker_url, socket_connect_timeout=3)

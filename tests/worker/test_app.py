@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import redis
 
-from worker.app import DELIVER_TASK, INGEST_TASK, QUEUES, make_app, queue_for
+from pushsync.queues import DELIVER_TASK, INGEST_TASK, QUEUES, queue_for
+from worker.app import make_app
 
 URL = "redis://127.0.0.1:6379/7"
 
