@@ -58,12 +58,10 @@ class Item:
             raise ValidationError("item", "must be [device_id, identity_id, dataset_name, sync_count]",
                                   type(raw).__name__)
         dev, identity, dataset, count = raw
+        if not isinstance(count, int):  # a number, not the numeric string producers may send
+            raise ValidationError("syncCount", "must be an integer 0 <= n < 2^63", count)
         return cls(contract.device_id(dev), contract.identity_id(identity), contract.dataset_name(dataset),
-                   contract.sync_count(count) if isinstance(count, int) else _bad_count(count))
-
-
-def _bad_count(value: Any) -> int:
-    raise ValidationError("syncCount", "must be an integer 0 <= n < 2^63", value)
+                   contract.sync_count(count))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
@@ -72,7 +72,6 @@ class DeliveryResult:
     deactivated: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
     retry_batch: DeliveryBatch | None = None
     retry_in: float = 0.0
 
@@ -130,7 +129,6 @@ def record(session: Session, batch: DeliveryBatch, outcomes: list[Outcome], resu
         item = items.get(o.key)
         if item is None:
             continue
-        result.reasons[o.reason or o.kind.value] = result.reasons.get(o.reason or o.kind.value, 0) + 1
         if o.kind is Kind.OK:
             result.sent += 1
         elif o.kind is Kind.TOKEN_INVALID:
