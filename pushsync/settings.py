@@ -39,6 +39,9 @@ class Settings:
     dead_letter_days: float = 14.0
     publish_timeout: float = 20.0
     max_events_per_message: int = 1000
+    ingest_batch_max: int = 200
+    ingest_batch_wait: float = 0.01
+    coalesce_window: float = 1.0
     # development only: lets the push endpoints and a service account's token_uri be http://
     allow_insecure_endpoints: bool = False
 
@@ -78,6 +81,9 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_DEAD_LETTER_DAYS": ("dead_letter_days", "float", 0.0),
     "PUSHSYNC_PUBLISH_TIMEOUT": ("publish_timeout", "float", 0.0),
     "PUSHSYNC_MAX_EVENTS_PER_MESSAGE": ("max_events_per_message", "int", 1),
+    "PUSHSYNC_INGEST_BATCH_MAX": ("ingest_batch_max", "int", 1),
+    "PUSHSYNC_INGEST_BATCH_WAIT": ("ingest_batch_wait", "float", 0.001),
+    "PUSHSYNC_COALESCE_WINDOW": ("coalesce_window", "float", 0.0),
     "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": ("allow_insecure_endpoints", "bool", None),
 }
 

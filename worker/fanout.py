@@ -38,6 +38,10 @@ class IngestResult:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def add(self, other: IngestResult) -> None:
+        for name, value in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + value)
+
 
 def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
     """Keep the newest event per (pool, identity, dataset); returns (kept, number dropped)."""
@@ -104,20 +108,22 @@ def _valid(session: Session, raw_events: list, res: IngestResult) -> list[dict]:
 
 
 def _advance(session: Session, events: list[dict], creds: dict, res: IngestResult) -> list[dict]:
-    """The events whose count is newer than the last notified one (compare-and-set); events of
-    unknown pools or pools without credentials are dead-lettered before anything moves."""
-    winners = []
+    """The events whose count is newer than the last notified one (one compare-and-set for the
+    micro-batch); events of unknown pools or pools without credentials are dead-lettered before
+    anything moves."""
+    eligible = []
     for e in events:
         pool = creds[e["identityPoolId"]]
         if pool is None or not (pool.has("GCM") or pool.has("APNS")):
             res.dead_lettered += 1
             why = f"unknown pool {e['identityPoolId']}" if pool is None else "pool has no push credentials"
             repo.add_dead_letter(session, "event", why, e, pool_id=e["identityPoolId"])
-        elif repo.advance_sync_count(session, e["identityPoolId"], e["identityId"], e["datasetName"],
-                                     e["syncCount"]):
-            winners.append(e)
         else:
-            res.stale += 1
+            eligible.append(e)
+    won = repo.advance_sync_counts(session, [(e["identityPoolId"], e["identityId"], e["datasetName"], e["syncCount"])
+                                             for e in eligible]) if eligible else set()
+    winners = [e for e in eligible if (e["identityPoolId"], e["identityId"], e["datasetName"]) in won]
+    res.stale += len(eligible) - len(winners)
     res.notified = len(winners)
     return winners
 

@@ -26,7 +26,7 @@ from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pushsync.messages import DeliveryBatch, MessageError
-from pushsync.queues import DELIVER_TASK, INGEST_TASK, queue_for
+from pushsync.queues import DELIVER_TASK, queue_for
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
@@ -46,7 +46,7 @@ DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError, sqlalche
 TRANSIENT_MAX_RETRIES = 240
 
 
-_runs = threading.local()
+runs = threading.local()
 
 
 class PushsyncTask(Task):
@@ -65,14 +65,14 @@ class PushsyncTask(Task):
     def metrics(self) -> metrics.Recorder:
         """This run's figures. Kept per thread: a task object is shared by every run in a process,
         and with `-P threads` runs overlap."""
-        return _runs.recorder
+        return runs.recorder
 
     def __call__(self, *args, **kwargs):
-        _runs.recorder = metrics.Recorder()
+        runs.recorder = metrics.Recorder()
         try:
             return super().__call__(*args, **kwargs)
         finally:
-            _flush(_runs.recorder)
+            flush_metrics(runs.recorder)
 
     def retry(self, *args, **kwargs):
         # Celery publishes a retry as a new message; when it cannot (the broker is the thing
@@ -99,12 +99,6 @@ class PushsyncTask(Task):
             log.exception("could not dead-letter the arguments of failed task %s: %.2000r", task_id, args)
 
 
-class IngestTask(PushsyncTask):
-    def dead_letter_args(self, session, reason, args, kwargs):
-        repo.add_event_dead_letters(session, args[0] if args and isinstance(args[0], list) else list(args[:1]),
-                                    reason)
-
-
 class DeliverTask(PushsyncTask):
     def dead_letter_args(self, session, reason, args, kwargs):
         raw = args[0] if args else None
@@ -116,7 +110,7 @@ class DeliverTask(PushsyncTask):
             repo.add_dead_letter(session, "message", reason, {"message": raw})
 
 
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     global _redis_client
     if _redis_client is None:
         _redis_client = redis.Redis.from_url(get_settings().broker_url)
@@ -133,63 +127,41 @@ def _schedule_retry(batch: DeliveryBatch, wait: float) -> None:
     if wait <= get_settings().countdown_max:
         app.send_task(DELIVER_TASK, args=[batch.to_json()], queue=queue_for(batch.platform), countdown=wait)
     else:
-        retry.schedule(_redis(), "deliver", batch.to_json(), time.time() + wait)
+        retry.schedule(redis_client(), "deliver", batch.to_json(), time.time() + wait)
 
 
-def _enqueue(platform: str, batch: dict) -> None:
+def enqueue(platform: str, batch: dict) -> None:
     app.send_task(DELIVER_TASK, args=[batch], queue=queue_for(platform))
 
 
-def _fan_out(events: list, enqueued_at: float) -> fanout.IngestResult:
+def fan_out(events: list, enqueued_at: float, max_events: int | None = None) -> fanout.IngestResult:
     settings = get_settings()
+    max_events = settings.max_events_per_message if max_events is None else max_events
     with session_scope() as session:
-        return fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=_enqueue,
-                             enqueued_at=enqueued_at, max_events=settings.max_events_per_message,
+        return fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=enqueue,
+                             enqueued_at=enqueued_at, max_events=max_events,
                              redeliver_after=settings.redeliver_after)
 
 
-def _fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult:
+def fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult:
     """After the store refused a micro-batch for its data: each event alone, so that only the
     ones it refuses again are dead-lettered."""
     total = fanout.IngestResult()
     for e in events:
         try:
-            one = _fan_out([e], enqueued_at)
+            one = fan_out([e], enqueued_at)
         except DATA_ERRORS as exc:
             one = fanout.IngestResult(received=1, invalid=1, dead_lettered=1)
             with session_scope() as session:
                 repo.add_event_dead_letters(session, [e], f"the store refused the event: {type(exc.orig).__name__}: "
                                                           f"{str(exc.orig)[:150]}")
-        for name, value in one.__dict__.items():
-            if isinstance(value, int):
-                setattr(total, name, getattr(total, name) + value)
+        total.add(one)
     return total
 
 
-@app.task(name=INGEST_TASK, base=IngestTask, bind=True)
-def ingest(self, events: list, enqueued_at: float | None = None) -> dict:
-    events = events if isinstance(events, list) else [events]
-    if not isinstance(enqueued_at, (int, float)) or isinstance(enqueued_at, bool):
-        enqueued_at = time.time()
+def flush_metrics(rec: metrics.Recorder) -> None:
     try:
-        result = _fan_out(events, enqueued_at)
-    except DATA_ERRORS as exc:
-        log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
-                    len(events), type(exc.orig).__name__)
-        result = _fan_out_one_by_one(events, enqueued_at)
-    for outcome in ("received", "invalid", "stale", "coalesced", "notified"):
-        self.metrics.add("events", outcome, n=getattr(result, outcome))
-    self.metrics.add("dead_lettered", "event", n=result.dead_lettered)
-    log.info("ingested %d events: %d notified, %d stale, %d dead-lettered, %d devices in %d batches",
-             result.received, result.notified, result.stale, result.dead_lettered, result.devices, result.batches,
-             extra={"event_ids": [e.get("eventId") for e in events if isinstance(e, dict) and e.get("eventId")]
-                    or None})
-    return result.as_dict()
-
-
-def _flush(rec: metrics.Recorder) -> None:
-    try:
-        rec.flush(_redis())
+        rec.flush(redis_client())
     except redis.RedisError as exc:  # figures are worth less than the pushes: never fail a task on them
         log.warning("could not record metrics: %s", exc)
 
@@ -220,3 +192,4 @@ def _close_connections(**_kwargs) -> None:
         delivery.close_senders()
     except Exception:  # the process is going away; nothing to save
         pass
+

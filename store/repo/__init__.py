@@ -38,6 +38,7 @@ from store.repo.pools import (
 )
 from store.repo.subscriptions import (
     advance_sync_count,
+    advance_sync_counts,
     known_datasets,
     last_sync_count,
     resolve_many,
@@ -51,7 +52,7 @@ from store.repo.subscriptions import (
 __all__ = [
     "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_event_dead_letters", "add_outbox",
     "defer_outbox", "reschedule_outbox",
-    "settle_outbox", "take_due_outbox", "advance_sync_count", "count_dead_letters",
+    "settle_outbox", "take_due_outbox", "advance_sync_count", "advance_sync_counts", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
     "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters",

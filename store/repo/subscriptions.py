@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import delete, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
@@ -93,23 +93,39 @@ def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list
     return out
 
 
-def advance_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str, count: int) -> bool:
-    """Compare-and-set: record ``count`` as the last notified sync count if it is newer.
+def advance_sync_counts(session: Session, rows: Iterable[tuple[str, str, str, int]]) -> set[tuple[str, str, str]]:
+    """Compare-and-set for a micro-batch: record each (pool, identity, dataset) ``count`` as the
+    last notified sync count where it is newer; returns the keys that moved (their callers won
+    and must notify). A dataset seen for the first time moves at any count.
 
-    True means this caller won and must notify; False means the count is stale or a
-    duplicate. A single conditional UPDATE does it, so two concurrent callers with the same
-    count cannot both win: the second one's WHERE no longer matches once the first commits
-    (PostgreSQL re-checks the row after the lock wait; SQLite serialises writers).
-    """
-    _ensure_datasets(session, [(pool_id, identity_id, dataset)])
-    res = session.execute(
-        update(Dataset)
-        .where(Dataset.pool_id == pool_id, Dataset.identity_id == identity_id,
-               Dataset.dataset_name == dataset,
-               or_(Dataset.sync_count.is_(None), Dataset.sync_count < count))
-        .values(sync_count=count, updated_at=utcnow())
-    )
-    return res.rowcount == 1
+    One statement per 500 keys, an INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING, so
+    two concurrent callers with the same count cannot both win: PostgreSQL re-checks the WHERE
+    on the row after the lock wait, SQLite serialises writers. Keys go in sorted order, so two
+    transactions over overlapping keys lock them in the same order and cannot deadlock.
+    Repeated keys keep their highest count."""
+    newest: dict[tuple[str, str, str], int] = {}
+    for p, i, d, n in rows:
+        if (p, i, d) not in newest or n > newest[(p, i, d)]:
+            newest[(p, i, d)] = n
+    won: set[tuple[str, str, str]] = set()
+    now = utcnow()
+    table = Dataset.__table__
+    for chunk in chunks(sorted(newest.items()), 500):
+        values = [{"pool_id": p, "identity_id": i, "dataset_name": d, "sync_count": n, "updated_at": now}
+                  for (p, i, d), n in chunk]
+        stmt = insert_for(session, table).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["pool_id", "identity_id", "dataset_name"],
+            set_={"sync_count": stmt.excluded.sync_count, "updated_at": stmt.excluded.updated_at},
+            where=or_(table.c.sync_count.is_(None), table.c.sync_count < stmt.excluded.sync_count),
+        ).returning(table.c.pool_id, table.c.identity_id, table.c.dataset_name)
+        won.update(tuple(r) for r in session.execute(stmt))
+    return won
+
+
+def advance_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str, count: int) -> bool:
+    """One key of ``advance_sync_counts``: True if ``count`` is newer than the last notified one."""
+    return bool(advance_sync_counts(session, [(pool_id, identity_id, dataset, count)]))
 
 
 def last_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str) -> int | None:
