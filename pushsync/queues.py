@@ -18,6 +18,7 @@ QUEUES = (EVENTS_QUEUE, FCM_QUEUE, APNS_QUEUE)
 
 INGEST_TASK = "pushsync.ingest"
 DELIVER_TASK = "pushsync.deliver"
+FLUSH_TASK = "pushsync.flush_windows"
 
 
 def queue_for(platform: str) -> str:
@@ -58,7 +59,7 @@ def celery_config(settings: Settings) -> dict:
         # queue's exchange and key, which would route every delivery into "events"
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue=EVENTS_QUEUE,
-        task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}},
+        task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}, FLUSH_TASK: {"queue": EVENTS_QUEUE}},
         task_create_missing_queues=False,
         # task events feed Flower (received, started, succeeded...); a "sent" event per enqueued
         # task would double the Redis publishes on the hot path, so producers send none

@@ -40,8 +40,8 @@ class Settings:
     publish_timeout: float = 20.0
     max_events_per_message: int = 1000
     ingest_batch_max: int = 200
-    ingest_batch_wait: float = 0.01
     coalesce_window: float = 1.0
+    inline_delivery_max: int = 2000
     # development only: lets the push endpoints and a service account's token_uri be http://
     allow_insecure_endpoints: bool = False
 
@@ -82,8 +82,8 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_PUBLISH_TIMEOUT": ("publish_timeout", "float", 0.0),
     "PUSHSYNC_MAX_EVENTS_PER_MESSAGE": ("max_events_per_message", "int", 1),
     "PUSHSYNC_INGEST_BATCH_MAX": ("ingest_batch_max", "int", 1),
-    "PUSHSYNC_INGEST_BATCH_WAIT": ("ingest_batch_wait", "float", 0.001),
     "PUSHSYNC_COALESCE_WINDOW": ("coalesce_window", "float", 0.0),
+    "PUSHSYNC_INLINE_DELIVERY_MAX": ("inline_delivery_max", "int", 0),
     "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": ("allow_insecure_endpoints", "bool", None),
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 
+from sqlalchemy import text
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from pushsync import contract
@@ -111,4 +112,18 @@ def import_lines(lines: Iterable[str], *, on_bad: Callable[[int, str], None],
     importer.flush()
     if on_progress:
         on_progress(importer.seen, importer.imported, importer.bad)
+    if importer.imported >= ANALYZE_AFTER:
+        _analyze()
     return importer.imported, importer.bad
+
+
+# PostgreSQL plans from table statistics that autovacuum refreshes only after a while: right
+# after a bulk import it can take the send-time query for a scan of every device (measured:
+# 574 ms instead of 2 ms for 300 devices, 5,000 devices in the store)
+ANALYZE_AFTER = 1000
+
+
+def _analyze() -> None:
+    with session_scope() as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("ANALYZE devices, subscriptions, datasets"))

@@ -75,7 +75,12 @@ def store_settings(db_url, monkeypatch):
     monkeypatch.setenv("PUSHSYNC_DATABASE_URL", db_url)
     monkeypatch.setenv("PUSHSYNC_BROKER_URL", "redis://127.0.0.1:6379/7")
     settings.get_settings.cache_clear()
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/7")
+    client.flushdb()  # coalescing windows and figures of an earlier test
     yield db_url
+    client.flushdb()
     settings.get_settings.cache_clear()
 
 

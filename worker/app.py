@@ -11,12 +11,7 @@ from pushsync.settings import get_settings
 def make_app() -> Celery:
     # scheduler.tasks is named so that workers run the periodic jobs; their code stays there
     app = Celery("pushsync", include=["worker.tasks", "worker.ingest", "scheduler.tasks"])
-    settings = get_settings()
-    app.conf.update(celery_config(settings))
-    # ingest gathers up to PUSHSYNC_INGEST_BATCH_MAX messages in the main process before a run
-    # (worker.batching), so the worker must be allowed that many unacknowledged messages per
-    # pool process; they stay unacknowledged until their run returns
-    app.conf.worker_prefetch_multiplier = max(1, settings.ingest_batch_max)
+    app.conf.update(celery_config(get_settings()))
     return app
 
 

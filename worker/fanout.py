@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
@@ -34,9 +34,13 @@ class IngestResult:
     dead_lettered: int = 0
     devices: int = 0
     batches: int = 0
+    held: int = 0  # winners inside an open coalescing window: pushed when it ends
+    held_events: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out.pop("held_events")
+        return out
 
     def add(self, other: IngestResult) -> None:
         for name, value in other.__dict__.items():
@@ -61,7 +65,7 @@ def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
 
 def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue,
            enqueued_at: float | None = None, max_events: int = 1000,
-           redeliver_after: float | None = None) -> IngestResult:
+           redeliver_after: float | None = None, held: frozenset | set = frozenset()) -> IngestResult:
     """Run one micro-batch of events inside the caller's transaction.
 
     Batches are enqueued before the transaction commits: if the commit then fails, the task
@@ -69,6 +73,8 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     other order could record a count as notified whose pushes were never queued. With
     ``redeliver_after``, each batch is also kept in the outbox, in this transaction, until
     deliver settles it: a batch lost on its way to a worker is sent again by the scheduler.
+    Winners whose (pool, identity, dataset) is in ``held`` (an open coalescing window) have
+    their counts recorded but are not pushed: they are in ``held_events``, for the window's end.
     """
     res = IngestResult(received=len(raw_events))
     if len(raw_events) > max_events:
@@ -80,6 +86,36 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     events, res.coalesced = coalesce(_valid(session, raw_events, res))
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
     winners = _advance(session, events, creds, res)
+    res.held_events = [e for e in winners if _key(e) in held]
+    res.held = len(res.held_events)
+    push(session, [e for e in winners if _key(e) not in held], creds, res, batch_size=batch_size, enqueue=enqueue,
+         enqueued_at=enqueued_at, redeliver_after=redeliver_after)
+    return res
+
+
+def flush(session: Session, entries: list[dict], *, batch_size: int, enqueue: Enqueue,
+          redeliver_after: float | None = None) -> IngestResult:
+    """The end of coalescing windows: push each dataset's last notified count, as the store
+    has it now, to its subscribed devices (less the held event's origin device)."""
+    res = IngestResult()
+    wanted = {_key(e): e for e in entries}
+    counts = repo.sync_counts(session, list(wanted))
+    events = [{**e, "syncCount": counts[k]} for k, e in wanted.items() if counts.get(k) is not None]
+    res.received = res.notified = len(events)
+    creds = pools.credentials(session, (e["identityPoolId"] for e in events))
+    events = [e for e in events if creds[e["identityPoolId"]] is not None]
+    push(session, events, creds, res, batch_size=batch_size, enqueue=enqueue, enqueued_at=None,
+         redeliver_after=redeliver_after)
+    return res
+
+
+def _key(e: dict) -> tuple[str, str, str]:
+    return (e["identityPoolId"], e["identityId"], e["datasetName"])
+
+
+def push(session: Session, winners: list[dict], creds: dict, res: IngestResult, *, batch_size: int,
+         enqueue: Enqueue, enqueued_at: float | None, redeliver_after: float | None) -> None:
+    """Resolve the winners' devices, cut delivery batches, keep them in the outbox, queue them."""
     batches = []
     for (pool_id, platform), items in (_targets(session, winners, creds, res).items() if winners else ()):
         res.devices += len(items)
@@ -91,8 +127,7 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
                         due_at=utcnow() + timedelta(seconds=redeliver_after))
     for batch in batches:
         enqueue(batch.platform, batch.to_json())
-    res.batches = len(batches)
-    return res
+    res.batches += len(batches)
 
 
 def _valid(session: Session, raw_events: list, res: IngestResult) -> list[dict]:

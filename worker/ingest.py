@@ -1,16 +1,18 @@
-"""``pushsync.ingest``: change events in, delivery batches out, many messages per run.
+"""``pushsync.ingest``: change events in, pushes out, many messages per run.
 
-Producers publish one event per message or many (``publish`` / ``publish_many``); either way
-the worker gathers up to PUSHSYNC_INGEST_BATCH_MAX messages, or what arrived within
-PUSHSYNC_INGEST_BATCH_WAIT seconds, and runs them as one micro-batch: one transaction, one
-compare-and-set statement, one resolve, one log line, one metrics write (``worker.batching``).
+Producers publish one event per message or many (``publish`` / ``publish_many``). A run takes the
+message Celery handed it and up to PUSHSYNC_INGEST_BATCH_MAX - 1 more waiting ingest messages in
+one Redis round trip (``worker.drain``), and runs all their events as one micro-batch
+(``worker.ingest_run``): one transaction, one compare-and-set statement, one resolve, one log
+line, one metrics write. The messages it took are acknowledged only after that, as Celery
+acknowledges its own; a run that dies leaves them to kombu's restore.
 
-What each message carries is untrusted: its events are checked one by one by the fan-out
-(``worker.fanout``), and a message of more than PUSHSYNC_MAX_EVENTS_PER_MESSAGE events is
-dead-lettered whole, as before. A store or broker out of reach sends each message of the run
-back to the queue with a growing countdown (its ``attempt`` kwarg counts), up to
-``TRANSIENT_MAX_RETRIES`` times, then dead-letters its events; when even that cannot be
-published, the run's messages are requeued as they are.
+What a message carries is untrusted: its events are checked one by one by the fan-out, a
+message that does not parse is dead-lettered as it came, and one of more than
+PUSHSYNC_MAX_EVENTS_PER_MESSAGE events is dead-lettered whole. A store or broker out of reach
+sends each message back to the queue with a growing countdown (its ``attempt`` kwarg counts),
+up to ``TRANSIENT_MAX_RETRIES`` times, then dead-letters its events; when even that cannot be
+published, the messages go back to the queue as they are.
 """
 
 from __future__ import annotations
@@ -18,22 +20,23 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from celery.exceptions import SoftTimeLimitExceeded
+import redis
+from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown
 
-from pushsync.queues import EVENTS_QUEUE, INGEST_TASK
+from pushsync.queues import EVENTS_QUEUE, FLUSH_TASK, INGEST_TASK
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
-from worker import fanout, metrics
+from worker import coalesce, drain, fanout, tasks
 from worker.app import app
-from worker.batching import REQUEUE, MicroBatches, batch_id
-from worker.tasks import DATA_ERRORS, TRANSIENT, TRANSIENT_MAX_RETRIES, fan_out, fan_out_one_by_one, flush_metrics, runs
+from worker.ingest_run import fan_out_all, windows
+from worker.tasks import TRANSIENT, TRANSIENT_MAX_RETRIES, PushsyncTask
 
 log = logging.getLogger("pushsync.tasks")
-_SETTINGS = get_settings()
-RETRY_WAIT_MAX = 30.0  # seconds between two tries of a message whose store or broker is away
+RETRY_WAIT_MAX = 30.0  # seconds, at most, between two tries of a message whose store or broker is away
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Message:
     events: list
     enqueued_at: float
     attempt: int
+    tag: str | None = None  # a message this run took itself (None: the one Celery handed it)
+    raw: dict = field(default_factory=dict)
 
 
 def _number(value: object, default: float) -> float:
@@ -48,55 +53,56 @@ def _number(value: object, default: float) -> float:
     return float(value) if ok else default
 
 
-def read(request) -> Message:
+def read(args: object, kwargs: object, tag: str | None = None) -> Message:
     """One message's arguments as the worker takes them: anything a producer could have sent."""
-    args = request.args if isinstance(request.args, (list, tuple)) else [request.args]
-    kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+    args = list(args) if isinstance(args, (list, tuple)) else [args]
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
     events = args[0] if args else kwargs.get("events", [])
     events = events if isinstance(events, list) else [events]
     return Message(events, _number(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), time.time()),
-                   int(_number(kwargs.get("attempt"), 0)))
+                   int(_number(kwargs.get("attempt"), 0)), tag)
 
 
-class IngestBatches(MicroBatches):
-    abstract = True
-    flush_every = _SETTINGS.ingest_batch_max
-    flush_interval = _SETTINGS.ingest_batch_wait
+_drain: drain.Drain | None = None
 
-    @property
-    def metrics(self) -> metrics.Recorder:
-        return runs.recorder  # per thread, as PushsyncTask's
 
-    def __call__(self, requests):
-        runs.recorder = metrics.Recorder()
-        self.request.update(id=batch_id(requests) if requests else None)
+def _take(limit: int) -> tuple[list[Message], list[str]]:
+    """More waiting messages for this run: (readable ones, tags of unreadable ones, dead-lettered)."""
+    global _drain
+    if limit <= 0:
+        return [], []
+    try:
+        if _drain is None:
+            _drain = drain.Drain(tasks.redis_client())
+        taken = _drain.take(limit, time.time())
+    except redis.RedisError as exc:  # the run goes on with its own message
+        log.warning("could not take more messages: %s", exc)
+        return [], []
+    bad = [t for t in taken if t.error]
+    if bad:
         try:
-            return super().__call__(requests)
-        finally:
-            flush_metrics(runs.recorder)
+            with session_scope() as session:
+                for t in bad:
+                    repo.add_dead_letter(session, "message", t.error, {"message": t.raw})
+        except TRANSIENT as exc:  # kept for later: back to the queue
+            log.warning("could not dead-letter %d messages that do not parse: %s", len(bad), exc)
+            _settle([t.tag for t in bad], requeue=True)
+            bad = []
+    return [read(t.args, t.kwargs, t.tag) for t in taken if not t.error], [t.tag for t in bad]
 
 
-def _fan_out_all(messages: list[Message], max_events: int) -> fanout.IngestResult:
-    """Messages within the limit run as one micro-batch; one over it alone (it is refused whole)."""
-    within = [e for m in messages if len(m.events) <= max_events for e in m.events]
-    over = [m for m in messages if len(m.events) > max_events]
-    enqueued_at = min((m.enqueued_at for m in messages), default=time.time())
-    total = fanout.IngestResult()
-    parts = [(within, len(within))] if within else []
-    parts += [(m.events, max_events) for m in over]
-    for events, limit in parts:
-        try:
-            one = fan_out(events, enqueued_at, max_events=limit)
-        except DATA_ERRORS as exc:
-            log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
-                        len(events), type(exc.orig).__name__)
-            one = fan_out_one_by_one(events, enqueued_at)
-        total.add(one)
-    return total
+def _settle(tags: list[str], requeue: bool) -> None:
+    if not tags or _drain is None:
+        return
+    try:
+        (_drain.restore if requeue else _drain.ack)(tags)
+    except redis.RedisError as exc:  # they stay unacknowledged: kombu restores them later
+        log.warning("could not %s %d taken messages: %s", "requeue" if requeue else "acknowledge", len(tags), exc)
 
 
-def _try_later(messages: list[Message], exc: Exception) -> dict:
-    """Each message back to the queue with a countdown, or dead-lettered once out of tries."""
+def _try_later(messages: list[Message], exc: Exception) -> dict | None:
+    """Each message back to the queue with a countdown, or dead-lettered once out of tries;
+    None when neither could be done (the caller requeues the messages as they are)."""
     spent = [m for m in messages if m.attempt >= TRANSIENT_MAX_RETRIES]
     try:
         for m in messages:
@@ -112,42 +118,99 @@ def _try_later(messages: list[Message], exc: Exception) -> dict:
                                             f"{str(exc)[:150]}")
     except TRANSIENT as again:
         log.warning("could not hand %d messages on (%s): requeued", len(messages), again)
-        return {REQUEUE: True}
+        return None
     log.warning("%s: %d messages go again later, %d dead-lettered", type(exc).__name__, len(messages) - len(spent),
                 len(spent))
     return {"retried": len(messages) - len(spent), "dead_lettered": len(spent)}
 
 
-def _dead_letter_all(messages: list[Message], exc: Exception) -> dict:
+def _dead_letter_all(messages: list[Message], exc: Exception) -> dict | None:
     events = [e for m in messages for e in m.events]
     try:
         with session_scope() as session:
             repo.add_event_dead_letters(session, events, f"{type(exc).__name__} in {INGEST_TASK}: {str(exc)[:150]}")
     except Exception:
         log.exception("could not dead-letter them either: requeued")
-        return {REQUEUE: True}
+        return None
     return {"dead_lettered": len(events)}
 
 
-@app.task(name=INGEST_TASK, base=IngestBatches, bind=True)
-def ingest(self, requests) -> dict:
-    messages = [read(r) for r in requests]
+class IngestTask(PushsyncTask):
+    autoretry_for = ()  # the body deals with transient errors itself, message by message
+    typing = False  # whatever the arguments, the body gets them and decides
+
+
+@app.task(name=INGEST_TASK, base=IngestTask, bind=True)
+def ingest(self, *args, **kwargs) -> dict:
+    settings = get_settings()
+    messages = [read(args, kwargs)]
+    more, bad_tags = _take(settings.ingest_batch_max - 1)
+    messages += more
+    taken = [m.tag for m in more] + bad_tags
     try:
-        result = _fan_out_all(messages, get_settings().max_events_per_message)
-    except SoftTimeLimitExceeded:
-        return {REQUEUE: True}
+        result = fan_out_all(messages, settings.max_events_per_message)
     except TRANSIENT as exc:
-        return _try_later(messages, exc)
+        out = _try_later(messages, exc)
     except Exception as exc:  # a bug or a value nothing foresaw: keep the events, acknowledge the messages
         log.exception("ingest run failed; dead-lettering its %d messages' events", len(messages))
-        return _dead_letter_all(messages, exc)
-    for outcome in ("received", "invalid", "stale", "coalesced", "notified"):
-        self.metrics.add("events", outcome, n=getattr(result, outcome))
-    self.metrics.add("dead_lettered", "event", n=result.dead_lettered)
+        out = _dead_letter_all(messages, exc)
+    else:
+        out = None
+        _report(self, result, messages)
+        _settle(taken, requeue=False)
+        return result.as_dict()
+    _settle(taken, requeue=out is None)
+    if out is None:
+        raise Reject("could not hand the messages on", requeue=True)
+    return out
+
+
+def _report(task, result: fanout.IngestResult, messages: list[Message]) -> None:
+    for outcome in ("received", "invalid", "stale", "coalesced", "notified", "held"):
+        task.metrics.add("events", outcome, n=getattr(result, outcome))
+    task.metrics.add("dead_lettered", "event", n=result.dead_lettered)
     events = [e for m in messages for e in m.events]
-    log.info("ingested %d events from %d messages: %d notified, %d stale, %d dead-lettered, %d devices in %d batches",
-             result.received, len(messages), result.notified, result.stale, result.dead_lettered, result.devices,
-             result.batches,
+    log.info("ingested %d events from %d messages: %d notified (%d held), %d stale, %d dead-lettered, "
+             "%d devices in %d batches", result.received, len(messages), result.notified, result.held, result.stale,
+             result.dead_lettered, result.devices, result.batches,
              extra={"event_ids": [e.get("eventId") for e in events if isinstance(e, dict) and e.get("eventId")]
                     or None})
+
+
+@app.task(name=FLUSH_TASK, base=PushsyncTask, bind=True)
+def flush_windows(self, entries: list) -> dict:
+    """Coalescing windows that ended: push each dataset's last notified count."""
+    entries = [e for e in (entries if isinstance(entries, list) else [])
+               if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in
+                                               ("identityPoolId", "identityId", "datasetName"))]
+    settings = get_settings()
+    with session_scope() as session:
+        result = fanout.flush(session, entries, batch_size=settings.batch_size, enqueue=tasks.enqueue,
+                              redeliver_after=settings.redeliver_after)
+    self.metrics.add("events", "window_flushed", n=result.notified)
+    log.info("flushed %d coalescing windows: %d devices in %d batches", result.notified, result.devices,
+             result.batches)
     return result.as_dict()
+
+
+def publish_flush(entries: list[dict]) -> None:
+    app.send_task(FLUSH_TASK, args=[entries], queue=EVENTS_QUEUE)
+
+
+_pump: coalesce.Pump | None = None
+
+
+@worker_ready.connect
+def _start_pump(**_kwargs) -> None:
+    """Each worker's main process pumps ended windows (claims are atomic: any number of workers)."""
+    global _pump
+    win = windows()
+    if win is not None and _pump is None:
+        _pump = coalesce.Pump(win, publish_flush)
+        _pump.start()
+
+
+@worker_shutdown.connect
+def _stop_pump(**_kwargs) -> None:
+    if _pump is not None:
+        _pump.stop()

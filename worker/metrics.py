@@ -46,6 +46,12 @@ class Recorder:
         self._lat(platform, "count", n)
         self.latency[_field(platform, "sum")] = self.latency.get(_field(platform, "sum"), 0.0) + seconds * n
 
+    def merge(self, other: Recorder) -> None:
+        for key, n in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+        for key, n in other.latency.items():
+            self.latency[key] = self.latency.get(key, 0) + n
+
     def _lat(self, platform: str, what: str, n: int) -> None:
         key = _field(platform, what)
         self.latency[key] = self.latency.get(key, 0) + n

@@ -30,7 +30,7 @@ from pushsync.queues import DELIVER_TASK, queue_for
 from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
-from worker import delivery, fanout, metrics, retry
+from worker import delivery, metrics, retry
 from worker.app import app
 
 log = logging.getLogger("pushsync.tasks")
@@ -120,7 +120,7 @@ def redis_client() -> redis.Redis:
 _redis_client: redis.Redis | None = None
 
 
-def _schedule_retry(batch: DeliveryBatch, wait: float) -> None:
+def schedule_retry(batch: DeliveryBatch, wait: float) -> None:
     """A short wait rides on a Celery countdown; a longer one waits in the retry set, which
     the scheduler pumps, because Redis re-delivers countdown messages held past the
     visibility timeout."""
@@ -132,31 +132,6 @@ def _schedule_retry(batch: DeliveryBatch, wait: float) -> None:
 
 def enqueue(platform: str, batch: dict) -> None:
     app.send_task(DELIVER_TASK, args=[batch], queue=queue_for(platform))
-
-
-def fan_out(events: list, enqueued_at: float, max_events: int | None = None) -> fanout.IngestResult:
-    settings = get_settings()
-    max_events = settings.max_events_per_message if max_events is None else max_events
-    with session_scope() as session:
-        return fanout.ingest(session, events, batch_size=settings.batch_size, enqueue=enqueue,
-                             enqueued_at=enqueued_at, max_events=max_events,
-                             redeliver_after=settings.redeliver_after)
-
-
-def fan_out_one_by_one(events: list, enqueued_at: float) -> fanout.IngestResult:
-    """After the store refused a micro-batch for its data: each event alone, so that only the
-    ones it refuses again are dead-lettered."""
-    total = fanout.IngestResult()
-    for e in events:
-        try:
-            one = fan_out([e], enqueued_at)
-        except DATA_ERRORS as exc:
-            one = fanout.IngestResult(received=1, invalid=1, dead_lettered=1)
-            with session_scope() as session:
-                repo.add_event_dead_letters(session, [e], f"the store refused the event: {type(exc.orig).__name__}: "
-                                                          f"{str(exc.orig)[:150]}")
-        total.add(one)
-    return total
 
 
 def flush_metrics(rec: metrics.Recorder) -> None:
@@ -176,14 +151,22 @@ def deliver(self, batch: dict) -> dict:
         self.metrics.add("dead_lettered", "message")
         log.warning("dead-lettered a delivery message that does not parse: %s", exc)
         return {"dead_lettered": 1}
+    return deliver_now(parsed, self.metrics).as_dict()
+
+
+def deliver_now(parsed: DeliveryBatch, recorder: metrics.Recorder, quiet: bool = False) -> delivery.DeliveryResult:
+    """One batch sent and its outcomes recorded, in this process (the deliver task, or an
+    ingest run delivering its own small fan-out)."""
     result, outcomes = delivery.deliver(parsed, get_settings(), session_scope=session_scope,
-                                        schedule_retry=_schedule_retry)
-    metrics.record_delivery(self.metrics, parsed, result, outcomes, accepted_at=time.time())
+                                        schedule_retry=schedule_retry)
+    metrics.record_delivery(recorder, parsed, result, outcomes, accepted_at=time.time())
+    if quiet and not (result.retried or result.dead_lettered or result.deactivated):
+        return result
     log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered, %d skipped, %d stale",
              result.sent, len(parsed.items), parsed.attempt, result.retried, result.deactivated,
              result.dead_lettered, result.skipped, result.stale,
              extra={"pool": parsed.pool, "platform": parsed.platform})
-    return result.as_dict()
+    return result
 
 
 @worker_process_shutdown.connect
@@ -192,4 +175,3 @@ def _close_connections(**_kwargs) -> None:
         delivery.close_senders()
     except Exception:  # the process is going away; nothing to save
         pass
-

@@ -46,6 +46,7 @@ from store.repo.subscriptions import (
     subscribe,
     subscribe_many,
     subscriptions_of,
+    sync_counts,
     unsubscribe,
 )
 
@@ -57,5 +58,6 @@ __all__ = [
     "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
     "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters",
     "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement", "subscribe",
-    "subscribe_many", "subscriptions_of", "token_hash", "unregister_device", "unsubscribe", "upsert_pool",
+    "subscribe_many", "subscriptions_of", "sync_counts", "token_hash", "unregister_device", "unsubscribe",
+    "upsert_pool",
 ]

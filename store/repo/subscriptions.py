@@ -128,6 +128,16 @@ def advance_sync_count(session: Session, pool_id: str, identity_id: str, dataset
     return bool(advance_sync_counts(session, [(pool_id, identity_id, dataset, count)]))
 
 
+def sync_counts(session: Session, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], int | None]:
+    """The last notified sync count of each (pool, identity, dataset) the store knows."""
+    out: dict[tuple[str, str, str], int | None] = {}
+    for chunk in chunks(sorted(set(keys)), 300):
+        rows = session.execute(select(Dataset.pool_id, Dataset.identity_id, Dataset.dataset_name, Dataset.sync_count)
+                               .where(tuple_(Dataset.pool_id, Dataset.identity_id, Dataset.dataset_name).in_(chunk)))
+        out.update({(p, i, d): n for p, i, d, n in rows})
+    return out
+
+
 def last_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str) -> int | None:
     return session.execute(select(Dataset.sync_count).where(
         Dataset.pool_id == pool_id, Dataset.identity_id == identity_id,

@@ -23,6 +23,8 @@ from .harness import Pipeline, RedisServer, new_identity, publish_counts, seed, 
 # Short limits so that recovery after a worker's death shows within the test: a task may run
 # 10 s at most, and a message un-acked for 15 s goes back to the queue.
 ENV = {"PUSHSYNC_TASK_TIME_LIMIT": "10", "PUSHSYNC_VISIBILITY_TIMEOUT": "15", "PUSHSYNC_RETRY_BASE": "0.5",
+       # with 0.3 s per request, a batch must be small enough to be sent within the 10 s limit
+       "PUSHSYNC_BATCH_SIZE": "100",
        "PUSHSYNC_RETRY_CAP": "2", "PUSHSYNC_COUNTDOWN_MAX": "5"}
 
 

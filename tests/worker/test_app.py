@@ -5,7 +5,6 @@ from __future__ import annotations
 import redis
 
 from pushsync.queues import DELIVER_TASK, INGEST_TASK, QUEUES, queue_for
-from pushsync.settings import get_settings
 from worker.app import make_app
 
 URL = "redis://127.0.0.1:6379/7"
@@ -34,8 +33,7 @@ def test_the_settings_that_keep_messages():
     conf = make_app().conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
-    # enough unacknowledged messages for one ingest micro-batch per pool process
-    assert conf.worker_prefetch_multiplier == get_settings().ingest_batch_max
+    assert conf.worker_prefetch_multiplier == 1
     assert conf.broker_connection_retry_on_startup is True
     opts = conf.broker_transport_options
     assert opts["visibility_timeout"] > conf.task_time_limit
