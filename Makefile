@@ -18,7 +18,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 bench: install
-	$(PY) bench/import_devices.py
+	bash scripts/services.sh --bench
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench.run
 
 demo: install
 	bash scripts/services.sh --install-only

@@ -7,7 +7,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.env import PLATFORMS, POOL, Env, apns_token, identity, wait_until
+from bench.env import PLATFORMS, Env, apns_token
 from bench.sink import Sink
 
 PRODUCE_ONE = """
@@ -137,9 +137,3 @@ def coalescing(sink: Sink, tmp: Path, *, per_second: int = 100, seconds: int = 1
     finally:
         env.close()
 
-
-def identities_for(events: int) -> list[str]:
-    return [identity(n) for n in range(events)]
-
-
-__all__ = ["throughput", "latency", "coalescing", "POOL", "wait_until"]

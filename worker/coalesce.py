@@ -42,20 +42,24 @@ CLAIM_TIMEOUT = 30.0
 
 Key = tuple[str, str, str]
 
-# ARGV: now (ms), window (ms), then per event: key text, event JSON. Returns 1 (lead) / 0 (held)
-# per event. A held event's member is "<key>|<window id>": one trailing push per window.
+# ARGV: now (ms), window (ms), then per event: key text, held record (JSON), sync count.
+# Returns 1 (lead) / 0 (held) per event. The window key holds "<opened ms>:<lead count>"; a held
+# event's member is "<key>|<opened ms>" (one trailing push per window) and its record in the
+# hash "<lead count>|<JSON>", so that the flush pushes only a count above the one already pushed.
 _ENTER = """
 local now, width = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local wkey = KEYS[1] .. ARGV[i]
-  if redis.call('SET', wkey, now, 'NX', 'PX', width) then
+  if redis.call('SET', wkey, now .. ':' .. ARGV[i + 2], 'NX', 'PX', width) then
     out[#out + 1] = 1
   else
-    local opened = tonumber(redis.call('GET', wkey) or now)
+    local value = redis.call('GET', wkey) or (now .. ':-1')
+    local sep = string.find(value, ':', 1, true)
+    local opened, lead = tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)
     local member = ARGV[i] .. '|' .. opened
     redis.call('ZADD', KEYS[2], 'NX', opened + width, member)
-    redis.call('HSET', KEYS[3], member, ARGV[i + 1])
+    redis.call('HSET', KEYS[3], member, lead .. '|' .. ARGV[i + 1])
     out[#out + 1] = 0
   end
 end
@@ -79,6 +83,21 @@ end
 return out
 """
 
+# KEYS: window prefix. ARGV: key text, count, ... Raises an open window's lead count to count.
+_LEAD = """
+for i = 1, #ARGV, 2 do
+  local wkey = KEYS[1] .. ARGV[i]
+  local value = redis.call('GET', wkey)
+  if value then
+    local sep = string.find(value, ':', 1, true)
+    if tonumber(string.sub(value, sep + 1)) < tonumber(ARGV[i + 1]) then
+      redis.call('SET', wkey, string.sub(value, 1, sep) .. ARGV[i + 1], 'KEEPTTL')
+    end
+  end
+end
+return 1
+"""
+
 # After the commit: the members of held winners again (NX: a pending one is left as it is).
 _AGAIN = """
 for i = 1, #ARGV, 3 do
@@ -99,17 +118,26 @@ return 1
 """
 
 
-def _flush_entry(member: str, event: bytes | str | None) -> dict | None:
+def _flush_entry(member: str, record: bytes | str | None) -> dict | None:
+    """What the flush of one window needs: its key, the count its leading push carried (-1:
+    unknown) and the held event's origin device."""
     try:
         pool, identity, dataset = json.loads(member.rsplit("|", 1)[0])
-        held = json.loads(event) if event else {}
+        record = record.decode() if isinstance(record, bytes) else (record or "-1|{}")
+        lead, _, held = record.partition("|")
+        lead, held = int(lead), json.loads(held)
     except (ValueError, TypeError):
         return None
     if not all(isinstance(x, str) for x in (pool, identity, dataset)):
         return None
     origin = held.get("originDeviceId") if isinstance(held, dict) else None
-    return {"identityPoolId": pool, "identityId": identity, "datasetName": dataset,
-            **({"originDeviceId": origin} if isinstance(origin, str) else {})}
+    return {"identityPoolId": pool, "identityId": identity, "datasetName": dataset, "leadCount": lead,
+            "originDeviceId": origin if isinstance(origin, str) else None}
+
+
+def _record(e: dict) -> str:
+    origin = e.get("originDeviceId")
+    return json.dumps({"originDeviceId": origin} if isinstance(origin, str) else {}, separators=(",", ":"))
 
 
 def key_text(key: Key) -> str:
@@ -127,6 +155,7 @@ class Windows:
         self._claim = client.register_script(_CLAIM)
         self._again = client.register_script(_AGAIN)
         self._done = client.register_script(_DONE)
+        self._lead = client.register_script(_LEAD)
 
     def enter(self, events: list[dict]) -> set[Key]:
         """Open windows for these events; returns the keys whose events are held (their
@@ -135,7 +164,7 @@ class Windows:
             return set()
         args: list = [int(time.time() * 1000), self.width_ms]
         for e in events:
-            args += [key_text(event_key(e)), json.dumps(e, separators=(",", ":"))]
+            args += [key_text(event_key(e)), _record(e), int(e["syncCount"])]
         leads = self._enter(keys=[WINDOW, HELD, EVENTS], args=args)
         return {event_key(e) for e, lead in zip(events, leads, strict=True) if not lead}
 
@@ -145,11 +174,34 @@ class Windows:
         now = int(time.time() * 1000)
         for e in held:
             k = key_text(event_key(e))
-            opened = self.client.get(WINDOW + k)
-            opened = int(opened) if opened else now
-            args += [f"{k}|{opened}", opened + self.width_ms, json.dumps(e, separators=(",", ":"))]
+            value = self.client.get(WINDOW + k)
+            opened, _, lead = (value.decode() if value else f"{now}:-1").partition(":")
+            args += [f"{k}|{opened}", int(opened) + self.width_ms, f"{lead}|{_record(e)}"]
         if args:
             self._again(keys=[HELD, EVENTS], args=args)
+
+    def current_leads(self, keys: list[Key]) -> dict[Key, int]:
+        """The count the open window of each key led with (keys without an open window left out)."""
+        if not keys:
+            return {}
+        values = self.client.mget([WINDOW + key_text(k) for k in keys])
+        out = {}
+        for k, v in zip(keys, values, strict=True):
+            if v:
+                try:
+                    out[k] = int(v.decode().partition(":")[2])
+                except ValueError:
+                    pass
+        return out
+
+    def stale_leads(self, counts: dict[Key, int]) -> None:
+        """Windows opened by a stale event: their lead count becomes the count the devices
+        already have (the store's), so that their flush sends only something newer."""
+        if counts:
+            args: list = []
+            for key, n in counts.items():
+                args += [key_text(key), n]
+            self._lead(keys=[WINDOW], args=args)
 
     def claim(self, limit: int = 500) -> list[tuple[str, dict | None]]:
         """Due windows as (member, what to flush): the key comes from the member itself, the

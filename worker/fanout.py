@@ -36,15 +36,20 @@ class IngestResult:
     batches: int = 0
     held: int = 0  # winners inside an open coalescing window: pushed when it ends
     held_events: list = field(default_factory=list)
+    stale_leads: dict = field(default_factory=dict)  # key -> the store's count, for windows a stale event opened
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
         out.pop("held_events")
+        out.pop("stale_leads")
         return out
 
     def add(self, other: IngestResult) -> None:
         for name, value in other.__dict__.items():
-            setattr(self, name, getattr(self, name) + value)
+            if isinstance(value, dict):
+                getattr(self, name).update(value)
+            else:
+                setattr(self, name, getattr(self, name) + value)
 
 
 def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
@@ -65,7 +70,7 @@ def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
 
 def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue,
            enqueued_at: float | None = None, max_events: int = 1000,
-           redeliver_after: float | None = None, held: frozenset | set = frozenset()) -> IngestResult:
+           redeliver_after: float | None = None, held: set | None = None) -> IngestResult:
     """Run one micro-batch of events inside the caller's transaction.
 
     Batches are enqueued before the transaction commits: if the commit then fails, the task
@@ -86,9 +91,17 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     events, res.coalesced = coalesce(_valid(session, raw_events, res))
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
     winners = _advance(session, events, creds, res)
-    res.held_events = [e for e in winners if _key(e) in held]
+    res.held_events = [e for e in winners if _key(e) in (held or ())]
+    if held is not None:
+        # a stale event that opened a window pushed nothing: the window's flush must compare
+        # with the count the devices already have, not with the stale one
+        won = {_key(e) for e in winners}
+        stale_leads = {_key(e) for e in events if _key(e) not in won and _key(e) not in held}
+        res.stale_leads = {k: n for k, n in repo.sync_counts(session, list(stale_leads)).items() if n is not None} \
+            if stale_leads else {}
     res.held = len(res.held_events)
-    push(session, [e for e in winners if _key(e) not in held], creds, res, batch_size=batch_size, enqueue=enqueue,
+    push(session, [e for e in winners if _key(e) not in (held or ())], creds, res, batch_size=batch_size,
+         enqueue=enqueue,
          enqueued_at=enqueued_at, redeliver_after=redeliver_after)
     return res
 
@@ -100,7 +113,9 @@ def flush(session: Session, entries: list[dict], *, batch_size: int, enqueue: En
     res = IngestResult()
     wanted = {_key(e): e for e in entries}
     counts = repo.sync_counts(session, list(wanted))
-    events = [{**e, "syncCount": counts[k]} for k, e in wanted.items() if counts.get(k) is not None]
+    # only a count above the one the window's leading push carried: nothing newer, nothing sent
+    events = [{"originDeviceId": None, **e, "syncCount": counts[k]} for k, e in wanted.items()
+              if counts.get(k) is not None and counts[k] > e.get("leadCount", -1)]
     res.received = res.notified = len(events)
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
     events = [e for e in events if creds[e["identityPoolId"]] is not None]

@@ -180,10 +180,19 @@ def _report(task, result: fanout.IngestResult, messages: list[Message]) -> None:
 @app.task(name=FLUSH_TASK, base=PushsyncTask, bind=True)
 def flush_windows(self, entries: list) -> dict:
     """Coalescing windows that ended: push each dataset's last notified count."""
-    entries = [e for e in (entries if isinstance(entries, list) else [])
+    entries = [{"identityPoolId": e["identityPoolId"], "identityId": e["identityId"], "datasetName": e["datasetName"],
+                "originDeviceId": e.get("originDeviceId") if isinstance(e.get("originDeviceId"), str) else None,
+                "leadCount": e["leadCount"] if isinstance(e.get("leadCount"), int) else -1}
+               for e in (entries if isinstance(entries, list) else [])
                if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in
                                                ("identityPoolId", "identityId", "datasetName"))]
     settings = get_settings()
+    win = windows()
+    if win is not None:
+        # a window opened since, whose leading push already carried the count, needs no flush
+        leads = win.current_leads([coalesce.event_key(e) for e in entries])
+        for e in entries:
+            e["leadCount"] = max(e["leadCount"], leads.get(coalesce.event_key(e), -1))
     with session_scope() as session:
         result = fanout.flush(session, entries, batch_size=settings.batch_size, enqueue=tasks.enqueue,
                               redeliver_after=settings.redeliver_after)

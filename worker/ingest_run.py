@@ -72,9 +72,10 @@ def fan_out(events: list, enqueued_at: float, max_events: int | None = None, hel
         result = fanout.ingest(session, events, batch_size=settings.batch_size,
                                enqueue=lambda platform, batch: batches.append((platform, batch)),
                                enqueued_at=enqueued_at, max_events=max_events,
-                               redeliver_after=settings.redeliver_after, held=held)
-    if win and result.held_events:
+                               redeliver_after=settings.redeliver_after, held=held if win else None)
+    if win and (result.held_events or result.stale_leads):
         try:
+            win.stale_leads(result.stale_leads)
             win.again(result.held_events)
         except redis.RedisError as exc:  # written before the transaction already; this is the second net
             log.warning("could not re-arm %d coalescing windows: %s", len(result.held_events), exc)

@@ -1,0 +1,152 @@
+"""The benchmark: `make bench` (or `python -m bench.run [--quick] [--only NAME ...]`).
+
+Starts an nginx HTTP/2 sink (bench/sink.py), runs each scenario against it through pushsync's
+own commands and client, writes bench/results/results.json, results.md and two PNG plots, and
+prints, last, one line:
+
+    pushes_per_s=N single_pushes_per_s=N p99_ms=N naive_ratio=N ceiling_ratio=N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench import baselines, scenarios
+from bench.sink import Sink
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sizes(quick: bool) -> dict:
+    if quick:
+        return {"events": 2000, "workers": (1, 2), "latency_s": 5, "store": (1000, 10_000), "memory_s": 30,
+                "memory_rate": 200, "queued": 20_000, "naive": 300}
+    return {"events": 20_000, "workers": (1, 2, 4), "latency_s": 10, "store": (1000, 100_000, 1_000_000),
+            "memory_s": 300, "memory_rate": 500, "queued": 1_000_000, "naive": 2000}
+
+
+def run(only: set[str] | None, quick: bool, db: str) -> dict:
+    size = _sizes(quick)
+    tmp = Path(tempfile.mkdtemp(prefix="pushsync-bench-"))
+    res: dict = {"machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+                 "quick": quick, "store": db, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    want = (lambda name: only is None or name in only)  # noqa: E731
+    try:
+        with Sink(tmp / "sink") as sink:
+            if want("ceiling"):
+                res["ceiling"] = _show("ceiling", baselines.ceiling(sink, tmp / "ceiling"))
+            if want("single"):
+                res["workers"] = {}
+                for c in size["workers"]:
+                    out = scenarios.throughput(sink, tmp / f"single-{c}", events=size["events"], concurrency=c,
+                                               many=False, db=db)
+                    res["workers"][str(c)] = _show(f"single, -c {c}", out)
+                res["single"] = res["workers"].get("2") or next(iter(res["workers"].values()))
+            if want("batched"):
+                res["batched"] = _show("batched", scenarios.throughput(sink, tmp / "batched", events=size["events"],
+                                                                       concurrency=2, many=True, db=db))
+            if want("latency"):
+                res["latency"] = _show("latency", scenarios.latency(sink, tmp / "latency", rate=1000,
+                                                                    seconds=size["latency_s"], db=db))
+            if want("coalescing"):
+                res["coalescing"] = _show("coalescing", scenarios.coalescing(sink, tmp / "coalescing", db=db))
+            if want("naive"):
+                res["naive"] = _show("naive", baselines.naive(sink, tmp / "naive", pushes=size["naive"]))
+            if want("store"):
+                res["store_scale"] = _show("store", baselines.store_scale(sink, tmp / "store", sizes=size["store"]))
+            if want("memory"):
+                res["memory"] = _show("memory", baselines.memory(sink, tmp / "memory", seconds=size["memory_s"],
+                                                                 rate=size["memory_rate"], queued=size["queued"]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def _show(name: str, figures: dict) -> dict:
+    brief = {k: v for k, v in figures.items() if k not in ("cdf_ms", "samples")}
+    print(f"[{name}] {json.dumps(brief)}", flush=True)
+    return figures
+
+
+def summary(res: dict) -> str:
+    single = res.get("single", {}).get("pushes_per_s")
+    batched = res.get("batched", {}).get("pushes_per_s")
+    best = max(x for x in (single, batched, 0) if x is not None) or None
+    naive = res.get("naive", {}).get("pushes_per_s")
+    ceiling = res.get("ceiling", {}).get("requests_per_s")
+    p99 = res.get("latency", {}).get("p99_ms")
+
+    def ratio(a, b):
+        return f"{a / b:.3g}" if a and b else "n/a"
+
+    p99 = "n/a" if p99 is None else p99
+    return (f"pushes_per_s={best or 'n/a'} single_pushes_per_s={single or 'n/a'} p99_ms={p99} "
+            f"naive_ratio={ratio(single, naive)} ceiling_ratio={ratio(single, ceiling)}")
+
+
+def write(res: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "results.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / "results.md").write_text(markdown(res))
+    try:
+        from bench.plots import plot
+    except ImportError as exc:  # matplotlib is the bench extra's
+        print(f"no plots: {exc}")
+    else:
+        plot(res, RESULTS)
+
+
+def markdown(res: dict) -> str:
+    rows = ["| scenario | figure |", "|---|---|"]
+    for c, w in res.get("workers", {}).items():
+        rows.append(f"| single, one event per message, `-c {c}` | {w['pushes_per_s']:,} pushes/s "
+                    f"({w['events']:,} events, {w['pushes']:,} pushes in {w['seconds']} s); producer "
+                    f"{w['producer_us']} µs per `publish` |")
+    if "batched" in res:
+        b = res["batched"]
+        rows.append(f"| batched, `publish_many` (100 a message), `-c 2` | {b['pushes_per_s']:,} pushes/s; "
+                    f"producer {b['producer_us']} µs per event |")
+    if "latency" in res:
+        lat = res["latency"]
+        rows.append(f"| latency, {lat['rate']:,} events/s one per message, publish to push accepted | "
+                    f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms "
+                    f"({lat['samples']:,} APNs pushes) |")
+    for size, s in res.get("store_scale", {}).items():
+        rows.append(f"| store scale: resolve + sync counts, {int(size):,} devices, {s['events']} events | "
+                    f"median {s['median_ms']} ms, p90 {s['p90_ms']} ms |")
+    if "memory" in res:
+        m = res["memory"]
+        rows.append(f"| memory: worker RSS after warm-up over the run | {m['steady']['after_warmup_min_mb']}–"
+                    f"{m['steady']['after_warmup_max_mb']} MiB ({m['steady']['growth_pct']} %) |")
+        rows.append(f"| memory: with {m['backlog']['queued']:,} events waiting | "
+                    f"{m['backlog']['rss_mb_after_60s']} MiB after 60 s |")
+    if "coalescing" in res:
+        co = res["coalescing"]
+        rows.append(f"| coalescing: one dataset changed {co['changes']:,} times in {co['seconds']} s | "
+                    f"{co['pushes_per_device']} pushes per device |")
+    if "naive" in res:
+        rows.append(f"| baseline: one Celery task per push, fresh client | {res['naive']['pushes_per_s']:,} pushes/s |")
+    if "ceiling" in res:
+        rows.append(f"| baseline: h2load against the sink | {res['ceiling']['requests_per_s']:,} requests/s |")
+    return "\n".join(rows) + "\n\n`" + summary(res) + "`\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a check that it all runs")
+    ap.add_argument("--only", nargs="*", help="scenarios: ceiling single batched latency coalescing naive store memory")
+    ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    args = ap.parse_args()
+    res = run(set(args.only) if args.only else None, args.quick, args.db)
+    write(res)
+    print(summary(res))
+
+
+if __name__ == "__main__":
+    main()
