@@ -81,6 +81,7 @@ class Taken:
     kwargs: object = None
     error: str | None = None
     raw: str = ""  # the message as it came, kept for a dead letter when it does not parse
+    redelivered: bool = False  # kombu put it back once already
 
 
 def parse(raw: bytes | str) -> Taken:
@@ -94,7 +95,10 @@ def parse(raw: bytes | str) -> Taken:
         decoded = json.loads(body)
         if not (isinstance(decoded, list) and len(decoded) >= 2):
             raise ValueError("the body is not [args, kwargs, embed]")
-        return Taken(tag, decoded[0], decoded[1])
+        info = msg["properties"].get("delivery_info")
+        headers = msg.get("headers") if isinstance(msg.get("headers"), dict) else {}
+        again = bool(headers.get("redelivered") or (isinstance(info, dict) and info.get("redelivered")))
+        return Taken(tag, decoded[0], decoded[1], redelivered=again)
     except (ValueError, TypeError, KeyError, binascii.Error) as exc:
         return Taken(tag, error=f"the message does not parse: {type(exc).__name__}: {str(exc)[:150]}",
                      raw=(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)[:20000])

@@ -70,7 +70,8 @@ def coalesce(events: Iterable[dict]) -> tuple[list[dict], int]:
 
 def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqueue,
            enqueued_at: float | None = None, max_events: int = 1000,
-           redeliver_after: float | None = None, held: set | None = None) -> IngestResult:
+           redeliver_after: float | None = None, held: set | None = None,
+           again: set | None = None) -> IngestResult:
     """Run one micro-batch of events inside the caller's transaction.
 
     Batches are enqueued before the transaction commits: if the commit then fails, the task
@@ -80,6 +81,8 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
     deliver settles it: a batch lost on its way to a worker is sent again by the scheduler.
     Winners whose (pool, identity, dataset) is in ``held`` (an open coalescing window) have
     their counts recorded but are not pushed: they are in ``held_events``, for the window's end.
+    ``again`` names (pool, identity, dataset, count) of events from redelivered messages: those
+    whose count is still the last notified one are pushed again (see ``_advance``).
     """
     res = IngestResult(received=len(raw_events))
     if len(raw_events) > max_events:
@@ -90,7 +93,7 @@ def ingest(session: Session, raw_events: list, *, batch_size: int, enqueue: Enqu
         return res
     events, res.coalesced = coalesce(_valid(session, raw_events, res))
     creds = pools.credentials(session, (e["identityPoolId"] for e in events))
-    winners = _advance(session, events, creds, res)
+    winners = _advance(session, events, creds, res, again)
     res.held_events = [e for e in winners if _key(e) in (held or ())]
     if held is not None:
         # a stale event that opened a window pushed nothing: the window's flush must compare
@@ -157,7 +160,8 @@ def _valid(session: Session, raw_events: list, res: IngestResult) -> list[dict]:
     return valid
 
 
-def _advance(session: Session, events: list[dict], creds: dict, res: IngestResult) -> list[dict]:
+def _advance(session: Session, events: list[dict], creds: dict, res: IngestResult,
+             again: set | None = None) -> list[dict]:
     """The events whose count is newer than the last notified one (one compare-and-set for the
     micro-batch); events of unknown pools or pools without credentials are dead-lettered before
     anything moves."""
@@ -172,7 +176,13 @@ def _advance(session: Session, events: list[dict], creds: dict, res: IngestResul
             eligible.append(e)
     won = repo.advance_sync_counts(session, [(e["identityPoolId"], e["identityId"], e["datasetName"], e["syncCount"])
                                              for e in eligible]) if eligible else set()
-    winners = [e for e in eligible if (e["identityPoolId"], e["identityId"], e["datasetName"]) in won]
+    winners = [e for e in eligible if _key(e) in won]
+    if again:
+        # a message given back after its worker died may have committed its counts and died
+        # before its pushes went out: its counts that are still the last notified go again
+        lost = [e for e in eligible if _key(e) not in won and (*_key(e), e["syncCount"]) in again]
+        counts = repo.sync_counts(session, [_key(e) for e in lost]) if lost else {}
+        winners += [e for e in lost if counts.get(_key(e)) == e["syncCount"]]
     res.stale += len(eligible) - len(winners)
     res.notified = len(winners)
     return winners

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from celery.exceptions import Reject
@@ -45,7 +45,7 @@ class Message:
     enqueued_at: float
     attempt: int
     tag: str | None = None  # a message this run took itself (None: the one Celery handed it)
-    raw: dict = field(default_factory=dict)
+    redelivered: bool = False  # given back to the queue once already (its worker died, or it was requeued)
 
 
 def _number(value: object, default: float) -> float:
@@ -53,14 +53,14 @@ def _number(value: object, default: float) -> float:
     return float(value) if ok else default
 
 
-def read(args: object, kwargs: object, tag: str | None = None) -> Message:
+def read(args: object, kwargs: object, tag: str | None = None, redelivered: bool = False) -> Message:
     """One message's arguments as the worker takes them: anything a producer could have sent."""
     args = list(args) if isinstance(args, (list, tuple)) else [args]
     kwargs = kwargs if isinstance(kwargs, dict) else {}
     events = args[0] if args else kwargs.get("events", [])
     events = events if isinstance(events, list) else [events]
     return Message(events, _number(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), time.time()),
-                   int(_number(kwargs.get("attempt"), 0)), tag)
+                   int(_number(kwargs.get("attempt"), 0)), tag, redelivered)
 
 
 _drain: drain.Drain | None = None
@@ -88,7 +88,7 @@ def _take(limit: int) -> tuple[list[Message], list[str]]:
             log.warning("could not dead-letter %d messages that do not parse: %s", len(bad), exc)
             _settle([t.tag for t in bad], requeue=True)
             bad = []
-    return [read(t.args, t.kwargs, t.tag) for t in taken if not t.error], [t.tag for t in bad]
+    return [read(t.args, t.kwargs, t.tag, t.redelivered) for t in taken if not t.error], [t.tag for t in bad]
 
 
 def _settle(tags: list[str], requeue: bool) -> None:
@@ -143,7 +143,7 @@ class IngestTask(PushsyncTask):
 @app.task(name=INGEST_TASK, base=IngestTask, bind=True)
 def ingest(self, *args, **kwargs) -> dict:
     settings = get_settings()
-    messages = [read(args, kwargs)]
+    messages = [read(args, kwargs, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))]
     more, bad_tags = _take(settings.ingest_batch_max - 1)
     messages += more
     taken = [m.tag for m in more] + bad_tags

@@ -57,8 +57,8 @@ def enter_windows(events: list) -> set:
     return win.enter(_valid_events(events)) if win else set()
 
 
-def fan_out(events: list, enqueued_at: float, max_events: int | None = None, held: set | None = None
-            ) -> fanout.IngestResult:
+def fan_out(events: list, enqueued_at: float, max_events: int | None = None, held: set | None = None,
+            again: set | None = None) -> fanout.IngestResult:
     """One micro-batch in the store's transaction; then its delivery batches are sent from here
     when there are at most PUSHSYNC_INLINE_DELIVERY_MAX pushes, or queued for the push workers.
     Either way they are in the outbox from that transaction on, so a crash after the commit
@@ -72,7 +72,8 @@ def fan_out(events: list, enqueued_at: float, max_events: int | None = None, hel
         result = fanout.ingest(session, events, batch_size=settings.batch_size,
                                enqueue=lambda platform, batch: batches.append((platform, batch)),
                                enqueued_at=enqueued_at, max_events=max_events,
-                               redeliver_after=settings.redeliver_after, held=held if win else None)
+                               redeliver_after=settings.redeliver_after, held=held if win else None,
+                               again=again)
     if win and (result.held_events or result.stale_leads):
         try:
             win.stale_leads(result.stale_leads)
@@ -94,33 +95,37 @@ def _deliver_inline(batches: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
         return []
     recorders = [metrics.Recorder() for _ in batches]
 
-    def one(i: int) -> tuple[str, dict] | None:
+    def one(i: int):
         platform, raw = batches[i]
         try:
-            tasks.deliver_now(DeliveryBatch.from_json(raw), recorders[i], quiet=True)
-            return None
+            parsed = DeliveryBatch.from_json(raw)
+            return parsed, tasks.deliver_now(parsed, recorders[i], quiet=True)
         except Exception as exc:  # the push workers take it from here (and the outbox behind them)
             log.warning("inline delivery of a %s batch failed (%s: %s); queued instead", platform,
                         type(exc).__name__, exc)
-            return platform, raw
+            return None
 
     if len(batches) == 1:
-        left = [one(0)]
+        done = [one(0)]
     else:
         with ThreadPoolExecutor(max_workers=min(len(batches), 8)) as pool:
-            left = list(pool.map(one, range(len(batches))))
+            done = list(pool.map(one, range(len(batches))))
     for rec in recorders:
         runs.recorder.merge(rec)
-    return [b for b in left if b is not None]
+    for outcome in done:
+        if outcome is not None:
+            tasks.log_delivery(*outcome)  # here, in the run's thread: the line names the ingest task
+    return [b for b, outcome in zip(batches, done, strict=True) if outcome is None]
 
 
-def fan_out_one_by_one(events: list, enqueued_at: float, held: set) -> fanout.IngestResult:
+def fan_out_one_by_one(events: list, enqueued_at: float, held: set, again: set | None = None
+                       ) -> fanout.IngestResult:
     """After the store refused a micro-batch for its data: each event alone, so that only the
     ones it refuses again are dead-lettered."""
     total = fanout.IngestResult()
     for e in events:
         try:
-            one = fan_out([e], enqueued_at, held=held)
+            one = fan_out([e], enqueued_at, held=held, again=again)
         except DATA_ERRORS as exc:
             one = fanout.IngestResult(received=1, invalid=1, dead_lettered=1)
             with session_scope() as session:
@@ -130,22 +135,30 @@ def fan_out_one_by_one(events: list, enqueued_at: float, held: set) -> fanout.In
     return total
 
 
+def _looks_like_event(e: object) -> bool:
+    return isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("identityPoolId", "identityId",
+                                                                            "datasetName")) \
+        and isinstance(e.get("syncCount"), int)
+
+
 def fan_out_all(messages: list, max_events: int) -> fanout.IngestResult:
     """Messages within the limit run as one micro-batch; one over it alone (it is refused whole)."""
     within = [e for m in messages if len(m.events) <= max_events for e in m.events]
     over = [m for m in messages if len(m.events) > max_events]
     enqueued_at = min((m.enqueued_at for m in messages), default=time.time())
+    again = {(e["identityPoolId"], e["identityId"], e["datasetName"], e["syncCount"]) for m in messages
+             if m.redelivered for e in m.events if _looks_like_event(e)}
     total = fanout.IngestResult()
     parts = [(within, len(within))] if within else []
     parts += [(m.events, max_events) for m in over]
     for events, limit in parts:
         held = enter_windows(events) if len(events) <= limit else set()
         try:
-            one = fan_out(events, enqueued_at, max_events=limit, held=held)
+            one = fan_out(events, enqueued_at, max_events=limit, held=held, again=again)
         except DATA_ERRORS as exc:
             log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
                         len(events), type(exc.orig).__name__)
-            one = fan_out_one_by_one(events, enqueued_at, held)
+            one = fan_out_one_by_one(events, enqueued_at, held, again)
         total.add(one)
     return total
 

@@ -156,17 +156,21 @@ def deliver(self, batch: dict) -> dict:
 
 def deliver_now(parsed: DeliveryBatch, recorder: metrics.Recorder, quiet: bool = False) -> delivery.DeliveryResult:
     """One batch sent and its outcomes recorded, in this process (the deliver task, or an
-    ingest run delivering its own small fan-out)."""
+    ingest run delivering its own small fan-out; that one logs from its own thread, where
+    the task's name and id are)."""
     result, outcomes = delivery.deliver(parsed, get_settings(), session_scope=session_scope,
                                         schedule_retry=schedule_retry)
     metrics.record_delivery(recorder, parsed, result, outcomes, accepted_at=time.time())
-    if quiet and not (result.retried or result.dead_lettered or result.deactivated):
-        return result
+    if not quiet:
+        log_delivery(parsed, result)
+    return result
+
+
+def log_delivery(parsed: DeliveryBatch, result: delivery.DeliveryResult) -> None:
     log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered, %d skipped, %d stale",
              result.sent, len(parsed.items), parsed.attempt, result.retried, result.deactivated,
              result.dead_lettered, result.skipped, result.stale,
              extra={"pool": parsed.pool, "platform": parsed.platform})
-    return result
 
 
 @worker_process_shutdown.connect

@@ -137,7 +137,8 @@ def test_flower_shows_the_worker_and_the_tasks_by_name(run):
         def seen():
             status, tasks = get("/api/tasks")
             names = {t.get("name") for t in (tasks or {}).values()}
-            return names if {"pushsync.ingest", "pushsync.deliver"} <= names else None
+            # the run that sent this one push (a small fan-out is sent by the ingest run itself)
+            return names if "pushsync.ingest" in names else None
         wait_for(seen, 30, interval=0.5, what="tasks in Flower")
         status, workers = get("/api/workers?refresh=1")
         assert status == 200 and any(re.match(r"observed@", name) for name in workers)
@@ -152,7 +153,8 @@ def test_worker_logs_are_json_lines_with_task_and_delivery_fields(run):
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert records, "no JSON log lines"
     delivered = [r for r in records if r["message"].startswith("delivered")]
-    assert delivered and all(r["task"] == "pushsync.deliver" and r["task_id"] and r["pool"] == POOL
+    # a small fan-out is sent by the ingest run itself; a larger one by deliver tasks
+    assert delivered and all(r["task"] in ("pushsync.deliver", "pushsync.ingest") and r["task_id"] and r["pool"] == POOL
                              and r["platform"] in ("GCM", "APNS", "APNS_SANDBOX") for r in delivered)
     ingested = [r for r in records if r["message"].startswith("ingested")]
     assert ingested and all(r["task"] == "pushsync.ingest" for r in ingested)
