@@ -182,7 +182,8 @@ def test_a_delivery_message_lost_on_the_way_to_a_worker_is_sent_again(tmp_path, 
     """What Redis dying between a worker's BRPOP and its unacknowledged record does, made
     deterministic: the batch vanishes from its queue after ingest. The outbox row that ingest
     wrote with the counts brings it back, once, through the scheduler."""
-    env = {"PUSHSYNC_TASK_TIME_LIMIT": "5", "PUSHSYNC_VISIBILITY_TIMEOUT": "6"}  # re-sent after 11 s
+    env = {"PUSHSYNC_TASK_TIME_LIMIT": "5", "PUSHSYNC_VISIBILITY_TIMEOUT": "6",  # re-sent after 11 s
+           "PUSHSYNC_INLINE_DELIVERY_MAX": "0"}  # every batch through its queue, as a large fan-out goes
     pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_db=4, extra_env=env)
     try:
         pipe.create_pool(POOL)
