@@ -146,6 +146,12 @@ def main() -> None:
     ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     args = ap.parse_args()
     res = run(set(args.only) if args.only else None, args.quick, args.db)
+    if args.only and (RESULTS / "results.json").exists():
+        # a partial run replaces its own scenarios and keeps the others' figures
+        old = json.loads((RESULTS / "results.json").read_text())
+        if old.get("quick") == args.quick:
+            res = {**old, **{k: v for k, v in res.items() if k not in ("started",)},
+                   "rerun": sorted(set(old.get("rerun", [])) | set(args.only))}
     write(res)
     print(summary(res))
 

@@ -1,8 +1,9 @@
 """``pushsync.ingest``: change events in, pushes out, many messages per run.
 
 Producers publish one event per message or many (``publish`` / ``publish_many``). A run takes the
-message Celery handed it and up to PUSHSYNC_INGEST_BATCH_MAX - 1 more waiting ingest messages in
-one Redis round trip (``worker.drain``), and runs all their events as one micro-batch
+message Celery handed it and more waiting ingest messages, until it holds about
+PUSHSYNC_INGEST_BATCH_MAX events (single-event messages: 199 more in one Redis round trip;
+``worker.drain``), and runs all their events as one micro-batch
 (``worker.ingest_run``): one transaction, one compare-and-set statement, one resolve, one log
 line, one metrics write. The messages it took are acknowledged only after that, as Celery
 acknowledges its own; a run that dies leaves them to kombu's restore.
@@ -66,16 +67,33 @@ def read(args: object, kwargs: object, tag: str | None = None, redelivered: bool
 _drain: drain.Drain | None = None
 
 
-def _take(limit: int) -> tuple[list[Message], list[str]]:
-    """More waiting messages for this run: (readable ones, tags of unreadable ones, dead-lettered)."""
+def _take(have: int, limit: int) -> tuple[list[Message], list[str]]:
+    """More waiting messages for this run, until it holds about ``limit`` events (it holds
+    ``have``): (readable ones, tags of unreadable ones, dead-lettered). Each round asks for as
+    many messages as the events still wanted would fill at the size seen so far, so single-event
+    messages come in one round trip and messages of 100 events one or two at a time."""
+    messages: list[Message] = []
+    bad_tags: list[str] = []
+    seen_messages = 1
+    while have < limit:
+        per_message = max(1, have // seen_messages)
+        taken, bad = _take_round(max(1, (limit - have) // per_message))
+        if not taken and not bad:
+            break
+        messages += taken
+        bad_tags += bad
+        seen_messages += len(taken) + len(bad)
+        have += sum(len(m.events) for m in taken) + len(bad)
+    return messages, bad_tags
+
+
+def _take_round(count: int) -> tuple[list[Message], list[str]]:
     global _drain
-    if limit <= 0:
-        return [], []
     try:
         if _drain is None:
             _drain = drain.Drain(tasks.redis_client())
-        taken = _drain.take(limit, time.time())
-    except redis.RedisError as exc:  # the run goes on with its own message
+        taken = _drain.take(count, time.time())
+    except redis.RedisError as exc:  # the run goes on with what it has
         log.warning("could not take more messages: %s", exc)
         return [], []
     bad = [t for t in taken if t.error]
@@ -144,7 +162,7 @@ class IngestTask(PushsyncTask):
 def ingest(self, *args, **kwargs) -> dict:
     settings = get_settings()
     messages = [read(args, kwargs, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))]
-    more, bad_tags = _take(settings.ingest_batch_max - 1)
+    more, bad_tags = _take(len(messages[0].events), settings.ingest_batch_max)
     messages += more
     taken = [m.tag for m in more] + bad_tags
     try:

@@ -192,3 +192,17 @@ def test_a_store_out_of_reach_sends_each_message_back_with_a_countdown(store_set
     with session_scope(engine) as s:
         [letter] = repo.list_dead_letters(s)
     assert "gave up after" in letter["reason"] and "store down" in letter["reason"]
+
+
+def test_a_run_of_large_messages_takes_only_what_fills_its_events(store_settings, engine, monkeypatch):
+    """PUSHSYNC_INGEST_BATCH_MAX counts events: with 100-event messages a run takes one more
+    message, not 199 (which would be 20,000 events in one transaction)."""
+    from worker import ingest, tasks
+
+    _seeded(engine, 1)
+    monkeypatch.setattr(tasks, "enqueue", lambda platform, batch: None)
+    big = [{"identityPoolId": POOL, "identityId": IDENT, "datasetName": f"d{n}", "syncCount": 1} for n in range(100)]
+    _publish(*[([big], {}) for _ in range(5)])
+    result = ingest.ingest.apply(args=[big]).result
+    assert result["received"] == 200
+    assert _redis().llen("events") == 4 and _redis().hlen("unacked") == 0
