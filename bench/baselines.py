@@ -32,7 +32,7 @@ def ceiling(sink: Sink, tmp: Path, requests: int = 200_000) -> dict:
 def naive(sink: Sink, tmp: Path, *, pushes: int, concurrency: int = 2) -> dict:
     """One Celery task per push, a fresh client each (bench/naive.py), on 2 pool processes."""
     tmp.mkdir(parents=True, exist_ok=True)
-    client = redis.Redis(db=12)
+    client = redis.Redis(db=2)
     client.flushdb()
     env = {**os.environ, "BENCH_SINK": str(sink.dir / "sink.json")}
     code = ("from bench.naive import push\nfrom bench.env import PLATFORMS, token\n"

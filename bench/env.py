@@ -37,7 +37,7 @@ def token(n: int, k: int, platform: str) -> str:
 class Env:
     """One scenario's world. ``db`` is "sqlite" or "postgresql" (a database of its own)."""
 
-    def __init__(self, tmp: Path, sink_info: dict, *, db: str = "postgresql", broker_db: int = 8,
+    def __init__(self, tmp: Path, sink_info: dict, *, db: str = "postgresql", broker_db: int = 1,
                  extra: dict | None = None):
         self.tmp, self.db, self.broker_db = tmp, db, broker_db
         self.tmp.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from worker.senders.apns import APNsSender
 from worker.senders.base import PushRequest
 from worker.senders.fcm import FCMSender
 
-BROKER = os.environ.get("BENCH_NAIVE_BROKER", "redis://127.0.0.1:6379/12")
+BROKER = os.environ.get("BENCH_NAIVE_BROKER", "redis://127.0.0.1:6379/2")
 app = Celery("naive", broker=BROKER)
 app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
                 worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
