@@ -2,7 +2,7 @@
 # What the tests need on this machine: PostgreSQL and Redis answering (started if not), and
 # redis-server and docker-compose installed (Debian packages).
 # With --install-only: just the packages (what `make demo` needs: the demo runs its own Redis).
-# With --bench: also nginx (the benchmark's HTTP/2 sink) and h2load, then as --install-only.
+# With --bench: also nginx (the benchmark's HTTP/2 sink) and h2load.
 set -uo pipefail
 
 wait_for() {  # wait_for NAME COMMAND...
@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   # the benchmark starts nginx itself, on its own port: the package's service is not started
   (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
 fi
-if [ "${1:-}" = "--install-only" ] || [ "${1:-}" = "--bench" ]; then
+if [ "${1:-}" = "--install-only" ]; then
   exit 0
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then

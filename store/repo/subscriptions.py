@@ -107,20 +107,21 @@ def advance_sync_counts(session: Session, rows: Iterable[tuple[str, str, str, in
     for p, i, d, n in rows:
         if (p, i, d) not in newest or n > newest[(p, i, d)]:
             newest[(p, i, d)] = n
-    won: set[tuple[str, str, str]] = set()
+    if not newest:
+        return set()
     now = utcnow()
     table = Dataset.__table__
-    for chunk in chunks(sorted(newest.items()), 500):
-        values = [{"pool_id": p, "identity_id": i, "dataset_name": d, "sync_count": n, "updated_at": now}
-                  for (p, i, d), n in chunk]
-        stmt = insert_for(session, table).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["pool_id", "identity_id", "dataset_name"],
-            set_={"sync_count": stmt.excluded.sync_count, "updated_at": stmt.excluded.updated_at},
-            where=or_(table.c.sync_count.is_(None), table.c.sync_count < stmt.excluded.sync_count),
-        ).returning(table.c.pool_id, table.c.identity_id, table.c.dataset_name)
-        won.update(tuple(r) for r in session.execute(stmt))
-    return won
+    stmt = insert_for(session, table)
+    # one statement shape whatever the number of keys (executemany; SQLAlchemy sends them in
+    # multi-row batches itself): a VALUES list per micro-batch size would fill the compiled cache
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["pool_id", "identity_id", "dataset_name"],
+        set_={"sync_count": stmt.excluded.sync_count, "updated_at": stmt.excluded.updated_at},
+        where=or_(table.c.sync_count.is_(None), table.c.sync_count < stmt.excluded.sync_count),
+    ).returning(table.c.pool_id, table.c.identity_id, table.c.dataset_name)
+    values = [{"pool_id": p, "identity_id": i, "dataset_name": d, "sync_count": n, "updated_at": now}
+              for (p, i, d), n in sorted(newest.items())]
+    return {tuple(r) for r in session.execute(stmt, values)}
 
 
 def advance_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str, count: int) -> bool:
