@@ -129,6 +129,13 @@ class _Protocol(APNsTLSClientProtocol):
             self.retry_after[headers.get(b"apns-id", b"").decode(errors="replace")] = value.decode(errors="replace")
         super().on_response_received(headers)
 
+    def on_stream_ended(self, stream_id):
+        # aioapns forgets a stream's notification id only when an error body arrives: after a
+        # 200 it stays in request_streams for the connection's life, one entry per push sent
+        # (found with tracemalloc as the benchmark's pool processes grew about 4 MiB a minute)
+        super().on_stream_ended(stream_id)
+        self.request_streams.pop(stream_id, None)
+
     def on_data_received(self, data, stream_id):
         # aioapns parses an error body with a bare json.loads: a body that is not a JSON object
         # with a reason raises inside the protocol and takes the connection, and every push in
