@@ -56,7 +56,8 @@ for i = 3, #ARGV, 3 do
   else
     local value = redis.call('GET', wkey) or (now .. ':-1')
     local sep = string.find(value, ':', 1, true)
-    local opened, lead = tonumber(string.sub(value, 1, sep - 1)), string.sub(value, sep + 1)
+    local opened = sep and tonumber(string.sub(value, 1, sep - 1)) or now
+    local lead = sep and tonumber(string.sub(value, sep + 1)) or -1
     local member = ARGV[i] .. '|' .. opened
     redis.call('ZADD', KEYS[2], 'NX', opened + width, member)
     redis.call('HSET', KEYS[3], member, lead .. '|' .. ARGV[i + 1])
@@ -88,11 +89,9 @@ _LEAD = """
 for i = 1, #ARGV, 2 do
   local wkey = KEYS[1] .. ARGV[i]
   local value = redis.call('GET', wkey)
-  if value then
-    local sep = string.find(value, ':', 1, true)
-    if tonumber(string.sub(value, sep + 1)) < tonumber(ARGV[i + 1]) then
-      redis.call('SET', wkey, string.sub(value, 1, sep) .. ARGV[i + 1], 'KEEPTTL')
-    end
+  local sep = value and string.find(value, ':', 1, true)
+  if sep and (tonumber(string.sub(value, sep + 1)) or -1) < tonumber(ARGV[i + 1]) then
+    redis.call('SET', wkey, string.sub(value, 1, sep) .. ARGV[i + 1], 'KEEPTTL')
   end
 end
 return 1
@@ -175,7 +174,8 @@ class Windows:
         for e in held:
             k = key_text(event_key(e))
             value = self.client.get(WINDOW + k)
-            opened, _, lead = (value.decode() if value else f"{now}:-1").partition(":")
+            opened, _, lead = (value.decode(errors="replace") if value else f"{now}:-1").partition(":")
+            opened, lead = (opened, lead) if opened.isdigit() and lead.lstrip("-").isdigit() else (str(now), "-1")
             args += [f"{k}|{opened}", int(opened) + self.width_ms, f"{lead}|{_record(e)}"]
         if args:
             self._again(keys=[HELD, EVENTS], args=args)
