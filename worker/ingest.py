@@ -83,7 +83,9 @@ def _take(have: int, limit: int) -> tuple[list[Message], list[str]]:
         messages += taken
         bad_tags += bad
         seen_messages += len(taken) + len(bad)
-        have += sum(len(m.events) for m in taken) + len(bad)
+        # a message counts as one event at least: a queue of empty messages cannot make a run
+        # take more than ``limit`` messages
+        have += sum(max(1, len(m.events)) for m in taken) + len(bad)
     return messages, bad_tags
 
 
@@ -162,7 +164,7 @@ class IngestTask(PushsyncTask):
 def ingest(self, *args, **kwargs) -> dict:
     settings = get_settings()
     messages = [read(args, kwargs, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))]
-    more, bad_tags = _take(len(messages[0].events), settings.ingest_batch_max)
+    more, bad_tags = _take(max(1, len(messages[0].events)), settings.ingest_batch_max)
     messages += more
     taken = [m.tag for m in more] + bad_tags
     try:
@@ -201,7 +203,8 @@ def flush_windows(self, entries: list) -> dict:
     entries = [{"identityPoolId": e["identityPoolId"], "identityId": e["identityId"], "datasetName": e["datasetName"],
                 "originDeviceId": e.get("originDeviceId") if isinstance(e.get("originDeviceId"), str) else None,
                 "leadCount": e["leadCount"] if isinstance(e.get("leadCount"), int) else -1}
-               for e in (entries if isinstance(entries, list) else [])
+               # the pump sends at most 500; a hand-built message may not hold more than an ingest one
+               for e in (entries if isinstance(entries, list) else [])[:get_settings().max_events_per_message]
                if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in
                                                ("identityPoolId", "identityId", "datasetName"))]
     settings = get_settings()

@@ -206,3 +206,12 @@ def test_a_run_of_large_messages_takes_only_what_fills_its_events(store_settings
     result = ingest.ingest.apply(args=[big]).result
     assert result["received"] == 200
     assert _redis().llen("events") == 4 and _redis().hlen("unacked") == 0
+
+
+def test_a_queue_of_empty_messages_cannot_make_a_run_take_more_than_its_limit(store_settings, engine):
+    from worker import ingest
+
+    _publish(*[([[]], {}) for _ in range(450)])
+    result = ingest.ingest.apply(args=[[]]).result
+    assert result["received"] == 0
+    assert _redis().llen("events") == 450 - 199 and _redis().hlen("unacked") == 0
