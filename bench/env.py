@@ -15,6 +15,7 @@ import redis
 from sqlalchemy import create_engine, text
 
 from emulators.options import pushsync_env
+from pushsync.secrets import new_key
 
 POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
 EXE = str(Path(sys.executable).with_name("pushsync"))
@@ -43,6 +44,7 @@ class Env:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.database_url = self._store()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+        self.env["PUSHSYNC_SECRET_KEY"] = new_key()
         self.env.update({"PUSHSYNC_DATABASE_URL": self.database_url, **pushsync_env(sink_info),
                          "PUSHSYNC_BROKER_URL": f"redis://127.0.0.1:6379/{broker_db}",
                          "PUSHSYNC_LOG_FORMAT": "json", **(extra or {})})

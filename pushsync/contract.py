@@ -74,6 +74,11 @@ def platform(value: Any) -> str:
 
 
 def device_token(value: Any, platform_name: str) -> str:
+    from pushsync.settings import get_settings
+
+    limit = get_settings().max_token_length
+    if isinstance(value, str) and len(value) > limit:
+        raise ValidationError("token", f"longer than {limit} characters (PUSHSYNC_MAX_TOKEN_LENGTH)")
     if (
         not isinstance(value, str)
         or not 1 <= len(value) <= 4096

@@ -44,6 +44,12 @@ class Settings:
     inline_delivery_max: int = 2000
     # development only: lets the push endpoints and a service account's token_uri be http://
     allow_insecure_endpoints: bool = False
+    # Fernet keys for key material at rest, comma-separated; the first encrypts, all decrypt
+    secret_key: str | None = None
+    max_devices_per_identity: int = 100
+    max_datasets_per_identity: int = 20
+    max_token_length: int = 4096
+    max_datasets_per_line: int = 20
 
     @property
     def redeliver_after(self) -> float:
@@ -55,6 +61,8 @@ class Settings:
         out = asdict(self)
         out["database_url"] = redact_url(self.database_url)
         out["broker_url"] = redact_url(self.broker_url)
+        if self.secret_key:
+            out["secret_key"] = f"*** ({len(self.secret_key.replace(',', ' ').split())} keys)"
         return out
 
 
@@ -85,7 +93,19 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_COALESCE_WINDOW": ("coalesce_window", "float", 0.0),
     "PUSHSYNC_INLINE_DELIVERY_MAX": ("inline_delivery_max", "int", 0),
     "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": ("allow_insecure_endpoints", "bool", None),
+    "PUSHSYNC_SECRET_KEY": ("secret_key", "secret_key", None),
+    "PUSHSYNC_MAX_DEVICES_PER_IDENTITY": ("max_devices_per_identity", "int", 1),
+    "PUSHSYNC_MAX_DATASETS_PER_IDENTITY": ("max_datasets_per_identity", "int", 1),
+    "PUSHSYNC_MAX_TOKEN_LENGTH": ("max_token_length", "int", 1),
+    "PUSHSYNC_MAX_DATASETS_PER_LINE": ("max_datasets_per_line", "int", 1),
 }
+
+# the example values of .env.example: a deployment that kept one is refused at start-up
+PLACEHOLDER_MARKS = ("change-me", "changeme", "replace-me")
+
+
+def is_placeholder(secret: str | None) -> bool:
+    return bool(secret) and any(mark in secret.lower() for mark in PLACEHOLDER_MARKS)
 
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
 
@@ -113,6 +133,14 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
         if low is not None and value < low:
             raise SettingsError(f"{name}: must be at least {low}, got {raw!r}")
         return value
+    if kind == "secret_key":
+        from pushsync.secrets import Keyring, SecretError
+
+        try:
+            Keyring.from_setting(raw)
+        except SecretError as exc:
+            raise SettingsError(str(exc)) from None
+        return raw
     if kind == "file":
         if not os.path.isfile(raw):
             raise SettingsError(f"{name}: no such file {raw!r}")
@@ -120,6 +148,8 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
     parts = urlsplit(raw)
     if kind == "redis_url" and parts.scheme not in ("redis", "rediss"):
         raise SettingsError(f"{name}: expected a redis:// or rediss:// URL, got {redact_url(raw)!r}")
+    if kind in ("redis_url", "db_url") and is_placeholder(parts.password):
+        raise SettingsError(f"{name}: the password is still the example's placeholder; set a real one")
     if kind == "http_url":
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"{name}: expected an https:// URL with a host, got {raw!r}")
@@ -153,6 +183,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if settings.visibility_timeout <= settings.task_time_limit:
         raise SettingsError(f"PUSHSYNC_VISIBILITY_TIMEOUT: must be longer than PUSHSYNC_TASK_TIME_LIMIT "
                             f"({settings.task_time_limit} s), or Redis re-delivers tasks that are still running")
+    if settings.max_token_length > 4096:
+        raise SettingsError("PUSHSYNC_MAX_TOKEN_LENGTH: at most 4096 (the store's column)")
     if settings.retry_cap < settings.retry_base:
         raise SettingsError("PUSHSYNC_RETRY_CAP: must be at least PUSHSYNC_RETRY_BASE")
     if not settings.allow_insecure_endpoints:

@@ -3,6 +3,8 @@ scheduler can write at once; PostgreSQL is used as is."""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -13,8 +15,28 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create the store file 0600 (it holds device tokens, and pool credentials even when they
+    are encrypted), and take group and world access away from one that has it. SQLite creates
+    the -wal and -shm files with the database file's permissions."""
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(name, stat.S_IMODE(mode) & 0o700)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")

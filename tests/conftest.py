@@ -21,6 +21,11 @@ POOL2 = "eu-west-1:0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
 IDENT = "us-east-1:23ec4050-6aea-7089-a2dd-08002ec5b1c3"
 IDENT2 = "us-east-1:5d1e6c3a-0f0e-4b5d-9a2b-77a0f2c4d111"
 
+# the tests' key for credentials at rest: this process's settings, and every pushsync the
+# tests start (their environments are built without the shell's PUSHSYNC_ settings)
+TEST_SECRET_KEY = "3kdxUf0lmB1EL3hZ6hTZ9xQnWwV0t9p5h8c8m1y4sX0="
+os.environ["PUSHSYNC_SECRET_KEY"] = TEST_SECRET_KEY
+
 
 def _ensure_pg_database() -> None:
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -106,6 +111,7 @@ def retry_batch(platform: str, n: int, attempt: int = 2) -> dict:
 
 def cli_env(db_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+    env["PUSHSYNC_SECRET_KEY"] = TEST_SECRET_KEY
     env["PUSHSYNC_DATABASE_URL"] = db_url
     env.update(extra)
     return env

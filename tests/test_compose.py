@@ -23,7 +23,7 @@ import yaml
 
 from emulators.options import pushsync_env
 
-from .conftest import ROOT
+from .conftest import ROOT, TEST_SECRET_KEY
 from .e2e.harness import wait_for
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -88,7 +88,8 @@ class Here:
         self.state = tmp / "state"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
         self.env.update({"PUSHSYNC_DATABASE_URL": f"sqlite:///{tmp}/compose.db", "PUSHSYNC_BROKER_URL": BROKER_URL,
-                         "FLOWER_BASIC_AUTH": "ops:s3cret", "PATH": f"{BIN}:{os.environ['PATH']}"})
+                         "FLOWER_BASIC_AUTH": "ops:s3cret-but-long-enough",
+                         "PUSHSYNC_SECRET_KEY": TEST_SECRET_KEY, "PATH": f"{BIN}:{os.environ['PATH']}"})
         self.ports: dict[str, int] = {}
 
     def argv(self, name: str) -> list[str]:

@@ -166,7 +166,8 @@ def deliver(batch: DeliveryBatch, settings: Settings, *, session_scope: Callable
         creds, targets = load(session, batch)
     requests = plan(batch, targets, result)
     if requests and (creds is None or not creds.has(batch.platform)):
-        why = "unknown pool" if creds is None else f"pool has no {_service(batch.platform)} credentials"
+        why = ("unknown pool" if creds is None
+               else creds.error or f"pool has no {_service(batch.platform)} credentials")
         sending = {r.key for r in requests}
         with session_scope() as session:
             for item in batch.items:

@@ -170,7 +170,8 @@ def _advance(session: Session, events: list[dict], creds: dict, res: IngestResul
         pool = creds[e["identityPoolId"]]
         if pool is None or not (pool.has("GCM") or pool.has("APNS")):
             res.dead_lettered += 1
-            why = f"unknown pool {e['identityPoolId']}" if pool is None else "pool has no push credentials"
+            why = (f"unknown pool {e['identityPoolId']}" if pool is None
+                   else pool.error or "pool has no push credentials")
             repo.add_dead_letter(session, "event", why, e, pool_id=e["identityPoolId"])
         else:
             eligible.append(e)
@@ -203,8 +204,9 @@ def _targets(session: Session, winners: list[dict], creds: dict,
         item = Item(device_id, identity, dataset, e["syncCount"])
         if not creds[pool_id].has(platform):
             res.dead_lettered += 1
-            repo.add_dead_letter(session, "delivery", f"pool has no {'FCM' if platform == 'GCM' else 'APNs'} "
-                                 f"credentials for {platform} devices", dead_letter_payload(pool_id, platform, item),
+            why = creds[pool_id].error or (f"pool has no {'FCM' if platform == 'GCM' else 'APNs'} "
+                                           f"credentials for {platform} devices")
+            repo.add_dead_letter(session, "delivery", why, dead_letter_payload(pool_id, platform, item),
                                  pool_id=pool_id, platform=platform)
             continue
         groups.setdefault((pool_id, platform), []).append(item)

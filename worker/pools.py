@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from pushsync.secrets import SecretError
 from store import repo
 from store.repo import PoolCredentials
 
@@ -28,7 +29,14 @@ def credentials(session: Session, pool_ids) -> dict[str, PoolCredentials | None]
             continue
         cached = _cache.get(pool_id)
         if cached is None or cached.updated_at != version:
-            cached = repo.pool_credentials(session, pool_id)
+            try:
+                cached = repo.pool_credentials(session, pool_id)
+            except SecretError as exc:
+                # not cached: a key file put back, or a worker restarted with the key, heals it
+                _cache.pop(pool_id, None)
+                out[pool_id] = PoolCredentials(pool_id, version, None, None, None, None, None, None,
+                                               error=f"pool credentials unusable: {exc}")
+                continue
             _cache[pool_id] = cached
         out[pool_id] = cached
     return out

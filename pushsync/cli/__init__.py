@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pushsync.cli import db, demo, device, dlq, ops, pool, publish, subscribe
 from pushsync.cli.common import CommandError, Parser
 from pushsync.contract import ValidationError
+from pushsync.secrets import SecretError
 from pushsync.settings import SettingsError, get_settings
 
 GROUPS = (db, pool, device, subscribe, publish, ops, dlq, demo)
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.run_worker(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValidationError, SettingsError) as exc:
+    except (ValidationError, SettingsError, SecretError) as exc:
         print(f"pushsync: {exc}", file=sys.stderr)
         return 2
     except (NotFound, CommandError) as exc:

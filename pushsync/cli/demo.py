@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from emulators.options import pushsync_env
+from pushsync.secrets import new_key
 
 POOL = "us-east-1:177a950c-2c08-43f0-9983-28727e0e1a11"
 ALICE = "us-east-1:23ec4050-6aea-7089-a2dd-08002ec5b1c3"
@@ -51,6 +52,8 @@ class Demo:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.exe = str(Path(sys.executable).with_name("pushsync"))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+        # a key of the demo's own for the credentials it stores (made anew each run)
+        self.env["PUSHSYNC_SECRET_KEY"] = new_key()
 
     def start(self, name: str, args: list[str], **kw) -> subprocess.Popen:
         log = open(self.state / f"{name}.log", "w")

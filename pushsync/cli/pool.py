@@ -6,6 +6,7 @@ import json
 
 from pushsync import contract
 from pushsync.cli.common import ensure_schema, group, session
+from pushsync.contract import ValidationError
 from pushsync.settings import get_settings
 
 
@@ -18,12 +19,38 @@ def create(args) -> int:
            if args.fcm_service_account else None)
     apns_given = any([args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic])
     apns = load_apns_key(args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic) if apns_given else None
+    by_ref = {"fcm_reference": args.fcm_service_account, "apns_reference": args.apns_key} if args.by_reference else {}
+    if args.by_reference and not (fcm or apns):
+        raise ValidationError("--by-reference", "needs --fcm-service-account or --apns-key")
     ensure_schema()
     with session() as s:
-        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns)
+        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns, **by_ref)
     enabled = [name for name, cred in (("GCM", fcm), ("APNS", apns)) if cred]
+    how = "by file reference" if args.by_reference else "encrypted with PUSHSYNC_SECRET_KEY"
     print(f"pool {pool_id} {'created' if created else 'updated'}"
-          + (f"; push credentials set for {', '.join(enabled)}" if enabled else ""))
+          + (f"; push credentials set for {', '.join(enabled)} ({how})" if enabled else ""))
+    return 0
+
+
+def rekey(args) -> int:
+    from pushsync.secrets import keyring
+    from store import repo
+
+    ring = keyring()
+    if not ring:
+        raise ValidationError("PUSHSYNC_SECRET_KEY", "is not set: put the new key first, then the old ones")
+    ensure_schema()
+    with session() as s:
+        counts = repo.rekey_pools(s, ring)
+    print(f"{counts['sealed']} secrets of {counts['pools']} pools sealed under the first key of "
+          f"PUSHSYNC_SECRET_KEY; {counts['references']} file references left as they are")
+    return 0
+
+
+def new_key(_args) -> int:
+    from pushsync.secrets import new_key as make
+
+    print(make())
     return 0
 
 
@@ -47,7 +74,13 @@ def register(sub) -> None:
     c.add_argument("--apns-key-id", metavar="ID")
     c.add_argument("--apns-team-id", metavar="ID")
     c.add_argument("--apns-topic", metavar="BUNDLE_ID")
+    c.add_argument("--by-reference", action="store_true",
+                   help="store the files' paths instead of their content (encrypted); the workers read them")
     c.set_defaults(func=create)
+    r = pool.add_parser("rekey", help="seal every pool's key material under the first key of PUSHSYNC_SECRET_KEY")
+    r.set_defaults(func=rekey)
+    k = pool.add_parser("new-key", help="print a new random key for PUSHSYNC_SECRET_KEY")
+    k.set_defaults(func=new_key)
     s = pool.add_parser("show", help="the pool's settings, secrets redacted")
     s.add_argument("pool_id", metavar="POOL_ID")
     s.set_defaults(func=show)

@@ -33,6 +33,7 @@ from store.repo.pools import (
     pool_credentials,
     pool_summary,
     pool_versions,
+    rekey_pools,
     require_pool,
     upsert_pool,
 )
@@ -56,7 +57,7 @@ __all__ = [
     "settle_outbox", "take_due_outbox", "advance_sync_count", "advance_sync_counts", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
-    "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters",
+    "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters", "rekey_pools",
     "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement", "subscribe",
     "subscribe_many", "subscriptions_of", "sync_counts", "token_hash", "unregister_device", "unsubscribe",
     "upsert_pool",

@@ -10,6 +10,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pushsync import secrets
+from pushsync.secrets import Keyring, SecretError
 from store.models import Device, Pool, utcnow
 from store.repo.common import NotFound
 
@@ -26,26 +28,42 @@ class PoolCredentials:
     apns_key_id: str | None
     apns_team_id: str | None
     apns_topic: str | None
+    # why the credentials could not be opened (no key opens them, a key file is gone): the pool
+    # then has none, and what needs them is dead-lettered with this reason
+    error: str | None = None
 
     def has(self, platform: str) -> bool:
+        if self.error:
+            return False
         if platform == "GCM":
             return self.fcm_service_account is not None
         return self.apns_key is not None
 
 
 def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | None = None,
-                apns: dict | None = None) -> bool:
-    """Create the pool or update the credentials given; returns True if it was created."""
+                apns: dict | None = None, keyring: Keyring | None = None,
+                fcm_reference: str | None = None, apns_reference: str | None = None) -> bool:
+    """Create the pool or update the credentials given; returns True if it was created.
+
+    Key material is sealed with ``keyring`` (default: PUSHSYNC_SECRET_KEY) and refused without
+    a key (``SecretError``); with a ``*_reference`` (a file path) only the path is stored."""
+    keyring = secrets.keyring() if keyring is None else keyring
+    fcm_stored = apns_stored = None
+    if fcm_service_account is not None:
+        fcm_stored = (secrets.reference(fcm_reference) if fcm_reference
+                      else keyring.seal(json.dumps(fcm_service_account)))
+    if apns is not None:
+        apns_stored = secrets.reference(apns_reference) if apns_reference else keyring.seal(apns["key"])
     pool = session.get(Pool, pool_id)
     created = pool is None
     if created:
         pool = Pool(id=pool_id)
         session.add(pool)
     if fcm_service_account is not None:
-        pool.fcm_service_account = json.dumps(fcm_service_account)
+        pool.fcm_service_account = fcm_stored
         pool.fcm_project_id = fcm_service_account["project_id"]
     if apns is not None:
-        pool.apns_key = apns["key"]
+        pool.apns_key = apns_stored
         pool.apns_key_id = apns["key_id"]
         pool.apns_team_id = apns["team_id"]
         pool.apns_topic = apns["topic"]
@@ -61,17 +79,17 @@ def pool_summary(session: Session, pool_id: str) -> dict:
         raise NotFound(f"unknown pool {pool_id}")
     fcm = None
     if pool.fcm_service_account:
-        account = json.loads(pool.fcm_service_account)
-        fcm = {
-            "project_id": pool.fcm_project_id,
-            "client_email": account.get("client_email"),
-            "private_key": "***",
-            "token_uri": account.get("token_uri"),
-        }
+        fcm = {"project_id": pool.fcm_project_id, "private_key": "***",
+               "stored": secrets.storage(pool.fcm_service_account)}
+        try:
+            account = json.loads(secrets.keyring().open(pool.fcm_service_account))
+            fcm.update(client_email=account.get("client_email"), token_uri=account.get("token_uri"))
+        except (SecretError, ValueError) as exc:
+            fcm["error"] = str(exc) if isinstance(exc, SecretError) else "not a JSON service account"
     apns = None
     if pool.apns_key:
         apns = {"key": "***", "key_id": pool.apns_key_id, "team_id": pool.apns_team_id,
-                "topic": pool.apns_topic}
+                "topic": pool.apns_topic, "stored": secrets.storage(pool.apns_key)}
     devices = session.execute(
         select(Device.platform, Device.active, func.count()).where(Device.pool_id == pool_id)
         .group_by(Device.platform, Device.active)
@@ -90,20 +108,58 @@ def pool_summary(session: Session, pool_id: str) -> dict:
     }
 
 
-def pool_credentials(session: Session, pool_id: str) -> PoolCredentials | None:
+def pool_credentials(session: Session, pool_id: str, keyring: Keyring | None = None) -> PoolCredentials | None:
+    """The pool's credentials opened; ``SecretError`` when they cannot be (no key that opens
+    them, an unreadable key file, a stored value that is not what it should be)."""
     pool = session.get(Pool, pool_id)
     if pool is None:
         return None
+    keyring = secrets.keyring() if keyring is None else keyring
+    account = None
+    if pool.fcm_service_account:
+        try:
+            account = json.loads(keyring.open(pool.fcm_service_account))
+        except ValueError as exc:
+            if isinstance(exc, SecretError):
+                raise
+            raise SecretError("the pool's FCM service account is not JSON") from None
+        if not isinstance(account, dict):
+            raise SecretError("the pool's FCM service account is not a JSON object")
     return PoolCredentials(
         pool_id=pool.id,
         updated_at=pool.updated_at,
-        fcm_service_account=json.loads(pool.fcm_service_account) if pool.fcm_service_account else None,
+        fcm_service_account=account,
         fcm_project_id=pool.fcm_project_id,
-        apns_key=pool.apns_key,
+        apns_key=keyring.open(pool.apns_key) if pool.apns_key else None,
         apns_key_id=pool.apns_key_id,
         apns_team_id=pool.apns_team_id,
         apns_topic=pool.apns_topic,
     )
+
+
+def rekey_pools(session: Session, keyring: Keyring) -> dict[str, int]:
+    """Seal every pool's key material under the first key of ``keyring`` (plain text from older
+    versions too); file references stay as they are. All or nothing: a value that no key opens
+    raises ``SecretError`` and the caller's transaction rolls back. The pools' ``updated_at`` does
+    not move, so workers keep the credentials they hold (which are the same)."""
+    counts = {"pools": 0, "sealed": 0, "references": 0}
+    for pool in session.execute(select(Pool).order_by(Pool.id).with_for_update()).scalars():
+        counts["pools"] += 1
+        for column in ("fcm_service_account", "apns_key"):
+            stored = getattr(pool, column)
+            if stored is None:
+                continue
+            if stored.startswith(secrets.REFERENCE):
+                counts["references"] += 1
+                continue
+            try:
+                sealed = keyring.reseal(stored)
+            except SecretError as exc:
+                raise SecretError(f"pool {pool.id}: {exc}") from None
+            session.execute(Pool.__table__.update().where(Pool.id == pool.id).values(
+                {column: sealed, "updated_at": pool.updated_at}))
+            counts["sealed"] += 1
+    return counts
 
 
 def pool_versions(session: Session, pool_ids: Iterable[str]) -> dict[str, datetime]:

@@ -102,7 +102,11 @@ class Pipeline:
     @staticmethod
     def base_env() -> dict[str, str]:
         """This environment without any PUSHSYNC_ setting of the shell the tests run in."""
-        return {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+        from tests.conftest import TEST_SECRET_KEY
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+        env["PUSHSYNC_SECRET_KEY"] = TEST_SECRET_KEY
+        return env
 
     def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         r = subprocess.run([PUSHSYNC, *args], env=self.env, capture_output=True, text=True, timeout=60, input=input)
