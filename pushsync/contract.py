@@ -27,6 +27,10 @@ class ValidationError(ValueError):
         super().__init__(f"{field}: {rule}{shown}")
 
 
+class LimitExceeded(ValidationError):
+    """A registration or subscription that would take an identity past a configured limit."""
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

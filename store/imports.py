@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from pushsync import contract
-from pushsync.contract import ValidationError
+from pushsync.contract import LimitExceeded, ValidationError
+from pushsync.settings import get_settings
 from store import repo
 from store.db import session_scope
 
@@ -35,6 +36,10 @@ def parse_line(line: str) -> Row:
     datasets = data.get("datasets", [])
     if not isinstance(datasets, list):
         raise ValidationError("datasets", "must be a list of dataset names")
+    limit = get_settings().max_datasets_per_line
+    if len(datasets) > limit:
+        raise LimitExceeded("datasets", f"{len(datasets)} datasets on one line; the limit is {limit} "
+                                        "(PUSHSYNC_MAX_DATASETS_PER_LINE)")
     return (contract.pool_id(data["identityPoolId"]), contract.identity_id(data["identityId"]), platform,
             contract.device_token(data["token"], platform), [contract.dataset_name(d) for d in datasets])
 
@@ -74,7 +79,7 @@ class Importer:
             with session_scope() as s:
                 repo.import_devices(s, self._rows)
             self.imported += len(self._rows)
-        except REFUSED:
+        except (*REFUSED, LimitExceeded):
             for number, row in zip(self._numbers, self._rows, strict=True):
                 self._one(number, row)
         self._rows.clear()
@@ -85,6 +90,8 @@ class Importer:
             with session_scope() as s:
                 repo.import_devices(s, [row])
             self.imported += 1
+        except LimitExceeded as exc:
+            self._refuse(number, str(exc))
         except REFUSED as exc:
             self._refuse(number, f"the store refused it: {str(exc.orig).strip().splitlines()[0][:200]}")
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
 from store.repo.common import NotFound, chunks, insert_for
-from store.repo.subscriptions import subscribe_many
+from store.repo.subscriptions import check_identity_limits, subscribe_many
 
 
 def register_device(session: Session, pool_id: str, identity_id: str, platform: str, token: str) -> str:
@@ -56,6 +56,7 @@ def _import_run(session: Session, rows: Sequence[tuple[str, str, str, str, Seque
     ids = _register_unique(session, [row[:4] for row in rows])
     subscribe_many(session, [(p, i, dev, d) for (p, i, _pl, _t, ds), dev in zip(rows, ids, strict=True)
                              for d in ds])
+    check_identity_limits(session, {(p, i) for p, i, *_rest in rows})
     return ids
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, or_, select, tuple_
+from sqlalchemy import delete, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
@@ -33,7 +33,10 @@ def subscribe(session: Session, pool_id: str, identity_id: str, datasets: Sequen
               device_id: str) -> int:
     """Subscribe the device to the datasets; returns how many subscriptions are new."""
     _device_for(session, pool_id, identity_id, device_id)
-    return subscribe_many(session, [(pool_id, identity_id, device_id, d) for d in datasets])
+    new = subscribe_many(session, [(pool_id, identity_id, device_id, d) for d in datasets])
+    if new:
+        check_identity_limits(session, [(pool_id, identity_id)])
+    return new
 
 
 def subscribe_many(session: Session, rows: Sequence[tuple[str, str, str, str]]) -> int:
@@ -46,6 +49,33 @@ def subscribe_many(session: Session, rows: Sequence[tuple[str, str, str, str]]) 
     stmt = insert_for(session, Subscription.__table__).on_conflict_do_nothing(
         index_elements=["device_id", "dataset_name"]).returning(Subscription.device_id)
     return len(session.execute(stmt, subs).all())
+
+
+def check_identity_limits(session: Session, pairs: Iterable[tuple[str, str]],
+                          max_devices: int | None = None, max_datasets: int | None = None) -> None:
+    """Raise ``LimitExceeded`` if one of the (pool, identity) pairs has more active devices or
+    more distinct subscribed datasets than allowed. Called after the writes, inside their
+    transaction, so that a refused registration rolls back whole."""
+    from pushsync.contract import LimitExceeded
+    from pushsync.settings import get_settings
+
+    settings = get_settings()
+    max_devices = settings.max_devices_per_identity if max_devices is None else max_devices
+    max_datasets = settings.max_datasets_per_identity if max_datasets is None else max_datasets
+    for chunk in chunks(sorted(set(pairs)), 200):
+        where = tuple_(Device.pool_id, Device.identity_id).in_(chunk)
+        q = (select(Device.pool_id, Device.identity_id, func.count()).where(where, Device.active.is_(True))
+             .group_by(Device.pool_id, Device.identity_id).having(func.count() > max_devices))
+        for pool_id, identity, n in session.execute(q):
+            raise LimitExceeded("identityId", f"identity {identity} of pool {pool_id} would have {n} devices; "
+                                              f"the limit is {max_devices} (PUSHSYNC_MAX_DEVICES_PER_IDENTITY)")
+        n_ds = func.count(Subscription.dataset_name.distinct())
+        q = (select(Device.pool_id, Device.identity_id, n_ds).join(Subscription, Subscription.device_id == Device.id)
+             .where(where).group_by(Device.pool_id, Device.identity_id).having(n_ds > max_datasets))
+        for pool_id, identity, n in session.execute(q):
+            raise LimitExceeded("datasetName", f"identity {identity} of pool {pool_id} would subscribe to {n} "
+                                               f"datasets; the limit is {max_datasets} "
+                                               "(PUSHSYNC_MAX_DATASETS_PER_IDENTITY)")
 
 
 def unsubscribe(session: Session, pool_id: str, identity_id: str, dataset: str, device_id: str) -> bool:

@@ -73,8 +73,14 @@ def test_a_message_over_the_events_limit_is_refused_whole_and_each_event_kept(en
     assert all("limit is 3 per message" in d["reason"] for d in letters)
 
 
-def test_resolve_narrows_the_join_to_the_events_datasets_in_sql(engine):
+def test_resolve_narrows_the_join_to_the_events_datasets_in_sql(engine, monkeypatch, request):
     from sqlalchemy import event as sa_event
+
+    from pushsync.settings import get_settings
+
+    monkeypatch.setenv("PUSHSYNC_MAX_DATASETS_PER_IDENTITY", "40")
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
 
     with session_scope(engine) as s:
         repo.upsert_pool(s, POOL, fcm_service_account=FCM_ONLY)
