@@ -42,15 +42,56 @@ def _free_port() -> int:
 def test_compose_file_is_valid_for_docker_compose():
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is not installed (.ci/run installs the Debian package)")
-    env = {**os.environ, "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "y", "FLOWER_BASIC_AUTH": "a:b"}
+    env = {**os.environ, "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "y", "FLOWER_BASIC_AUTH": "a:b",
+           "PUSHSYNC_SECRET_KEY": TEST_SECRET_KEY}
     r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     # without the secrets it refuses to start rather than run with a default password
-    bare = {k: v for k, v in env.items() if k not in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
-    r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], env=bare,
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "set " in r.stderr
+    for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "PUSHSYNC_SECRET_KEY"):
+        bare = {k: v for k, v in env.items() if k != name}
+        r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], env=bare,
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and f"set {name}" in r.stderr, (name, r.stderr)
+
+
+def test_flower_and_metrics_are_published_on_loopback_only():
+    assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert SERVICES["metrics"]["ports"] == ["127.0.0.1:9464:9464"]
+    published = [name for name, svc in SERVICES.items() if svc.get("ports")]
+    assert sorted(published) == ["flower", "metrics"]
+    assert SERVICES["flower"]["command"][0] == "flower"  # `pushsync flower`: the login is checked first
+    assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def _env_example() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            out[name] = value
+    return out
+
+
+def test_services_refuse_to_start_with_the_example_secrets(tmp_path):
+    example = _env_example()
+    assert set(example) == {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "PUSHSYNC_SECRET_KEY"}
+    here = Here(tmp_path)
+    # compose's own URLs, with the example's values in them
+    env = {k: v for k, v in here.env.items() if not k.startswith("PUSHSYNC_")}
+    base = SERVICES["worker"]["environment"]
+    for name, value in example.items():
+        env[name] = value
+    for name in ("PUSHSYNC_DATABASE_URL", "PUSHSYNC_BROKER_URL", "PUSHSYNC_SECRET_KEY"):
+        env[name] = re.sub(r"\$\{([A-Z_]+)[^}]*\}", lambda m: env[m.group(1)], base[name])
+    for service in ("migrate", "worker", "scheduler", "metrics", "flower"):
+        r = subprocess.run(here.argv(service), env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (service, r.returncode, r.stdout, r.stderr)
+        assert "placeholder" in r.stderr or "PUSHSYNC_SECRET_KEY" in r.stderr, (service, r.stderr)
+    # with real secrets but a weak Flower password, Flower alone refuses
+    good = {**here.env, "FLOWER_BASIC_AUTH": "ops:short"}
+    r = subprocess.run(here.argv("flower"), env=good, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "shorter than 12" in r.stderr, r.stderr
 
 
 def test_redis_keeps_what_it_is_given_and_secrets_come_from_the_environment():
@@ -59,7 +100,6 @@ def test_redis_keeps_what_it_is_given_and_secrets_come_from_the_environment():
     assert "--requirepass ${REDIS_PASSWORD" in cmd
     assert any(v.startswith("postgres-data:") for v in SERVICES["postgres"]["volumes"])
     assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
-    assert "--basic-auth=${FLOWER_BASIC_AUTH" in SERVICES["flower"]["command"]
     text = (ROOT / "docker-compose.yml").read_text()
     assert not re.search(r"(PASSWORD|AUTH)[\"']?\s*[:=]\s*[\"']?(?!\$\{)[A-Za-z0-9]", text.replace("# ", "")), \
         "a literal secret in the compose file"
@@ -159,7 +199,7 @@ def test_every_service_command_is_a_real_entry_point(tmp_path):
         wait_for(lambda: "scheduler lock taken" in here.log("scheduler"), 30, what="scheduler")
         flower_port = here.ports["5555"]
         wait_for(lambda: _http(f"http://127.0.0.1:{flower_port}/api/workers") == 401, 30, what="Flower")
-        assert _http(f"http://127.0.0.1:{flower_port}/api/workers", auth="ops:s3cret") == 200
+        assert _http(f"http://127.0.0.1:{flower_port}/api/workers", auth="ops:s3cret-but-long-enough") == 200
         metrics_port = here.ports["9464"]
         wait_for(lambda: _http(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 20, what="metrics")
         # the worker's health check, as compose runs it

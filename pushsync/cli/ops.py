@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from pushsync.cli.common import CommandError, session
-from pushsync.settings import get_settings
+from pushsync.settings import SettingsError, get_settings
 
 NO_SUPERVISE = "--no-supervise"
 log = logging.getLogger("pushsync.cli")
@@ -78,6 +79,41 @@ def metrics(args) -> int:
     return 0
 
 
+FLOWER_MIN_PASSWORD = 12
+
+
+def flower_auth_problem(value: str | None) -> str | None:
+    """Why FLOWER_BASIC_AUTH cannot guard Flower, or None. A Flower login can put any task on
+    the queues and shut workers down, so it gets the care of a producer's credentials."""
+    from pushsync.settings import is_placeholder
+
+    if not value:
+        return "FLOWER_BASIC_AUTH is not set: Flower would serve its API to anyone who reaches it"
+    for pair in value.split(","):
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            return "FLOWER_BASIC_AUTH must be user:password pairs separated by commas"
+        if is_placeholder(password):
+            return f"FLOWER_BASIC_AUTH: the password of {user} is still the example's placeholder"
+        if len(password) < FLOWER_MIN_PASSWORD:
+            return f"FLOWER_BASIC_AUTH: the password of {user} is shorter than {FLOWER_MIN_PASSWORD} characters"
+    return None
+
+
+def flower(args) -> int:
+    """Flower with its login checked first. The passwords reach Flower through its own
+    FLOWER_BASIC_AUTH variable, not the command line that `ps` shows."""
+    import os
+
+    problem = flower_auth_problem(os.environ.get("FLOWER_BASIC_AUTH"))
+    if problem:
+        raise SettingsError(problem)
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app:app", "flower", f"--address={args.address}",
+            f"--port={args.port}", "--persistent=False", *args.flower_args]
+    os.execvp(argv[0], argv)
+    return 1  # not reached
+
+
 def emulator(args) -> int:
     from emulators.server import main as run_emulators
 
@@ -100,6 +136,11 @@ def register(sub) -> None:
     me.add_argument("--host", default="127.0.0.1")
     me.add_argument("--port", type=int, default=9464)
     me.set_defaults(func=metrics)
+    fl = sub.add_parser("flower", help="run Flower behind the login in FLOWER_BASIC_AUTH (refused if weak)")
+    fl.add_argument("--address", default="127.0.0.1")
+    fl.add_argument("--port", type=int, default=5555)
+    fl.add_argument("flower_args", nargs="*", metavar="FLOWER_OPTION", help="more Flower options, after --")
+    fl.set_defaults(func=flower)
     emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators")
     emulator_arguments(emu)
     emu.set_defaults(func=emulator)
