@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, func, or_, select, tuple_
+from sqlalchemy import case, delete, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
@@ -62,20 +62,27 @@ def check_identity_limits(session: Session, pairs: Iterable[tuple[str, str]],
     settings = get_settings()
     max_devices = settings.max_devices_per_identity if max_devices is None else max_devices
     max_datasets = settings.max_datasets_per_identity if max_datasets is None else max_datasets
-    for chunk in chunks(sorted(set(pairs)), 200):
-        where = tuple_(Device.pool_id, Device.identity_id).in_(chunk)
-        q = (select(Device.pool_id, Device.identity_id, func.count()).where(where, Device.active.is_(True))
-             .group_by(Device.pool_id, Device.identity_id).having(func.count() > max_devices))
-        for pool_id, identity, n in session.execute(q):
-            raise LimitExceeded("identityId", f"identity {identity} of pool {pool_id} would have {n} devices; "
-                                              f"the limit is {max_devices} (PUSHSYNC_MAX_DEVICES_PER_IDENTITY)")
-        n_ds = func.count(Subscription.dataset_name.distinct())
-        q = (select(Device.pool_id, Device.identity_id, n_ds).join(Subscription, Subscription.device_id == Device.id)
-             .where(where).group_by(Device.pool_id, Device.identity_id).having(n_ds > max_datasets))
-        for pool_id, identity, n in session.execute(q):
-            raise LimitExceeded("datasetName", f"identity {identity} of pool {pool_id} would subscribe to {n} "
-                                               f"datasets; the limit is {max_datasets} "
-                                               "(PUSHSYNC_MAX_DATASETS_PER_IDENTITY)")
+    by_pool: dict[str, set[str]] = {}
+    for pool_id, identity in pairs:
+        by_pool.setdefault(pool_id, set()).add(identity)
+    # one statement per pool and 500 identities, both counts at once (served by ix_devices_pool_identity)
+    n_devices = func.count(case((Device.active.is_(True), Device.id)).distinct())
+    n_datasets = func.count(Subscription.dataset_name.distinct())
+    for pool_id, identities in sorted(by_pool.items()):
+        for chunk in chunks(sorted(identities), 500):
+            q = (select(Device.identity_id, n_devices, n_datasets)
+                 .outerjoin(Subscription, Subscription.device_id == Device.id)
+                 .where(Device.pool_id == pool_id, Device.identity_id.in_(chunk))
+                 .group_by(Device.identity_id))
+            for identity, devices, datasets in session.execute(q):
+                if devices > max_devices:
+                    raise LimitExceeded("identityId", f"identity {identity} of pool {pool_id} would have {devices} "
+                                                      f"devices; the limit is {max_devices} "
+                                                      "(PUSHSYNC_MAX_DEVICES_PER_IDENTITY)")
+                if datasets > max_datasets:
+                    raise LimitExceeded("datasetName", f"identity {identity} of pool {pool_id} would subscribe to "
+                                                       f"{datasets} datasets; the limit is {max_datasets} "
+                                                       "(PUSHSYNC_MAX_DATASETS_PER_IDENTITY)")
 
 
 def unsubscribe(session: Session, pool_id: str, identity_id: str, dataset: str, device_id: str) -> bool:

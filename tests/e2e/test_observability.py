@@ -7,11 +7,9 @@ import json
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -109,11 +107,11 @@ def test_stats_shows_the_same_figures(run):
 def test_flower_shows_the_worker_and_the_tasks_by_name(run):
     pipe, _emu, _tokens = run
     port = _free_port()
-    celery = str(Path(sys.executable).with_name("celery"))
-    proc = subprocess.Popen([celery, "-A", "worker.app:app", "flower", f"--port={port}", "--address=127.0.0.1",
-                             "--persistent=False", "--basic-auth=ops:s3cret"], env=pipe.env,
+    login = "ops:a-long-enough-flower-password"
+    proc = subprocess.Popen([PUSHSYNC, "flower", "--port", str(port), "--address", "127.0.0.1"],
+                            env={**pipe.env, "FLOWER_BASIC_AUTH": login},
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    auth = "Basic " + base64.b64encode(b"ops:s3cret").decode()
+    auth = "Basic " + base64.b64encode(login.encode()).decode()
 
     def get(path, with_auth=True):
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": auth} if with_auth
