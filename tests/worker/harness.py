@@ -125,3 +125,65 @@ def stop(run: Run) -> None:
             os.remove(path + suffix)
     redis.Redis.from_url(REDIS_URL).flushdb()
     get_settings.cache_clear()
+
+
+def run_examples(seed_value: int, examples: int, strategies: dict, body, prepare=None, **settings_env) -> dict:
+    """One spawned process's share of a property: ``prepare(run)`` once (returns extra keyword
+    arguments for ``body``, and for ``strategies`` when it is a function of them), then
+    ``body(run, counts, **drawn, **extra)`` for each example. The
+    falsifying example, if any, comes back in ``counts["error"]`` (the exception's notes)."""
+    import logging
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    import pytest
+    from hypothesis import HealthCheck, given, seed
+    from hypothesis import settings as hyp_settings
+
+    from tests.conftest import TEST_SECRET_KEY
+
+    os.environ["PUSHSYNC_SECRET_KEY"] = TEST_SECRET_KEY
+    logging.getLogger("pushsync").setLevel(logging.ERROR)  # thousands of expected warnings
+    mp = pytest.MonkeyPatch()
+    run = start(Path(tempfile.mkdtemp(prefix="pushsync-prop-")), mp, **settings_env)
+    counts: dict = {"examples": 0, "error": None}
+    extra = prepare(run) if prepare else {}
+    if callable(strategies):  # strategies that draw from what ``prepare`` made (its device ids)
+        strategies = strategies(**extra)
+
+    @hyp_settings(max_examples=examples, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.filter_too_much])
+    @seed(seed_value)
+    @given(**strategies)
+    def prop(**drawn):
+        body(run, counts, **drawn, **extra)
+        counts["examples"] += 1
+
+    try:
+        prop()
+    except BaseException:
+        counts["error"] = traceback.format_exc()
+    finally:
+        stop(run)
+        mp.undo()
+    return counts
+
+
+def run_in_processes(child, total: int, processes: int = 2) -> list[dict]:
+    """``total`` examples over ``processes`` spawned processes (this machine's cores: a forked
+    child would inherit the parent's threads), each with its own store and seed; the seeds are
+    printed so that a failure can be replayed."""
+    import multiprocessing
+    import random
+    from concurrent.futures import ProcessPoolExecutor
+
+    seeds = [random.getrandbits(32) for _ in range(processes)]
+    print(f"seeds {seeds}, {total} examples")
+    share = -(-total // processes)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(child, seeds, [share] * processes))
+    errors = [f"seed {sd}:\n{r['error']}" for sd, r in zip(seeds, results, strict=True) if r["error"]]
+    assert not errors, "\n".join(errors)
+    return results

@@ -9,11 +9,8 @@ pool, identity and platform it is addressed to."""
 
 from __future__ import annotations
 
-import logging
 import os
 
-import pytest
-from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -22,7 +19,7 @@ from store import repo
 from store.db import engine_for, session_scope
 
 from . import harness
-from .test_isolation import CREDS, run_in_processes
+from .test_isolation import CREDS
 
 POOLS = ("us-east-1:00000000-0000-4000-8000-0000000000f1", "eu-west-1:00000000-0000-4000-8000-0000000000f2")
 IDENTS = ("us-east-1:00000000-0000-4000-8000-0000000000e1", "us-east-1:00000000-0000-4000-8000-0000000000e2")
@@ -116,93 +113,80 @@ def _dead_letters(run, after: int) -> list[tuple]:
                                  {"n": after}))
 
 
-def _fuzz_child(seed_value: int, examples: int) -> dict:
-    import tempfile
-    import traceback
-    from pathlib import Path
-
-    from tests.conftest import TEST_SECRET_KEY
-
-    os.environ["PUSHSYNC_SECRET_KEY"] = TEST_SECRET_KEY
-    logging.getLogger("pushsync").setLevel(logging.ERROR)  # thousands of expected warnings
-    mp = pytest.MonkeyPatch()
-    run = harness.start(Path(tempfile.mkdtemp(prefix="pushsync-fuzz-")), mp, PUSHSYNC_INLINE_DELIVERY_MAX="2000",
-                        PUSHSYNC_MAX_EVENTS_PER_MESSAGE="5")
+def _prepare(run: harness.Run) -> dict:
     run.reset()
     dev_ids = _setup(run)
-    world = _world_ids(run)
     with engine_for(run.url).connect() as conn:
         canaries = set(conn.execute(text("SELECT device_id FROM subscriptions WHERE dataset_name = :d"),
                                     {"d": CANARY}).scalars())
-    counts = {"examples": 0, "dead_letters": 0, "pushes": 0, "error": None, "canary": 0}
-    message = st.one_of(ingest_message(dev_ids), deliver_message(dev_ids))
+    return {"dev_ids": dev_ids, "world": _world_ids(run), "canaries": sorted(canaries)}
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.filter_too_much])
-    @seed(seed_value)
-    @given(msg=message, target=st.sampled_from(sorted(canaries)))
-    def prop(msg, target):
-        kind, args, *rest = msg
-        before_dl = _last_dead_letter(run)
-        before_sent = len(run.sent)
-        if kind == "ingest":
-            result = run.ingest(*args, **{str(k): v for k, v in rest[0].items()})
-            assert isinstance(result, dict), result
-            if len(args) == 1 and isinstance(args[0], list) and not rest[0]:
-                # every event of the message in exactly one bucket (all pools here have credentials
-                # for every platform, so what is dead-lettered beyond the invalid is an unknown pool)
-                assert result["received"] == len(args[0]) == result["invalid"] + result["coalesced"] \
-                    + result["stale"] + result["notified"] + (result["dead_lettered"] - result["invalid"]), result
-                assert len(_dead_letters(run, before_dl)) >= result["dead_lettered"]
-        else:
-            result = run.deliver(args)
-            try:
-                parsed = DeliveryBatch.from_json(args)
-            except MessageError:
-                assert result == {"dead_lettered": 1}, result
-                assert [k for _i, k, _r in _dead_letters(run, before_dl)] == ["message"]
-            else:
-                # every item sent, skipped (not the batch identity's device), stale, a duplicate
-                # of another item, or dead-lettered (unreadable)
-                assert result["sent"] + result["skipped"] + result["stale"] + result["dead_lettered"] \
-                    + parsed.duplicates == len(args["items"]), (result, args)
-        run.drain()
-        new = _dead_letters(run, before_dl)
-        assert all(reason and reason.strip() for _id, _kind, reason in new), new
-        counts["dead_letters"] += len(new)
-        # every push of this message went to a device of the pool, identity and platform it names
-        for p in run.sent[before_sent:]:
-            pool, ident, plat, tok = world[p.device_id]
-            assert (p.pool, p.data["identityPoolId"], p.data["identityId"], p.platform, p.token) == \
-                (pool, pool, ident, plat, tok), (p, world[p.device_id])
-        counts["pushes"] += len(run.sent) - before_sent
-        # and the valid event after it goes through: a worker that survived, not a wedged one
-        pool, ident, plat, tok = world[target]
-        counts["canary"] += 1
-        mark = len(run.delivered)
-        run.ingest([{"identityPoolId": pool, "identityId": ident, "datasetName": CANARY,
-                     "syncCount": counts["canary"]}])
-        run.drain()
-        got = {(p.device_id, p.data["syncCount"]) for p in run.delivered[mark:]}
-        want = {(d, str(counts["canary"])) for d in canaries if world[d][:2] == (pool, ident)}
-        assert got == want, (got, want)
-        counts["examples"] += 1
 
+def _strategies(dev_ids, world, canaries) -> dict:
+    return {"msg": st.one_of(ingest_message(dev_ids), deliver_message(dev_ids)), "target": st.sampled_from(canaries)}
+
+
+def _check_ingest(run, before_dl, args, kwargs) -> None:
+    result = run.ingest(*args, **{str(k): v for k, v in kwargs.items()})
+    assert isinstance(result, dict), result
+    if len(args) == 1 and isinstance(args[0], list) and not kwargs:
+        # every event of the message in exactly one bucket (all pools here have credentials
+        # for every platform, so what is dead-lettered beyond the invalid is an unknown pool)
+        assert result["received"] == len(args[0]) == result["invalid"] + result["coalesced"] \
+            + result["stale"] + result["notified"] + (result["dead_lettered"] - result["invalid"]), result
+        assert len(_dead_letters(run, before_dl)) >= result["dead_lettered"]
+
+
+def _check_deliver(run, before_dl, batch) -> None:
+    result = run.deliver(batch)
     try:
-        prop()
-    except BaseException:
-        counts["error"] = traceback.format_exc()
-    finally:
-        harness.stop(run)
-        mp.undo()
-    return counts
+        parsed = DeliveryBatch.from_json(batch)
+    except MessageError:
+        assert result == {"dead_lettered": 1}, result
+        assert [k for _i, k, _r in _dead_letters(run, before_dl)] == ["message"]
+    else:
+        # every item sent, skipped (not the batch identity's device), stale, a duplicate of
+        # another item, or dead-lettered (unreadable)
+        assert result["sent"] + result["skipped"] + result["stale"] + result["dead_lettered"] \
+            + parsed.duplicates == len(batch["items"]), (result, batch)
+
+
+def _example(run, counts, msg, target, dev_ids, world, canaries) -> None:
+    kind, args, *rest = msg
+    before_dl, before_sent = _last_dead_letter(run), len(run.sent)
+    if kind == "ingest":
+        _check_ingest(run, before_dl, args, rest[0])
+    else:
+        _check_deliver(run, before_dl, args)
+    run.drain()
+    new = _dead_letters(run, before_dl)
+    assert all(reason and reason.strip() for _id, _kind, reason in new), new
+    counts["dead_letters"] = counts.get("dead_letters", 0) + len(new)
+    # every push of this message went to a device of the pool, identity and platform it names
+    for p in run.sent[before_sent:]:
+        pool, ident, plat, tok = world[p.device_id]
+        assert (p.pool, p.data["identityPoolId"], p.data["identityId"], p.platform, p.token) == \
+            (pool, pool, ident, plat, tok), (p, world[p.device_id])
+    counts["pushes"] = counts.get("pushes", 0) + len(run.sent) - before_sent
+    # and the valid event after it goes through: a worker that survived, not a wedged one
+    pool, ident, _plat, _tok = world[target]
+    n = counts["canary"] = counts.get("canary", 0) + 1  # always higher, whatever failed before
+    mark = len(run.delivered)
+    run.ingest([{"identityPoolId": pool, "identityId": ident, "datasetName": CANARY, "syncCount": n}])
+    run.drain()
+    got = {(p.device_id, p.data["syncCount"]) for p in run.delivered[mark:]}
+    assert got == {(d, str(n)) for d in canaries if world[d][:2] == (pool, ident)}, got
+
+
+def _fuzz_child(seed_value: int, examples: int) -> dict:
+    return harness.run_examples(seed_value, examples, _strategies, _example, _prepare,
+                                PUSHSYNC_INLINE_DELIVERY_MAX="2000", PUSHSYNC_MAX_EVENTS_PER_MESSAGE="5")
 
 
 def test_hostile_messages_end_as_dead_letters_or_skips_and_valid_events_still_arrive():
-    results = run_in_processes(_fuzz_child, EXAMPLES)
+    results = harness.run_in_processes(_fuzz_child, EXAMPLES)
     examples = sum(r["examples"] for r in results)
-    print(f"{examples} examples: {sum(r['dead_letters'] for r in results)} dead letters, "
-          f"{sum(r['pushes'] for r in results)} pushes of forged or junk messages, all to their own devices")
+    print(f"{examples} examples: {sum(r.get('dead_letters', 0) for r in results)} dead letters, "
+          f"{sum(r.get('pushes', 0) for r in results)} pushes of forged or junk messages, all to their own devices")
     assert examples >= EXAMPLES
-    assert sum(r["dead_letters"] for r in results) > examples // 4
+    assert sum(r.get("dead_letters", 0) for r in results) > examples // 4
