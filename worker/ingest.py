@@ -19,6 +19,7 @@ published, the messages go back to the queue as they are.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -50,8 +51,15 @@ class Message:
 
 
 def _number(value: object, default: float) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    return float(value) if ok else default
+    """A finite number, or ``default``: JSON from a forged message can carry Infinity, NaN and
+    integers too large for a float, on which int() and float() raise."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return default
+    try:
+        number = float(value)
+    except OverflowError:
+        return default
+    return number if math.isfinite(number) else default
 
 
 def read(args: object, kwargs: object, tag: str | None = None, redelivered: bool = False) -> Message:
@@ -60,8 +68,12 @@ def read(args: object, kwargs: object, tag: str | None = None, redelivered: bool
     kwargs = kwargs if isinstance(kwargs, dict) else {}
     events = args[0] if args else kwargs.get("events", [])
     events = events if isinstance(events, list) else [events]
-    return Message(events, _number(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), time.time()),
-                   int(_number(kwargs.get("attempt"), 0)), tag, redelivered)
+    now = time.time()
+    enqueued_at = _number(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), now)
+    # only feeds the latency histogram: a time that cannot be one is read as now
+    enqueued_at = enqueued_at if 0 < enqueued_at <= now + 86400 else now
+    return Message(events, enqueued_at,
+                   int(min(max(_number(kwargs.get("attempt"), 0), 0), TRANSIENT_MAX_RETRIES)), tag, redelivered)
 
 
 _drain: drain.Drain | None = None
@@ -158,6 +170,11 @@ def _dead_letter_all(messages: list[Message], exc: Exception) -> dict | None:
 class IngestTask(PushsyncTask):
     autoretry_for = ()  # the body deals with transient errors itself, message by message
     typing = False  # whatever the arguments, the body gets them and decides
+
+    def dead_letter_args(self, session, reason, args, kwargs):
+        # the body keeps what it reads; this is for a failure before it could (a bug): the
+        # message as it came, so that nothing goes without a trace
+        repo.add_dead_letter(session, "message", reason, {"message": {"args": list(args), "kwargs": kwargs}})
 
 
 @app.task(name=INGEST_TASK, base=IngestTask, bind=True)

@@ -47,12 +47,16 @@ class Run:
     delivered: list[Push] = field(default_factory=list)
     queued: list[dict] = field(default_factory=list)
     retries: list[dict] = field(default_factory=list)
+    pools: set = field(default_factory=set)  # pools created and kept across examples
 
-    def reset(self) -> None:
+    def reset(self, keep_pools: bool = False) -> None:
+        tables = ("outbox", "dead_letters", "subscriptions", "datasets", "devices")
         with engine_for(self.url).begin() as conn:
-            for table in ("outbox", "dead_letters", "subscriptions", "datasets", "devices", "pools"):
+            for table in tables if keep_pools else (*tables, "pools"):
                 conn.execute(text(f"DELETE FROM {table}"))
-        pools._cache.clear()
+        if not keep_pools:
+            pools._cache.clear()
+            self.pools.clear()
         self.sent.clear()
         self.delivered.clear()
         self.queued.clear()

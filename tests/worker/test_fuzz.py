@@ -38,7 +38,7 @@ int_junk = st.sampled_from([-1, -(2**63), 2**63, 2**63 + 1, 2**64, 10**30, -(10*
 json_junk = st.recursive(
     st.one_of(st.none(), st.booleans(), int_junk, st.integers(), st.floats(allow_nan=True), text_junk),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=12,
+    max_leaves=8,
 )
 
 

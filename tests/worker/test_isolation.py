@@ -24,6 +24,11 @@ from . import harness
 from .isolation_model import Model
 
 POOLS = ("us-east-1:00000000-0000-4000-8000-00000000000a", "eu-west-1:00000000-0000-4000-8000-00000000000b")
+CRED_SETS = (("GCM", "APNS"), ("GCM",), ("APNS",), ())
+# a pool id per slot and credential set: each is created once per process and kept, so that an
+# example costs no pool writes (a pool's credentials are the example's choice by its id)
+POOL_IDS = {(slot, creds): f"{POOLS[slot][:-2]}{slot}{n}" for slot in range(len(POOLS))
+            for n, creds in enumerate(CRED_SETS)}
 IDENTITIES = ("us-east-1:00000000-0000-4000-8000-000000000001", "us-east-1:00000000-0000-4000-8000-000000000002")
 PLATFORMS = ("GCM", "APNS", "APNS_SANDBOX")
 TOKENS = ("aa01", "bb02", "cc03")
@@ -63,11 +68,10 @@ op = st.sampled_from(WEIGHTS).flatmap(lambda kind: KINDS[kind])
 setup = st.lists(st.tuples(register, st.lists(st.sampled_from(DATASETS), min_size=1, max_size=2, unique=True)),
                  min_size=1, max_size=3)
 scenario = st.fixed_dictionaries({
-    "creds": st.tuples(*[st.sampled_from([("GCM", "APNS"), ("GCM", "APNS"), ("GCM",), ("APNS",), ()])
-                         for _ in POOLS]),
+    "creds": st.tuples(*[st.sampled_from([CRED_SETS[0], *CRED_SETS]) for _ in POOLS]),
     "answers": st.fixed_dictionaries({t: st.sampled_from(ANSWERS) for t in TOKENS}),
     "setup": setup,
-    "ops": st.lists(op, max_size=8),
+    "ops": st.lists(op, max_size=6),
     "finale": st.lists(message, min_size=1, max_size=1),
 })
 
@@ -77,7 +81,8 @@ class Player:
 
     def __init__(self, run: harness.Run, data: dict):
         self.run, self.data = run, data
-        self.creds = {pool: set(c) for pool, c in zip(POOLS, data["creds"], strict=True)}
+        self.pools = [POOL_IDS[(slot, c)] for slot, c in enumerate(data["creds"])]
+        self.creds = {pool: set(c) for pool, c in zip(self.pools, data["creds"], strict=True)}
         self.model = Model(self.creds, data["answers"])
         self.engine = engine_for(run.url)
         self.ids: list[str] = []  # every device id handed out, in order (steps name them by index)
@@ -103,13 +108,14 @@ class Player:
             self.ids.append(dev_id)
 
     def setup(self):
-        with session_scope(self.engine) as s:
-            for pool in POOLS:
+        for pool in set(self.pools) - self.run.pools:
+            with session_scope(self.engine) as s:
                 repo.upsert_pool(s, pool, fcm_service_account=CREDS["GCM"] if "GCM" in self.creds[pool] else None,
                                  apns=CREDS["APNS"] if "APNS" in self.creds[pool] else None)
+            self.run.pools.add(pool)
         # the start, through `device import`'s path: one transaction, each row registered and
         # subscribed as if alone, in order
-        rows = [(POOLS[p], IDENTITIES[i], platform, token, list(datasets))
+        rows = [(self.pools[p], IDENTITIES[i], platform, token, list(datasets))
                 for (_, p, i, platform, token), datasets in self.data["setup"]]
         with session_scope(self.engine) as s:
             dev_ids = repo.import_devices(s, rows)
@@ -119,8 +125,8 @@ class Player:
 
     def register(self, _kind, p, i, platform, token):
         with session_scope(self.engine) as s:
-            dev_id = repo.register_device(s, POOLS[p], IDENTITIES[i], platform, token)
-        self._registered(POOLS[p], IDENTITIES[i], platform, token, dev_id)
+            dev_id = repo.register_device(s, self.pools[p], IDENTITIES[i], platform, token)
+        self._registered(self.pools[p], IDENTITIES[i], platform, token, dev_id)
 
     def move(self, _kind, n, resubscribe):
         dev = self.model.by_id.get(self.pick(n))
@@ -170,7 +176,7 @@ class Player:
             if ref is not None:
                 (_, p, i, _pl, _t), subscribed = self.data["setup"][ref % len(self.data["setup"])]
                 d = subscribed[n % len(subscribed)] if subscribed else d
-            raw.append({"identityPoolId": POOLS[p], "identityId": IDENTITIES[i], "datasetName": d, "syncCount": n,
+            raw.append({"identityPoolId": self.pools[p], "identityId": IDENTITIES[i], "datasetName": d, "syncCount": n,
                         **({"originDeviceId": self.pick(org)} if org is not None and self.ids else {})})
         self.model.message([(e["identityPoolId"], e["identityId"], e["datasetName"], e["syncCount"],
                              e.get("originDeviceId")) for e in raw])
@@ -202,7 +208,7 @@ class Player:
 
 
 def _example(run: harness.Run, counts: dict, data: dict) -> None:
-    run.reset()
+    run.reset(keep_pools=True)
     player = Player(run, data)
     player.setup()
     for step in [*data["ops"], *data["finale"]]:

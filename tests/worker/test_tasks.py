@@ -215,3 +215,25 @@ def test_a_queue_of_empty_messages_cannot_make_a_run_take_more_than_its_limit(st
     result = ingest.ingest.apply(args=[[]]).result
     assert result["received"] == 0
     assert _redis().llen("events") == 450 - 199 and _redis().hlen("unacked") == 0
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**400, -5, "3", True, None, [1]])
+def test_a_forged_attempt_or_enqueued_at_is_read_as_a_default_not_a_crash(value):
+    """Found by the fuzz test: a message with kwargs {"attempt": Infinity} (JSON can carry it)
+    made the ingest task raise before it could keep the message."""
+    from worker.ingest import read
+    from worker.tasks import TRANSIENT_MAX_RETRIES
+
+    m = read([[{"x": 1}]], {"attempt": value, "enqueued_at": value})
+    assert m.attempt == 0 and m.events == [{"x": 1}] and m.enqueued_at > 1e9
+    assert read([[]], {"attempt": 1e300}).attempt == TRANSIENT_MAX_RETRIES
+
+
+def test_an_ingest_message_that_fails_before_its_body_reads_it_is_dead_lettered(store_settings, engine):
+    from worker.ingest import ingest
+
+    ingest.on_failure(RuntimeError("boom"), "task-1", ([{"identityPoolId": POOL}],), {"attempt": 3}, None)
+    with session_scope(engine) as s:
+        (dl,) = repo.list_dead_letters(s, 10)
+    assert dl["kind"] == "message" and "RuntimeError" in dl["reason"]
+    assert dl["payload"]["message"] == {"args": [[{"identityPoolId": POOL}]], "kwargs": {"attempt": 3}}
