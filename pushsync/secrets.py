@@ -72,6 +72,8 @@ class Keyring:
                 return Path(path).read_text()
             except OSError as exc:
                 raise SecretError(f"cannot read the pool's key file {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:  # a key file replaced by something that is not a PEM or JSON text
+                raise SecretError(f"the pool's key file {path} is not text") from None
         return stored
 
     def reseal(self, stored: str) -> str:

@@ -117,11 +117,10 @@ def pool_credentials(session: Session, pool_id: str, keyring: Keyring | None = N
     keyring = secrets.keyring() if keyring is None else keyring
     account = None
     if pool.fcm_service_account:
+        opened = keyring.open(pool.fcm_service_account)
         try:
-            account = json.loads(keyring.open(pool.fcm_service_account))
-        except ValueError as exc:
-            if isinstance(exc, SecretError):
-                raise
+            account = json.loads(opened)
+        except ValueError:
             raise SecretError("the pool's FCM service account is not JSON") from None
         if not isinstance(account, dict):
             raise SecretError("the pool's FCM service account is not a JSON object")

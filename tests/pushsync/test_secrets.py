@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -94,6 +95,11 @@ def test_by_reference_stores_only_the_path_and_the_worker_reads_the_file(db_url,
     assert _stored(db_url) == (f"file:{creds['sa']}", f"file:{creds['p8']}")
     with session_scope(engine_for(db_url)) as s:
         assert repo.pool_credentials(s, POOL, keyring=Keyring(())).apns_key == creds["p8_pem"]
+    # a referenced file replaced by binary junk, then removed: the worker gets a SecretError
+    # (a dead letter with the reason), never a raw decoding error
+    Path(creds["p8"]).write_bytes(b"\xff\xfe\x00junk")
+    with session_scope(engine_for(db_url)) as s, pytest.raises(SecretError, match="is not text"):
+        repo.pool_credentials(s, POOL)
     os.remove(creds["p8"])
     with session_scope(engine_for(db_url)) as s, pytest.raises(SecretError, match="cannot read"):
         repo.pool_credentials(s, POOL)
