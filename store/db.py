@@ -24,7 +24,10 @@ def _private_sqlite_file(url: str) -> None:
     path = make_url(url).database
     if not path or path == ":memory:" or path.startswith("file:"):
         return
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError:  # no such directory, no permission: SQLite says so in its own words when it connects
+        return
     for name in (path, f"{path}-wal", f"{path}-shm"):
         try:
             mode = os.stat(name).st_mode

@@ -22,6 +22,11 @@ def test_commands_before_db_upgrade_say_so(tmp_path):
     assert "pushsync db upgrade" in one_error_line(r, 1)
 
 
+def test_a_sqlite_store_in_a_missing_directory_is_one_error_line(tmp_path):
+    r = run_cli(f"sqlite:///{tmp_path}/no/such/dir/store.db", "pool", "show", POOL)
+    assert "the store is unreachable or failing" in one_error_line(r, 1)
+
+
 def test_bad_setting_names_the_variable(db_url):
     from ..conftest import cli_env
 
