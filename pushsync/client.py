@@ -61,10 +61,10 @@ def _send(app, chunk: list[dict], producer=None) -> None:
                   producer=producer)
 
 
-def _publish_chunks(chunks: list[list[dict]]) -> int:
+def _publish_chunks(chunks: list[list[dict]], timeout: float | None = None) -> int:
     """Send the chunks in order, riding out broker outages of up to the publish timeout each."""
     app = _app()
-    timeout = get_settings().publish_timeout
+    timeout = get_settings().publish_timeout if timeout is None else timeout
     retryable = _retryable()
     sent = 0
     i = 0
@@ -106,10 +106,11 @@ def publish(pool_id: str, identity_id: str, dataset_name: str, sync_count: int, 
     return event
 
 
-def publish_many(events: Iterable[dict], *, chunk_size: int | None = None) -> int:
+def publish_many(events: Iterable[dict], *, chunk_size: int | None = None, timeout: float | None = None) -> int:
     """Enqueue many events, PUSHSYNC_INGEST_CHUNK (100) to a message, one broker round trip per
     chunk. All events are validated first: one bad event (ValueError naming it by position
-    and field) sends nothing. Returns the number of events sent."""
+    and field) sends nothing. Returns the number of events sent. ``timeout`` overrides
+    PUSHSYNC_PUBLISH_TIMEOUT for this call."""
     settings = get_settings()
     size = settings.ingest_chunk if chunk_size is None else chunk_size
     limit = settings.max_events_per_message
@@ -122,4 +123,4 @@ def publish_many(events: Iterable[dict], *, chunk_size: int | None = None) -> in
             checked.append(_compact(contract.event(e)))
         except contract.ValidationError as exc:
             raise contract.ValidationError(exc.field, f"{exc.rule} (event #{i})") from None
-    return _publish_chunks([checked[start:start + size] for start in range(0, len(checked), size)])
+    return _publish_chunks([checked[start:start + size] for start in range(0, len(checked), size)], timeout)

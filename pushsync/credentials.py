@@ -29,20 +29,26 @@ def load_fcm_service_account(path: str, allow_http: bool = False) -> dict:
         account = json.loads(_read(path, field))
     except json.JSONDecodeError:
         raise ValidationError(field, f"{path} is not a JSON service account file") from None
+    return check_fcm_service_account(account, allow_http, field, f"{path}: ")
+
+
+def check_fcm_service_account(account: object, allow_http: bool = False, field: str = "ServiceAccount",
+                              where: str = "") -> dict:
+    """The service account as given (a file's content or an API body), checked."""
     if not isinstance(account, dict) or account.get("type") != "service_account":
-        raise ValidationError(field, f"{path} is not a service account file (type must be service_account)")
+        raise ValidationError(field, f"{where}not a service account (type must be service_account)")
     for key in ("project_id", "private_key", "client_email", "token_uri"):
         if not isinstance(account.get(key), str) or not account[key]:
-            raise ValidationError(field, f"{path} has no {key}")
+            raise ValidationError(field, f"{where}has no {key}")
     if not account["token_uri"].startswith(("https://", "http://") if allow_http else "https://"):
-        raise ValidationError(field, f"{path}: token_uri must be an https:// URL (http:// only with "
+        raise ValidationError(field, f"{where}token_uri must be an https:// URL (http:// only with "
                                      "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS=true, for development)")
     try:
         key = load_pem_private_key(account["private_key"].encode(), password=None)
-    except ValueError:
-        raise ValidationError(field, f"{path}: private_key is not a PEM private key") from None
+    except (ValueError, TypeError):
+        raise ValidationError(field, f"{where}private_key is not a PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValidationError(field, f"{path}: private_key must be an RSA key")
+        raise ValidationError(field, f"{where}private_key must be an RSA key")
     return account
 
 
@@ -53,16 +59,26 @@ def load_apns_key(path: str | None, key_id: str | None, team_id: str | None, top
         raise ValidationError(missing[0], "APNs token authentication needs --apns-key, --apns-key-id, "
                                           "--apns-team-id and --apns-topic together")
     pem = _read(path, "--apns-key")
+    return check_apns_key(pem, key_id, team_id, topic, names=("--apns-key", "--apns-key-id", "--apns-team-id",
+                                                              "--apns-topic"), where=f"{path} ")
+
+
+def check_apns_key(pem: object, key_id: object, team_id: object, topic: object,
+                   names: tuple[str, str, str, str] = ("Key", "KeyId", "TeamId", "Topic"), where: str = "") -> dict:
+    """An APNs token-auth key (PEM text) with its ids, checked."""
+    key_field, id_field, team_field, topic_field = names
     try:
+        if not isinstance(pem, str):
+            raise ValueError
         key = load_pem_private_key(pem.encode(), password=None)
-    except ValueError:
-        raise ValidationError("--apns-key", f"{path} is not a PEM private key (.p8)") from None
+    except (ValueError, TypeError):
+        raise ValidationError(key_field, f"{where}is not a PEM private key (.p8)") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise ValidationError("--apns-key", f"{path} must be an EC P-256 key, as Apple issues")
-    if not _APPLE_ID_RE.fullmatch(key_id):
-        raise ValidationError("--apns-key-id", "must be Apple's 10-character key id", key_id)
-    if not _APPLE_ID_RE.fullmatch(team_id):
-        raise ValidationError("--apns-team-id", "must be Apple's 10-character team id", team_id)
-    if not _BUNDLE_RE.fullmatch(topic):
-        raise ValidationError("--apns-topic", "must be the app's bundle id", topic)
+        raise ValidationError(key_field, f"{where}must be an EC P-256 key, as Apple issues")
+    if not isinstance(key_id, str) or not _APPLE_ID_RE.fullmatch(key_id):
+        raise ValidationError(id_field, "must be Apple's 10-character key id", key_id)
+    if not isinstance(team_id, str) or not _APPLE_ID_RE.fullmatch(team_id):
+        raise ValidationError(team_field, "must be Apple's 10-character team id", team_id)
+    if not isinstance(topic, str) or not _BUNDLE_RE.fullmatch(topic):
+        raise ValidationError(topic_field, "must be the app's bundle id", topic)
     return {"key": pem, "key_id": key_id, "team_id": team_id, "topic": topic}

@@ -50,6 +50,12 @@ class Settings:
     max_datasets_per_identity: int = 20
     max_token_length: int = 4096
     max_datasets_per_line: int = 20
+    # the HTTP API: requests per second per API key and per identity (identity tokens)
+    api_key_rate: int = 200
+    api_identity_rate: int = 5
+    api_token_max_ttl: float = 3600.0
+    api_publish_wait: float = 5.0
+    api_key_cache: float = 5.0
 
     @property
     def redeliver_after(self) -> float:
@@ -98,6 +104,11 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_MAX_DATASETS_PER_IDENTITY": ("max_datasets_per_identity", "int", 1),
     "PUSHSYNC_MAX_TOKEN_LENGTH": ("max_token_length", "int", 1),
     "PUSHSYNC_MAX_DATASETS_PER_LINE": ("max_datasets_per_line", "int", 1),
+    "PUSHSYNC_API_KEY_RATE": ("api_key_rate", "int", 1),
+    "PUSHSYNC_API_IDENTITY_RATE": ("api_identity_rate", "int", 1),
+    "PUSHSYNC_API_TOKEN_MAX_TTL": ("api_token_max_ttl", "float", 1.0),
+    "PUSHSYNC_API_PUBLISH_WAIT": ("api_publish_wait", "float", 0.0),
+    "PUSHSYNC_API_KEY_CACHE": ("api_key_cache", "float", 0.0),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up

@@ -38,6 +38,8 @@ class Pool(Base):
     apns_key_id: Mapped[str | None] = mapped_column(String(32))
     apns_team_id: Mapped[str | None] = mapped_column(String(32))
     apns_topic: Mapped[str | None] = mapped_column(String(255))
+    # the secret that the app's back end signs identity tokens with (sealed like the keys; 0004)
+    token_secret: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -113,3 +115,17 @@ class Outbox(Base):
     payload: Mapped[str] = mapped_column(Text)  # the batch as it went on the queue (JSON)
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """A key for the HTTP API: its pool, its scopes and a SHA-256 of the key (migration 0004)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_pool", "pool_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pool_id: Mapped[str] = mapped_column(String(55), ForeignKey("pools.id", ondelete="CASCADE"))
+    scopes: Mapped[str] = mapped_column(String(64))  # comma-separated: device, producer, admin
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

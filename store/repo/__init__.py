@@ -5,6 +5,15 @@ and returns plain values, never ORM objects that outlive the session. One module
 callers use ``from store import repo`` and the names below.
 """
 
+from store.repo.apikeys import (
+    Grant,
+    api_key_grant,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+    set_token_secret,
+    token_secret,
+)
 from store.repo.common import NotFound
 from store.repo.dead_letters import (
     add_dead_letter,
@@ -31,6 +40,7 @@ from store.repo.outbox import add_outbox, defer_outbox, reschedule_outbox, settl
 from store.repo.pools import (
     PoolCredentials,
     pool_credentials,
+    pool_platforms,
     pool_summary,
     pool_versions,
     rekey_pools,
@@ -52,12 +62,14 @@ from store.repo.subscriptions import (
 )
 
 __all__ = [
-    "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_event_dead_letters", "add_outbox",
+    "Grant", "api_key_grant", "create_api_key", "list_api_keys", "revoke_api_key", "set_token_secret",
+    "token_secret", "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_event_dead_letters", "add_outbox",
     "defer_outbox", "reschedule_outbox",
     "settle_outbox", "take_due_outbox", "advance_sync_count", "advance_sync_counts", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
-    "list_dead_letters", "pool_credentials", "pool_summary", "pool_versions", "purge_dead_letters", "rekey_pools",
+    "list_dead_letters", "pool_credentials", "pool_platforms", "pool_summary", "pool_versions",
+    "purge_dead_letters", "rekey_pools",
     "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement", "subscribe",
     "subscribe_many", "subscriptions_of", "sync_counts", "token_hash", "unregister_device", "unsubscribe",
     "upsert_pool",

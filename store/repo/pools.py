@@ -144,7 +144,7 @@ def rekey_pools(session: Session, keyring: Keyring) -> dict[str, int]:
     counts = {"pools": 0, "sealed": 0, "references": 0}
     for pool in session.execute(select(Pool).order_by(Pool.id).with_for_update()).scalars():
         counts["pools"] += 1
-        for column in ("fcm_service_account", "apns_key"):
+        for column in ("fcm_service_account", "apns_key", "token_secret"):
             stored = getattr(pool, column)
             if stored is None:
                 continue
@@ -169,3 +169,12 @@ def pool_versions(session: Session, pool_ids: Iterable[str]) -> dict[str, dateti
 def require_pool(session: Session, pool_id: str) -> None:
     if session.get(Pool, pool_id) is None:
         raise NotFound(f"unknown pool {pool_id}")
+
+
+def pool_platforms(session: Session, pool_id: str) -> set[str]:
+    """The platforms the pool has push credentials for (``NotFound`` for an unknown pool)."""
+    row = session.execute(select(Pool.fcm_service_account.is_not(None), Pool.apns_key.is_not(None))
+                          .where(Pool.id == pool_id)).first()
+    if row is None:
+        raise NotFound(f"unknown pool {pool_id}")
+    return ({"GCM"} if row[0] else set()) | ({"APNS", "APNS_SANDBOX"} if row[1] else set())

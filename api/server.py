@@ -1,0 +1,43 @@
+"""``pushsync api``: uvicorn serving ``api.app``; logs are JSON lines on stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+class JsonLines(logging.Formatter):
+    """Access lines are already JSON; other records become one JSON object each."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "pushsync.api.access":
+            return record.getMessage()
+        out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def log_setup() -> None:
+    """Once per process (uvicorn's worker processes call it through ``create_app``)."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonLines) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).disabled = True
+
+
+def serve(host: str, port: int, workers: int = 1) -> int:
+    import uvicorn
+
+    log_setup()
+    # uvicorn's own access log would be a second, plain-text line per request: ours is JSON
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False,
+                log_config=None, lifespan="off", timeout_graceful_shutdown=5, server_header=False)
+    return 0
