@@ -74,8 +74,11 @@ def subscribe_all(p: Principal, pool_id: str, identity_id: str, device_id: str, 
     names = body.get("DatasetNames")
     if names is not None:
         limit = get_settings().max_datasets_per_identity
-        if not isinstance(names, list) or len(names) > limit:
-            raise ValidationError("DatasetNames", f"must be a list of at most {limit} dataset names")
+        if not isinstance(names, list):
+            raise ValidationError("DatasetNames", "must be a list of dataset names")
+        if len(names) > limit:
+            raise contract.LimitExceeded("DatasetNames", f"{len(names)} datasets; an identity may subscribe to "
+                                                         f"{limit} (PUSHSYNC_MAX_DATASETS_PER_IDENTITY)")
         names = sorted({contract.dataset_name(n) for n in names})
     with _session() as s:
         datasets = names if names is not None else repo.known_datasets(s, pool_id, identity_id)
