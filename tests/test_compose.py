@@ -55,11 +55,13 @@ def test_compose_file_is_valid_for_docker_compose():
         assert r.returncode != 0 and f"set {name}" in r.stderr, (name, r.stderr)
 
 
-def test_flower_and_metrics_are_published_on_loopback_only():
+def test_flower_metrics_and_the_api_are_published_on_loopback_only():
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
     assert SERVICES["metrics"]["ports"] == ["127.0.0.1:9464:9464"]
+    # the API too, unless the operator opts in with PUSHSYNC_API_BIND
+    assert SERVICES["api"]["ports"] == ["${PUSHSYNC_API_BIND:-127.0.0.1}:8080:8080"]
     published = [name for name, svc in SERVICES.items() if svc.get("ports")]
-    assert sorted(published) == ["flower", "metrics"]
+    assert sorted(published) == ["api", "flower", "metrics"]
     assert SERVICES["flower"]["command"][0] == "flower"  # `pushsync flower`: the login is checked first
     assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
@@ -84,7 +86,7 @@ def test_services_refuse_to_start_with_the_example_secrets(tmp_path):
         env[name] = value
     for name in ("PUSHSYNC_DATABASE_URL", "PUSHSYNC_BROKER_URL", "PUSHSYNC_SECRET_KEY"):
         env[name] = re.sub(r"\$\{([A-Z_]+)[^}]*\}", lambda m: env[m.group(1)], base[name])
-    for service in ("migrate", "worker", "scheduler", "metrics", "flower"):
+    for service in ("migrate", "worker", "scheduler", "metrics", "flower", "api"):
         r = subprocess.run(here.argv(service), env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (service, r.returncode, r.stdout, r.stderr)
         assert "placeholder" in r.stderr or "PUSHSYNC_SECRET_KEY" in r.stderr, (service, r.stderr)
@@ -112,10 +114,10 @@ def test_workers_scale_and_the_scheduler_does_not():
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N needs neither
     assert SERVICES["scheduler"]["deploy"]["replicas"] == 1
     assert SERVICES["migrate"]["command"] == ["db", "upgrade"] and SERVICES["migrate"]["restart"] == "no"
-    for name in ("worker", "scheduler", "flower", "metrics"):
+    for name in ("worker", "scheduler", "flower", "metrics", "api"):
         assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert SERVICES[name]["restart"] == "unless-stopped"
-    for name in ("redis", "postgres", "worker", "flower", "metrics"):
+    for name in ("redis", "postgres", "worker", "flower", "metrics", "api"):
         assert "healthcheck" in SERVICES[name], name
     assert set(SERVICES["emulator"]["profiles"]) == {"dev"} and set(SERVICES["demo-producer"]["profiles"]) == {"dev"}
 
@@ -184,15 +186,28 @@ def _http(url: str, auth: str | None = None) -> int | None:
         return None
 
 
+def _health_checks_pass(here: Here) -> None:
+    """The worker's and the API's health checks, as compose runs them."""
+    check = SERVICES["worker"]["healthcheck"]["test"][1].replace("$$HOSTNAME", socket.gethostname())
+    r = subprocess.run(["sh", "-c", check], env=here.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the API is ready when the store and Redis answer
+    api_port = here.ports["8080"]
+    wait_for(lambda: _http(f"http://127.0.0.1:{api_port}/healthz") == 200, 30, what="API")
+    check = SERVICES["api"]["healthcheck"]["test"][1].replace("8080", str(api_port))
+    r = subprocess.run(["sh", "-c", check], env=here.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr + here.log("api")
+
+
 def test_every_service_command_is_a_real_entry_point(tmp_path):
-    assert set(OURS) == {"migrate", "worker", "scheduler", "flower", "metrics", "emulator", "demo-producer"}
+    assert set(OURS) == {"migrate", "worker", "scheduler", "flower", "metrics", "api", "emulator", "demo-producer"}
     here = Here(tmp_path)
     redis.Redis.from_url(BROKER_URL).flushdb()
     r = subprocess.run(here.argv("migrate"), env=here.env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "revision" in r.stdout, r.stderr
     procs = {}
     try:
-        for name in ("emulator", "worker", "scheduler", "flower", "metrics"):
+        for name in ("emulator", "worker", "scheduler", "flower", "metrics", "api"):
             procs[name] = here.start(name)
         wait_for(lambda: (here.state / "emulator.json").exists(), 20, what="emulator")
         wait_for(lambda: "ready" in here.log("worker"), 40, what="worker ready")
@@ -202,10 +217,7 @@ def test_every_service_command_is_a_real_entry_point(tmp_path):
         assert _http(f"http://127.0.0.1:{flower_port}/api/workers", auth="ops:s3cret-but-long-enough") == 200
         metrics_port = here.ports["9464"]
         wait_for(lambda: _http(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 20, what="metrics")
-        # the worker's health check, as compose runs it
-        check = SERVICES["worker"]["healthcheck"]["test"][1].replace("$$HOSTNAME", socket.gethostname())
-        r = subprocess.run(["sh", "-c", check], env=here.env, capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stdout + r.stderr
+        _health_checks_pass(here)
         # the dev profile's producer, against the emulator: the pushes arrive
         info = json.loads((here.state / "emulator.json").read_text())
         here.env.update(pushsync_env(info))
