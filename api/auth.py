@@ -54,9 +54,32 @@ class _Cache:
                 self._items[key] = (now + ttl, value)
         return value
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
 
 _grants = _Cache()
 _secrets = _Cache()
+_platforms = _Cache()
+
+
+def pool_platforms(pool_id: str) -> set[str]:
+    """The platforms the pool has credentials for, from the same short-lived cache (``NotFound``
+    for an unknown pool is not cached)."""
+    from store import repo
+    from store.db import session_scope
+
+    def load():
+        with session_scope() as s:
+            return repo.pool_platforms(s, pool_id)
+
+    return _platforms.get(pool_id, load)
+
+
+def pool_changed(pool_id: str) -> None:
+    """This process changed the pool: its next requests read it again."""
+    _platforms.forget(pool_id)
 
 
 def _credential(header: str | None) -> str:

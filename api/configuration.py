@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.auth import Principal, require
+from api.auth import Principal, pool_changed, require
 from api.errors import InvalidParameter
 from pushsync.contract import ValidationError
 from pushsync.settings import get_settings
@@ -67,4 +67,6 @@ def set_configuration(p: Principal, pool_id: str, body: Any) -> dict:
     with session_scope() as s:
         repo.require_pool(s, pool_id)
         repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns)
-        return _public(repo.pool_summary(s, pool_id))
+        summary = _public(repo.pool_summary(s, pool_id))
+    pool_changed(pool_id)
+    return summary

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.auth import Principal, require
+from api.auth import Principal, pool_platforms, require
 from api.errors import InvalidConfiguration, InvalidParameter, Unavailable
 from pushsync import contract
 from pushsync.contract import ValidationError
@@ -40,10 +40,10 @@ def register_device(p: Principal, pool_id: str, identity_id: str, body: Any) -> 
             raise ValidationError(key, "is required")
     platform = contract.platform(body["Platform"])
     token = contract.device_token(body["Token"], platform)
+    if platform not in pool_platforms(pool_id):
+        raise InvalidConfiguration(f"push sync is not configured for {platform} in pool {pool_id}: "
+                                   "the pool has no credentials for it")
     with _session() as s:
-        if platform not in repo.pool_platforms(s, pool_id):
-            raise InvalidConfiguration(f"push sync is not configured for {platform} in pool {pool_id}: "
-                                       "the pool has no credentials for it")
         device_id = repo.register_device(s, pool_id, identity_id, platform, token)
     return {"DeviceId": device_id}
 
@@ -102,7 +102,6 @@ def _event(item: Any, pool_id: str) -> dict:
 def publish_events(p: Principal, pool_id: str, body: Any) -> tuple[int, dict]:
     """202 with how many events went on the queue and why the others did not."""
     from pushsync.client import PublishError, publish_many
-    from store import repo
 
     require(p, "producer")
     if isinstance(body, list):
@@ -118,9 +117,8 @@ def publish_events(p: Principal, pool_id: str, body: Any) -> tuple[int, dict]:
         valid, rejected = [_event(body, pool_id)], []
     else:
         raise InvalidParameter("the body must be one change event (a JSON object) or a list of them")
-    with _session() as s:
-        if not repo.pool_platforms(s, pool_id):
-            raise InvalidConfiguration(f"push sync is not configured for pool {pool_id}: it has no push credentials")
+    if not pool_platforms(pool_id):
+        raise InvalidConfiguration(f"push sync is not configured for pool {pool_id}: it has no push credentials")
     settings = get_settings()
     try:
         sent = publish_many(valid, chunk_size=min(MAX_EVENTS, settings.max_events_per_message),

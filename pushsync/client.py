@@ -13,6 +13,7 @@ events again is safe (a sync count that was already taken is dropped as stale).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 
@@ -34,15 +35,26 @@ class PublishError(Exception):
 
 
 _producer = None
+_producer_lock = threading.Lock()
 
 
 def _app():
     global _producer
     if _producer is None:
-        from pushsync.queues import producer_app
+        # under a lock: threads that publish at once (the HTTP API's) would otherwise each build an
+        # app, and Celery's lazy imports fail when two threads run them at the same time
+        with _producer_lock:
+            if _producer is None:
+                from pushsync.queues import producer_app
 
-        _producer = producer_app()
+                _producer = producer_app()
     return _producer
+
+
+def prepare() -> None:
+    """Build the producer now, so that the first publishes do not wait for it (a server calls this
+    at start-up)."""
+    _app()
 
 
 def _retryable() -> tuple[type[BaseException], ...]:

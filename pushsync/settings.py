@@ -56,6 +56,7 @@ class Settings:
     api_token_max_ttl: float = 3600.0
     api_publish_wait: float = 5.0
     api_key_cache: float = 5.0
+    api_threads: int = 8
 
     @property
     def redeliver_after(self) -> float:
@@ -109,6 +110,7 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_API_TOKEN_MAX_TTL": ("api_token_max_ttl", "float", 1.0),
     "PUSHSYNC_API_PUBLISH_WAIT": ("api_publish_wait", "float", 0.0),
     "PUSHSYNC_API_KEY_CACHE": ("api_key_cache", "float", 0.0),
+    "PUSHSYNC_API_THREADS": ("api_threads", "int", 1),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up
