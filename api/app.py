@@ -87,8 +87,9 @@ _limiter: anyio.CapacityLimiter | None = None
 
 
 def _threads() -> anyio.CapacityLimiter:
-    """Few threads for the blocking store and Redis calls: with many, the GIL hands itself round
-    unfairly and some requests wait seconds (measured: p99 1.5 s with anyio's default of 40)."""
+    """The threads that run the blocking store and Redis calls, PUSHSYNC_API_THREADS per process: a
+    request past them waits its turn in order (a request whose publish waits for Redis holds one
+    for up to PUSHSYNC_API_PUBLISH_WAIT seconds)."""
     global _limiter
     if _limiter is None:
         _limiter = anyio.CapacityLimiter(get_settings().api_threads)

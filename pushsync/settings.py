@@ -56,7 +56,7 @@ class Settings:
     api_token_max_ttl: float = 3600.0
     api_publish_wait: float = 5.0
     api_key_cache: float = 5.0
-    api_threads: int = 8
+    api_threads: int = 16
 
     @property
     def redeliver_after(self) -> float:
