@@ -3,7 +3,7 @@ registration and for event batches, against a real `pushsync api` (uvicorn) on P
 
     .venv/bin/python -m bench.api_load [--seconds 10] [--concurrency 8 32] [--api-workers 2]
 
-The client (asyncio, httpx, keep-alive connections) runs on the same machine as the server, so
+The client (asyncio, aiohttp, keep-alive connections) runs on the same machine as the server, so
 the figures are a floor for the server alone. Events go to the Redis queue; no worker runs, so
 what is measured is the API's part: check, authenticate, rate-limit, validate, enqueue.
 """
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx  # the readiness poll only
 
 from bench.env import EXE, POOL, Env, identity
 
@@ -60,19 +60,26 @@ def _api(env: Env, workers: int) -> tuple[subprocess.Popen, str]:
 
 
 async def _drive(url: str, make_request, seconds: float, concurrency: int) -> dict:
+    """``concurrency`` loops, each sending its next request when the last is answered (aiohttp,
+    keep-alive: httpx's client spent more CPU than the server, and it shares the 2 cores)."""
+    import aiohttp
+
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = itertools.count()
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=url, connector=connector) as session:
         async def one_loop():
             while time.perf_counter() < deadline:
                 method, path, body, key = make_request(next(counter))
+                data = json.dumps(body).encode() if body is not None else None
                 started = time.perf_counter()
-                r = await client.request(method, path, json=body, headers={"Authorization": f"Bearer {key}"})
+                async with session.request(method, path, data=data, headers={
+                        "Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as r:
+                    await r.read()
                 latencies.append(time.perf_counter() - started)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                statuses[r.status] = statuses.get(r.status, 0) + 1
         started = time.perf_counter()
         await asyncio.gather(*(one_loop() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
@@ -107,14 +114,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 32],
                     help="requests in flight (each figure is measured at each level)")
     ap.add_argument("--api-workers", type=int, default=2)
+    ap.add_argument("--api-threads", type=int, default=16, help="PUSHSYNC_API_THREADS of the server")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pushsync-api-load-"))
     emulator, info = _emulator(tmp / "emulator")
-    env = Env(tmp / "env", info, extra={"PUSHSYNC_API_KEY_RATE": "1000000"})
+    env = Env(tmp / "env", info, extra={"PUSHSYNC_API_KEY_RATE": "1000000",
+                                        "PUSHSYNC_API_THREADS": str(args.api_threads)})
     keys = {s: env.run("apikey", "create", POOL, "--scope", s).strip() for s in ("device", "producer")}
     api, url = _api(env, args.api_workers)
     try:
-        print(f"API: {args.api_workers} uvicorn processes on PostgreSQL; {args.seconds:g} s per figure")
+        print(f"API: {args.api_workers} uvicorn processes of {args.api_threads} threads on PostgreSQL; "
+              f"{args.seconds:g} s per figure")
         for concurrency in args.concurrency:
             print(f"-- {concurrency} requests in flight")
             for name, (make, per_request) in scenarios(keys).items():
