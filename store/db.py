@@ -81,9 +81,15 @@ def get_engine() -> Engine:
     return engine_for(get_settings().database_url)
 
 
+@lru_cache(maxsize=16)
+def _factory(engine: Engine) -> sessionmaker:
+    # one per engine: sessionmaker makes a Session class, and a new class per call cost SQLAlchemy
+    # its event set-up on every transaction
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back if it raises."""
-    factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
-    with factory() as session, session.begin():
+    with _factory(engine or get_engine())() as session, session.begin():
         yield session

@@ -1,5 +1,6 @@
-"""One store, broker database 3, emulators and a `pushsync api` per module; keys and tokens made
-through the command line, as an operator makes them."""
+"""One store, broker database 3, emulators and a `pushsync api` for the whole package (its tests
+use identities of their own); keys and tokens made through the command line, as an operator
+makes them."""
 
 from __future__ import annotations
 
@@ -14,18 +15,19 @@ from .harness import ApiServer
 BROKER_DB = 3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def emulator(tmp_path_factory):
     emu = Emulator(tmp_path_factory.mktemp("emulator"))
     yield emu
     emu.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def pipe(tmp_path_factory, emulator):
     directory = tmp_path_factory.mktemp("api")
     p = Pipeline(directory, emulator, f"sqlite:///{directory}/store.db", broker_db=BROKER_DB,
-                 extra_env={"PUSHSYNC_API_KEY_CACHE": "0"})
+                 extra_env={"PUSHSYNC_API_KEY_CACHE": "0", "PUSHSYNC_API_KEY_RATE": "100000",
+                            "PUSHSYNC_API_IDENTITY_RATE": "100000"})
     p.create_pool(POOL)
     p.create_pool(POOL2)
     yield p
@@ -33,7 +35,7 @@ def pipe(tmp_path_factory, emulator):
     redis.Redis.from_url(p.broker_url).flushdb()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def api(pipe):
     server = ApiServer(pipe.dir, pipe.env)
     yield server
@@ -45,7 +47,7 @@ def make_key(pipe: Pipeline, pool: str, scope: str) -> str:
     return r.stdout.strip()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def keys(pipe):
     """device, producer, admin and all-scope keys of POOL, and an all-scope key of POOL2."""
     out = {s: make_key(pipe, POOL, s) for s in ("device", "producer", "admin")}
@@ -54,7 +56,7 @@ def keys(pipe):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def secrets(pipe):
     return {pool: pipe.cli("token-secret", pool).stdout.strip() for pool in (POOL, POOL2)}
 

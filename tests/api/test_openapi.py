@@ -18,7 +18,7 @@ from tests.e2e.harness import new_identity
 from .conftest import identity_token, make_key
 from .harness import ApiServer, paths
 
-EXAMPLES = int(os.environ.get("PUSHSYNC_API_SCHEMA_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("PUSHSYNC_API_SCHEMA_EXAMPLES", "30"))
 
 # The path's pool is one the key may use, so that the requests get past authentication and reach
 # the handlers.

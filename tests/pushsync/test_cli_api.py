@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import select
 
 from pushsync import tokens
@@ -31,6 +32,7 @@ def test_apikey_create_prints_the_key_once_and_the_store_keeps_a_hash(store):
     assert key not in run_cli(store, "apikey", "list", POOL).stdout
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the same SQL as the PostgreSQL tests above
 def test_apikey_revoke_and_its_errors(store):
     key_id = tokens.parse_api_key(run_cli(store, "apikey", "create", POOL, "--scope", "admin").stdout.strip())
     assert "revoked" in run_cli(store, "apikey", "revoke", key_id).stdout
@@ -40,6 +42,7 @@ def test_apikey_revoke_and_its_errors(store):
     assert "KEY_ID" in one_error_line(run_cli(store, "apikey", "revoke", "psk_whole_key"), 2)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the same SQL as the PostgreSQL tests above
 def test_apikey_create_refuses_bad_scopes_and_unknown_pools(store):
     assert "scope" in one_error_line(run_cli(store, "apikey", "create", POOL, "--scope", "device,root"), 2)
     assert "scope" in one_error_line(run_cli(store, "apikey", "create", POOL, "--scope", ","), 2)
@@ -48,6 +51,7 @@ def test_apikey_create_refuses_bad_scopes_and_unknown_pools(store):
         assert s.execute(select(ApiKey)).first() is None
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the same SQL as the PostgreSQL tests above
 def test_token_secret_is_sealed_and_token_signs_for_one_identity(store):
     assert "token-secret" in one_error_line(run_cli(store, "token", POOL, IDENT), 1)
     secret = run_cli(store, "token-secret", POOL).stdout.strip()
