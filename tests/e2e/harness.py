@@ -137,9 +137,20 @@ class Pipeline:
         return json.loads(self.cli("stats", "--json").stdout)
 
     def device(self, pool: str, identity: str, platform: str, token: str, datasets=("notes",)) -> str:
-        dev = self.cli("device", "register", pool, identity, "--platform", platform, "--token", token).stdout.strip()
-        for ds in datasets:
-            self.cli("subscribe", pool, identity, ds, dev)
+        """A device registered and subscribed through the store's repository functions, the ones
+        `pushsync device register` and `pushsync subscribe` call (those commands are tested in
+        tests/pushsync): a test's setup, without a CLI start-up (most of a second) per step."""
+        from pushsync import contract
+        from store import repo
+        from store.db import engine_for, session_scope
+
+        pool, identity = contract.pool_id(pool), contract.identity_id(identity)
+        platform = contract.platform(platform)
+        with session_scope(engine_for(self.db_url)) as s:
+            repo.require_pool(s, pool)
+            dev = repo.register_device(s, pool, identity, platform, contract.device_token(token, platform))
+            if datasets:
+                repo.subscribe(s, pool, identity, [contract.dataset_name(d) for d in datasets], dev)
         return dev
 
     def start_worker(self, *options: str, name: str | None = None) -> subprocess.Popen:
