@@ -45,7 +45,7 @@ def check_fcm_service_account(account: object, allow_http: bool = False, field: 
                                      "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS=true, for development)")
     try:
         key = load_pem_private_key(account["private_key"].encode(), password=None)
-    except (ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - hostile PEMs raise more than ValueError (cryptography's InternalError)
         raise ValidationError(field, f"{where}private_key is not a PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValidationError(field, f"{where}private_key must be an RSA key")
@@ -71,7 +71,7 @@ def check_apns_key(pem: object, key_id: object, team_id: object, topic: object,
         if not isinstance(pem, str):
             raise ValueError
         key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - as above
         raise ValidationError(key_field, f"{where}is not a PEM private key (.p8)") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise ValidationError(key_field, f"{where}must be an EC P-256 key, as Apple issues")

@@ -102,6 +102,9 @@ def test_expired_forged_or_long_lived_identity_tokens_are_refused(api, secrets):
     _refused(api.call("POST", reg, GCM, jwt.encode(claims, secrets[POOL], algorithm="HS256")), "another pool")
     none_alg = jwt.encode({**claims, "pool": POOL}, key="", algorithm="none")
     _refused(api.call("POST", reg, GCM, none_alg))
+    # a back end that writes the ids in upper case signs for the same pool and identity
+    upper = jwt.encode({**claims, "pool": POOL.upper(), "sub": ident.upper()}, secrets[POOL], algorithm="HS256")
+    assert api.call("POST", reg, {"Platform": "GCM", "Token": f"fcm-upper-{ident[-6:]}"}, upper).status_code == 200
 
 
 def test_a_revoked_key_stops_working(api, pipe):

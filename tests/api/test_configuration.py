@@ -15,6 +15,9 @@ from tests.conftest import POOL2
 
 from .harness import ApiServer, error_type, paths
 
+ODD_PEM = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VvBCIEIKCj3y6vJjM6W6Q2kNn8m2d8M3Q3c1r3hZqzZ0QyYgV6\n"
+           "-----END PRIVATE KEY-----\n")
+
 
 def _pem(key) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -70,6 +73,12 @@ def test_bad_credentials_are_refused_and_change_nothing(api, keys, pipe, materia
                                 "Topic": "com.example.app"}}}, "APNS.KeyId"),
         ({"PushSync": {"APNS": {"Key": material["account"]["private_key"], "KeyId": "ABCDE12345",
                                 "TeamId": "TEAM123456", "Topic": "com.example.app"}}}, "APNS.Key"),
+        # a PEM whose algorithm cryptography knows but whose key it cannot load: it raised its own
+        # InternalError, not ValueError, and the API answered 500
+        ({"PushSync": {"APNS": {"Key": ODD_PEM, "KeyId": "ABCDE12345", "TeamId": "TEAM123456",
+                                "Topic": "com.example.app"}}}, "APNS.Key"),
+        ({"PushSync": {"FCM": {"ServiceAccount": {**material["account"], "private_key": ODD_PEM}}}},
+         "FCM.ServiceAccount"),
         ({"PushSync": {"GCM": {}}}, "PushSync"),
         ({"Other": 1}, "PushSync"),
     ]
