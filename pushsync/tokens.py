@@ -84,11 +84,14 @@ def verify_identity_token(token: str, secret: str, pool_id: str, max_ttl: float,
         raise TokenRefused("the identity token has expired") from None
     except jwt.InvalidTokenError as exc:
         raise TokenRefused(f"the identity token is not valid for this pool ({type(exc).__name__})") from None
+    except (OverflowError, ValueError, TypeError):  # claims PyJWT's own checks do not expect
+        raise TokenRefused("the identity token's claims are not numbers a token can have") from None
     pool = claims.get("pool")
     # ids are accepted in any case and compared lower-case (CONTRACT section 1)
     if not isinstance(pool, str) or pool.lower() != pool_id:
         raise TokenRefused("the identity token is for another pool")
-    if not isinstance(claims["exp"], int | float) or claims["exp"] - time.time() > max_ttl + leeway:
+    exp = claims["exp"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not exp <= time.time() + max_ttl + leeway:
         raise TokenRefused(f"the identity token lives longer than {max_ttl:g} s (PUSHSYNC_API_TOKEN_MAX_TTL)")
     try:
         return contract.identity_id(claims["sub"])

@@ -82,3 +82,20 @@ def test_pool_rekey_reseals_the_token_secret_too(store):
 def test_api_refuses_a_bad_port_and_a_store_without_schema(tmp_path):
     assert "--port" in one_error_line(run_cli(f"sqlite:///{tmp_path}/x.db", "api", "--port", "70000"), 2)
     assert "db upgrade" in one_error_line(run_cli(f"sqlite:///{tmp_path}/y.db", "api", "--port", "18999"), 1)
+
+
+def test_identity_tokens_with_absurd_claims_are_refused_not_raised():
+    """Signed with the right secret (so past the signature check) but with claims no back end
+    would write: each is a refusal (403 in the API), never an exception (a 500)."""
+    import jwt
+
+    secret = "s" * 32
+    for exp in ("9" * 400, "1e400", "Infinity", '"soon"', "true"):
+        payload = f'{{"sub": "{IDENT}", "pool": "{POOL}", "exp": {exp}}}'.encode()
+        token = jwt.api_jws.encode(payload, secret, algorithm="HS256")
+        with pytest.raises(tokens.TokenRefused):
+            tokens.verify_identity_token(token, secret, POOL, max_ttl=3600)
+    for claims in ({"sub": 5, "pool": POOL}, {"sub": IDENT, "pool": ["x"]}, {"sub": IDENT, "pool": None}):
+        token = jwt.encode({**claims, "exp": 2_000_000_000}, secret, algorithm="HS256")
+        with pytest.raises(tokens.TokenRefused):
+            tokens.verify_identity_token(token, secret, POOL, max_ttl=10**12)
