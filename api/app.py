@@ -236,6 +236,6 @@ def create_app() -> Starlette:
 
     client.prepare()
     app = Starlette(routes=routes(), exception_handlers={HTTPException: _http_error})
-    app.state.limiter = RateLimiter(settings.broker_url)
+    app.state.limiter = RateLimiter(settings)
     app.add_middleware(AccessLog)
     return app

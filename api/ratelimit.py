@@ -17,8 +17,10 @@ log = logging.getLogger("pushsync.api")
 
 
 class RateLimiter:
-    def __init__(self, url: str):
-        self.redis = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    def __init__(self, settings):
+        from pushsync.broker import redis_client
+
+        self.redis = redis_client(settings, socket_connect_timeout=1, socket_timeout=1)
         self._warned = 0.0
 
     def check(self, bucket: str, limit: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
+from pushsync.broker import transport_options
 from pushsync.settings import Settings
 
 EVENTS_QUEUE = "events"
@@ -54,6 +55,8 @@ def celery_config(settings: Settings) -> dict:
             # worker's death take the visibility timeout plus at most 5 s
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
+            # Sentinel: the master's name and the sentinels' timeouts (nothing for a redis:// URL)
+            **transport_options(settings),
         },
         # each queue its own exchange and routing key: a bare Queue(name) here took the default
         # queue's exchange and key, which would route every delivery into "events"

@@ -57,6 +57,11 @@ class Settings:
     api_publish_wait: float = 5.0
     api_key_cache: float = 5.0
     api_threads: int = 16
+    # Redis Sentinel: the master's name when PUSHSYNC_BROKER_URL lists sentinel:// addresses
+    sentinel_master: str = "mymaster"
+    # `pushsync worker --health`: a worker whose queues hold messages but that finished no task
+    # for this many seconds is reported stuck
+    health_stall: float = 120.0
 
     @property
     def redeliver_after(self) -> float:
@@ -111,6 +116,8 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_API_PUBLISH_WAIT": ("api_publish_wait", "float", 0.0),
     "PUSHSYNC_API_KEY_CACHE": ("api_key_cache", "float", 0.0),
     "PUSHSYNC_API_THREADS": ("api_threads", "int", 1),
+    "PUSHSYNC_SENTINEL_MASTER": ("sentinel_master", "name", None),
+    "PUSHSYNC_HEALTH_STALL": ("health_stall", "float", 1.0),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up
@@ -124,6 +131,8 @@ assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
 
 
 def redact_url(url: str) -> str:
+    if ";" in url:  # a list of sentinel:// addresses
+        return ";".join(redact_url(u) for u in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -154,13 +163,31 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
         except SecretError as exc:
             raise SettingsError(str(exc)) from None
         return raw
+    if kind == "name":
+        if not raw or any(c.isspace() for c in raw):
+            raise SettingsError(f"{name}: expected a name without spaces, got {raw!r}")
+        return raw
     if kind == "file":
         if not os.path.isfile(raw):
             raise SettingsError(f"{name}: no such file {raw!r}")
         return raw
+    return _parse_url(name, kind, raw)
+
+
+def _parse_url(name: str, kind: str, raw: str) -> str:
+    if kind == "redis_url" and raw.lower().startswith("sentinel://"):
+        from pushsync.broker import parse_sentinel_url
+
+        try:
+            addr = parse_sentinel_url(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}, in {redact_url(raw)!r}") from None
+        if is_placeholder(addr.password):
+            raise SettingsError(f"{name}: the password is still the example's placeholder; set a real one")
+        return raw
     parts = urlsplit(raw)
     if kind == "redis_url" and parts.scheme not in ("redis", "rediss"):
-        raise SettingsError(f"{name}: expected a redis:// or rediss:// URL, got {redact_url(raw)!r}")
+        raise SettingsError(f"{name}: expected a redis://, rediss:// or sentinel:// URL, got {redact_url(raw)!r}")
     if kind in ("redis_url", "db_url") and is_placeholder(parts.password):
         raise SettingsError(f"{name}: the password is still the example's placeholder; set a real one")
     if kind == "http_url":

@@ -20,9 +20,9 @@ import redis
 from celery import beat
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from pushsync import broker
 from pushsync.messages import DeliveryBatch, MessageError, RetryEntry
 from pushsync.queues import EVENTS_QUEUE, queue_for
-from pushsync.settings import get_settings
 from worker import retry
 from worker.app import app
 
@@ -123,7 +123,7 @@ class PushsyncScheduler(beat.Scheduler):
     """In-memory beat schedule (nothing written to disk) guarded by the Redis lock."""
 
     def __init__(self, *args, **kwargs):
-        self.redis = redis.Redis.from_url(get_settings().broker_url)
+        self.redis = broker.redis_client()
         self.lock = SchedulerLock(self.redis)
         self._next_pump = 0.0
         self._next_sweep = 0.0

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-import redis
-
+from pushsync import broker
 from pushsync.queues import QUEUES
 from pushsync.settings import get_settings
 from store import repo
@@ -38,6 +37,6 @@ def trim_dead_letters() -> int:
 def record_queue_depths() -> dict:
     """A log line of what waits, every 15 s, for whoever reads the logs rather than the metrics
     page (which computes the depths itself when scraped)."""
-    depths = metrics.queue_depths(redis.Redis.from_url(get_settings().broker_url), QUEUES)
+    depths = metrics.queue_depths(broker.redis_client(), QUEUES)
     log.info("queue depths: %s", ", ".join(f"{q} {n}" for q, n in depths.items()))
     return depths

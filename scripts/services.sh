@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need on this machine: PostgreSQL and Redis answering (started if not), and
-# redis-server, docker-compose and curl installed (Debian packages).
+# redis-server, redis-sentinel, docker-compose, curl and prometheus (for promtool) installed
+# (Debian packages).
 # With --install-only: just the packages (what `make demo` needs: the demo runs its own Redis).
 # With --bench: also nginx (the benchmark's HTTP/2 sink) and h2load.
 set -uo pipefail
@@ -19,6 +20,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v curl >/dev/null 2>&1 || missing+=(curl)  # the README's API examples are run by the tests
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)  # the failover tests
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool checks the alert rules
 if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
   command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)

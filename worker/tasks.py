@@ -25,6 +25,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from pushsync import broker
 from pushsync.messages import DeliveryBatch, MessageError
 from pushsync.queues import DELIVER_TASK, queue_for
 from pushsync.settings import get_settings
@@ -113,7 +114,7 @@ class DeliverTask(PushsyncTask):
 def redis_client() -> redis.Redis:
     global _redis_client
     if _redis_client is None:
-        _redis_client = redis.Redis.from_url(get_settings().broker_url)
+        _redis_client = broker.redis_client()
     return _redis_client
 
 

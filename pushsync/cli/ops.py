@@ -44,13 +44,12 @@ def scheduler(args) -> int:
 
 
 def _snapshot() -> dict:
-    import redis
-
+    from pushsync import broker
     from pushsync.queues import QUEUES
     from store import repo
     from worker.metrics import snapshot
 
-    client = redis.Redis.from_url(get_settings().broker_url, socket_connect_timeout=3)
+    client = broker.redis_client(socket_connect_timeout=3)
     try:
         with session() as s:
             dead = repo.count_dead_letters(s)

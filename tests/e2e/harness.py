@@ -87,7 +87,8 @@ class Pipeline:
         self.emulator = emulator
         self.db_url = db_url
         self.broker_url = broker_url or f"redis://{REDIS_HOST}:6379/{broker_db}"
-        redis.Redis.from_url(self.broker_url).flushdb()
+        self.redis = broker_client(self.broker_url, (extra_env or {}).get("PUSHSYNC_SENTINEL_MASTER"))
+        self.redis.flushdb()
         info = emulator.info
         self.env = self.base_env()
         self.env.update({
@@ -238,6 +239,15 @@ def tally(requests: list[dict], tokens: dict[str, str], dataset: str, count: int
     return {"expected": len(tokens), "delivered": len(accepted),
             "duplicates": sum(n - 1 for n in accepted.values()), "strays": strays,
             "missing": sorted(set(tokens) - set(accepted))[:5]}
+
+
+def broker_client(url: str, master: str | None = None) -> redis.Redis:
+    """A client of the broker's Redis as the project makes it (through Sentinel for sentinel:// URLs)."""
+    from pushsync.broker import redis_client
+    from pushsync.settings import load_settings
+
+    env = {"PUSHSYNC_BROKER_URL": url, **({"PUSHSYNC_SENTINEL_MASTER": master} if master else {})}
+    return redis_client(load_settings(env))
 
 
 class RedisServer:

@@ -71,3 +71,37 @@ def test_publish_timeout_and_message_limit_have_defaults_and_bounds():
     assert (s.publish_timeout, s.max_events_per_message) == (20.0, 1000)
     with pytest.raises(SettingsError, match="PUSHSYNC_MAX_EVENTS_PER_MESSAGE"):
         load_settings({"PUSHSYNC_MAX_EVENTS_PER_MESSAGE": "0"})
+
+
+def test_sentinel_broker_urls_are_parsed_with_the_masters_password_and_database():
+    from pushsync.broker import parse_sentinel_url, transport_options
+
+    url = "sentinel://:pa%40ss@s1:26379/2; sentinel://s2:26380;sentinel://s3:26381"
+    s = load_settings({"PUSHSYNC_BROKER_URL": url, "PUSHSYNC_SENTINEL_MASTER": "pushsync"})
+    addr = parse_sentinel_url(s.broker_url)
+    assert addr.sentinels == (("s1", 26379), ("s2", 26380), ("s3", 26381))
+    assert (addr.password, addr.db) == ("pa@ss", 2)
+    assert transport_options(s)["master_name"] == "pushsync"
+    assert transport_options(load_settings({})) == {}  # nothing for a redis:// URL
+    assert load_settings({}).sentinel_master == "mymaster"
+    shown = str(s.redacted())
+    assert "pa%40ss" not in shown and "sentinel://:***@s1:26379/2" in shown
+
+
+@pytest.mark.parametrize("value,says", [
+    ("sentinel://s1:26379;redis://s2:6379", "address 2 is not sentinel://"),
+    ("sentinel://s1", "needs a host and a port"),
+    ("sentinel://s1:notaport", "bad port"),
+    ("sentinel://s1:26379/zero", "database must be a number"),
+    ("sentinel://:change-me@s1:26379", "placeholder"),
+])
+def test_bad_sentinel_urls_are_refused_naming_the_variable_without_the_password(value, says):
+    with pytest.raises(SettingsError) as err:
+        load_settings({"PUSHSYNC_BROKER_URL": value})
+    assert str(err.value).startswith("PUSHSYNC_BROKER_URL:") and says in str(err.value)
+    assert "change-me" not in str(err.value)
+
+
+def test_a_master_name_with_spaces_is_refused():
+    with pytest.raises(SettingsError, match="PUSHSYNC_SENTINEL_MASTER"):
+        load_settings({"PUSHSYNC_SENTINEL_MASTER": "my master"})

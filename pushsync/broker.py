@@ -1,0 +1,90 @@
+"""The Redis that carries the queues, reached directly or through Redis Sentinel.
+
+``PUSHSYNC_BROKER_URL`` is either one ``redis://`` (``rediss://``) URL or a ``;``-separated list
+of ``sentinel://host:port`` addresses; with Sentinel, the first address may carry the master's
+password and database (``sentinel://:password@host:port/0``) and ``PUSHSYNC_SENTINEL_MASTER``
+names the master. Celery (kombu's ``sentinel`` transport) and the project's own Redis calls
+(retry set, metrics, the scheduler's lock, rate limits, health beats) both ask the sentinels
+where the master is, and ask again when a connection to it breaks, so a failover is ridden out
+as a reconnect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+# how long one sentinel may take to answer: a dead one must not hold up asking the next
+SENTINEL_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    sentinels: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    db: int
+
+
+def is_sentinel(url: str) -> bool:
+    return url.strip().lower().startswith("sentinel://")
+
+
+def parse_sentinel_url(url: str) -> SentinelAddress:
+    """``sentinel://[[user]:password@]host:port[/db];sentinel://host:port;...``; a ``ValueError``
+    says what is wrong (without the password)."""
+    sentinels: list[tuple[str, int]] = []
+    username = password = None
+    db = 0
+    for i, part in enumerate(p.strip() for p in url.split(";")):
+        if not part:
+            continue
+        parts = urlsplit(part)
+        if parts.scheme.lower() != "sentinel":
+            raise ValueError(f"address {i + 1} is not sentinel:// (every address in the list must be)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"address {i + 1} has a bad port") from None
+        if not parts.hostname or port is None:
+            raise ValueError(f"address {i + 1} needs a host and a port (sentinel://host:26379)")
+        sentinels.append((parts.hostname, port))
+        if i == 0:
+            username = unquote(parts.username) if parts.username else None
+            password = unquote(parts.password) if parts.password is not None else None
+            path = parts.path.strip("/")
+            if path:
+                if not path.isdigit():
+                    raise ValueError(f"the database must be a number, got {path!r}")
+                db = int(path)
+    if not sentinels:
+        raise ValueError("no sentinel address")
+    return SentinelAddress(tuple(sentinels), username, password, db)
+
+
+def transport_options(settings) -> dict:
+    """What kombu needs besides the URL: the master's name, and sentinel timeouts."""
+    if not is_sentinel(settings.broker_url):
+        return {}
+    return {"master_name": settings.sentinel_master,
+            "sentinel_kwargs": {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}}
+
+
+def redis_client(settings=None, **kwargs):
+    """A ``redis.Redis`` on the broker's Redis (its master, with Sentinel); keyword arguments go to
+    the connections (``socket_timeout=...``)."""
+    import redis
+    from redis.sentinel import Sentinel
+
+    if settings is None:
+        from pushsync.settings import get_settings
+
+        settings = get_settings()
+    if not is_sentinel(settings.broker_url):
+        return redis.Redis.from_url(settings.broker_url, **kwargs)
+    addr = parse_sentinel_url(settings.broker_url)
+    sentinel = Sentinel(list(addr.sentinels),
+                        sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT,
+                                         "socket_connect_timeout": SENTINEL_TIMEOUT})
+    return sentinel.master_for(settings.sentinel_master, db=addr.db, username=addr.username,
+                               password=addr.password, **kwargs)

@@ -1,0 +1,100 @@
+"""A Redis Sentinel topology of a test's own: a master, a replica and three sentinels."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import redis
+
+from .harness import wait_for
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SentinelCluster:
+    """A master, a replica and three sentinels of the test's own (redis-server and redis-sentinel
+    on free ports, each in its own directory), watching the master as ``mymaster`` with a quorum of
+    2 and a 1 s down-after: a SIGKILLed master is replaced within a few seconds."""
+
+    MASTER = "mymaster"
+
+    def __init__(self, directory: Path, min_replicas_to_write: int = 0):
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen] = []
+        self.ports = {"a": free_port(), "b": free_port()}
+        extra = (["--min-replicas-to-write", str(min_replicas_to_write), "--min-replicas-max-lag", "5"]
+                 if min_replicas_to_write else [])
+        self.servers = {}
+        for name, port in self.ports.items():
+            d = directory / name
+            d.mkdir()
+            args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
+                    "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", str(d / "redis.log"), *extra]
+            if name == "b":
+                args += ["--replicaof", "127.0.0.1", str(self.ports["a"])]
+            self.servers[name] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        for i, port in enumerate(self.sentinel_ports):
+            conf = directory / f"sentinel-{i}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                            f"logfile {directory}/sentinel-{i}.log\n"
+                            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.ports['a']} 2\n"
+                            f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+                            f"sentinel failover-timeout {self.MASTER} 5000\n")
+            self.procs.append(subprocess.Popen(["redis-sentinel", str(conf)], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.STDOUT))
+        wait_for(self._ready, 30, 0.2, "the sentinels to see the replica and each other")
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.sentinel_ports)
+
+    def sentinel(self, i: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_ports[i], socket_timeout=1, socket_connect_timeout=1)
+
+    def master_port(self) -> int | None:
+        for i in range(3):
+            try:
+                host, port = self.sentinel(i).sentinel_get_master_addr_by_name(self.MASTER)
+                return int(port)
+            except (redis.RedisError, TypeError):
+                continue
+        return None
+
+    def _ready(self) -> bool:
+        try:
+            s = self.sentinel(0)
+            replicas = s.sentinel_slaves(self.MASTER)
+            others = s.sentinel_sentinels(self.MASTER)
+            link = redis.Redis(port=self.ports["b"]).info("replication").get("master_link_status")
+        except redis.RedisError:
+            return False
+        return len(others) >= 2 and any(r.get("is_slave") or "slave" in str(r.get("flags")) for r in replicas) \
+            and link == "up"
+
+    def kill_master(self) -> str:
+        """SIGKILL the current master (a crash: no flush, connections cut); returns its name."""
+        port = self.master_port()
+        name = next(n for n, p in self.ports.items() if p == port)
+        self.servers[name].send_signal(signal.SIGKILL)
+        self.servers[name].wait(10)
+        return name
+
+    def stop(self) -> None:
+        for proc in [*self.procs, *self.servers.values()]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.procs, *self.servers.values()]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
