@@ -20,3 +20,5 @@ app = make_app()
 from worker import logs  # noqa: E402 - after the app, whose signals it connects to
 
 logs.install()
+
+from worker import health  # noqa: E402,F401 - connects the heartbeat to the worker's signals

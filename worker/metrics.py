@@ -131,6 +131,9 @@ def summary_lines(snap: dict) -> list[str]:
                      + (f", mean enqueue-to-accepted {mean:.3f} s" if mean is not None else ""))
     if snap.get("skipped"):
         lines.append("skipped:       " + ", ".join(f"{k} {v}" for k, v in sorted(snap["skipped"].items())))
+    if "workers" in snap:
+        lines.append(f"workers:       {snap['workers']['alive']} alive, {snap['workers']['stuck']} stuck; "
+                     f"scheduler lock {'held' if snap.get('scheduler_lock_held') else 'NOT HELD'}")
     dead = snap["dead_letters"] if snap["dead_letters"] is not None else "unknown (store)"
     lines.append(f"dead letters:  {dead} in the store; written so far: "
                  + (", ".join(f"{k} {v}" for k, v in sorted(snap["dead_lettered"].items())) or "none"))
@@ -176,6 +179,14 @@ def prometheus(snap: dict) -> str:
            [({"why": k}, n) for k, n in sorted(snap.get("skipped", {}).items())])
     if snap.get("dead_letters") is not None:
         family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])
+    if "workers" in snap:
+        family("pushsync_workers_alive", "gauge", "Workers whose heartbeat is recent (PUSHSYNC_HEALTH_STALL).",
+               [({}, snap["workers"]["alive"])])
+        family("pushsync_workers_stuck", "gauge", "Live workers whose queues hold messages but that finished "
+               "no task for PUSHSYNC_HEALTH_STALL seconds.", [({}, snap["workers"]["stuck"])])
+    if "scheduler_lock_held" in snap:
+        family("pushsync_scheduler_lock_held", "gauge", "1 while a scheduler holds its Redis lock (it renews "
+               "it every few seconds), 0 when none does.", [({}, snap["scheduler_lock_held"])])
     family("pushsync_queue_depth", "gauge", "Messages waiting, per queue (retry: in the retry set).",
            [({"queue": q}, n) for q, n in sorted(snap["queues"].items())])
     lines.append("# HELP pushsync_push_latency_seconds Time from event enqueued to push accepted by FCM or APNs.")

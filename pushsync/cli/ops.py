@@ -23,8 +23,30 @@ def _supervise(args: list[str], what: str) -> int:
     return supervise(child_command([*args, NO_SUPERVISE]), what)
 
 
+def worker_health(argv: list[str]) -> int:
+    """`pushsync worker --health [-n NAME]`: exit 0 only if the local worker is consuming (see
+    worker.health); one line saying why, either way."""
+    import redis
+
+    from pushsync import broker
+    from worker.health import judge, node_name
+
+    node = node_name(argv)
+    try:
+        verdict = judge(broker.redis_client(socket_connect_timeout=3, socket_timeout=3), node,
+                        get_settings().health_stall)
+    except redis.RedisError as exc:
+        print(f"unhealthy: cannot reach Redis to read {node}'s heartbeat: {exc}", file=sys.stderr)
+        return 1
+    print(("healthy: " if verdict.healthy else "unhealthy: ") + verdict.reason,
+          file=sys.stdout if verdict.healthy else sys.stderr)
+    return 0 if verdict.healthy else 1
+
+
 def run_worker(argv: list[str]) -> int:
     """`pushsync worker [celery worker options]`: Celery parses the options itself."""
+    if "--health" in argv:
+        return worker_health(argv)
     if NO_SUPERVISE not in argv:
         return _supervise(["worker", *argv], "celery worker")
     from pushsync.queues import QUEUES
@@ -46,7 +68,9 @@ def scheduler(args) -> int:
 def _snapshot() -> dict:
     from pushsync import broker
     from pushsync.queues import QUEUES
+    from scheduler.beat import LOCK_KEY
     from store import repo
+    from worker.health import census
     from worker.metrics import snapshot
 
     client = broker.redis_client(socket_connect_timeout=3)
@@ -55,7 +79,10 @@ def _snapshot() -> dict:
             dead = repo.count_dead_letters(s)
     except Exception:  # the store may not be migrated yet; the rest is still worth showing
         dead = None
-    return snapshot(client, QUEUES, dead)
+    snap = snapshot(client, QUEUES, dead)
+    snap["workers"] = census(client, get_settings().health_stall)
+    snap["scheduler_lock_held"] = int(bool(client.exists(LOCK_KEY)))
+    return snap
 
 
 def stats(args) -> int:

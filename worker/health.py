@@ -1,0 +1,194 @@
+"""Is this worker consuming? Heartbeats in Redis, read by `pushsync worker --health`.
+
+A worker process can be up and answer pings while its consumer takes nothing from the queues
+(a consumer that did not come back after a broker connection loss, celery/celery#10205 and its
+kin; a queue cancelled by a control command). A ping cannot see that; progress can:
+
+- the worker's main process writes a beat every few seconds (``BEAT_KEY``, per node name) and,
+  at start, the queues it was told to consume (``QUEUES_KEY``);
+- every pool process writes the time it last finished a task (``PROGRESS_KEY``), at most once a
+  second;
+- the check fails when the beat is older than ``PUSHSYNC_HEALTH_STALL`` (the process is gone or
+  hung), or when one of the worker's queues holds messages and the worker finished nothing for
+  ``PUSHSYNC_HEALTH_STALL`` seconds. An idle worker on empty queues is healthy.
+
+`pushsync metrics` counts the live and the stuck workers from the same keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from celery.signals import task_postrun, worker_ready, worker_shutdown
+
+BEAT_KEY = "pushsync:workers:beat"
+PROGRESS_KEY = "pushsync:workers:progress"
+QUEUES_KEY = "pushsync:workers:queues"
+# a node silent this long is forgotten by the beat writers (it is long dead)
+FORGET_AFTER = 24 * 3600
+
+log = logging.getLogger("pushsync.worker")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    node: str
+    healthy: bool
+    reason: str
+
+
+def node_name(argv: list[str]) -> str:
+    """The node name a `pushsync worker` started with these options has (``-n``/``--hostname``,
+    with Celery's %h %n %d), ``celery@<hostname>`` by default."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    name = None
+    for i, arg in enumerate(argv):
+        if arg in ("-n", "--hostname") and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--hostname="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and len(arg) > 2:
+            name = arg[2:]
+    return host_format(default_nodename(name))
+
+
+def judge(client: redis.Redis, node: str, stall: float, now: float | None = None) -> Verdict:
+    """The health check's rule, on what the worker wrote to Redis."""
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(BEAT_KEY, node)
+    pipe.hget(PROGRESS_KEY, node)
+    pipe.hget(QUEUES_KEY, node)
+    beat, progress, queues = pipe.execute()
+    if beat is None:
+        return Verdict(node, False, f"no heartbeat from {node}: the worker is not running, or has not reached Redis")
+    beat_age = now - _float(beat)
+    if beat_age > stall:
+        return Verdict(node, False, f"{node} last beat {beat_age:.0f} s ago: the worker process is gone or hung")
+    idle = now - _float(progress)
+    names = [q for q in (queues or b"").decode(errors="replace").split(",") if q]
+    if idle <= stall:
+        return Verdict(node, True, f"{node} finished a task {max(idle, 0):.0f} s ago")
+    waiting = {q: n for q, n in zip(names, _depths(client, names), strict=True) if n}
+    if waiting:
+        held = ", ".join(f"{q} holds {n}" for q, n in waiting.items())
+        return Verdict(node, False, f"{node} is stuck: {held}, and it finished no task for {idle:.0f} s")
+    return Verdict(node, True, f"{node} is idle: its queues ({', '.join(names) or 'none'}) are empty")
+
+
+def census(client: redis.Redis, stall: float, now: float | None = None) -> dict[str, int]:
+    """How many workers beat (alive), and how many of those are stuck, by ``judge``'s rule."""
+    now = time.time() if now is None else now
+    alive = [n.decode() for n, t in client.hgetall(BEAT_KEY).items() if now - _float(t) <= stall]
+    stuck = sum(1 for n in alive if not judge(client, n, stall, now).healthy)
+    return {"alive": len(alive), "stuck": stuck}
+
+
+def _depths(client: redis.Redis, queues: list[str]) -> list[int]:
+    pipe = client.pipeline(transaction=False)
+    for q in queues:
+        pipe.llen(q)
+    return [int(n) for n in pipe.execute()]
+
+
+def _float(raw) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class Heartbeat(threading.Thread):
+    """The main process's beat. Redis away: the beat waits for it (logged once a minute)."""
+
+    def __init__(self, client: redis.Redis, node: str, queues: list[str], interval: float):
+        super().__init__(name="pushsync-heartbeat", daemon=True)
+        self.client, self.node, self.queues, self.interval = client, node, queues, interval
+        self.stop_event = threading.Event()
+        self._warned = 0.0
+
+    def beat(self) -> None:
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(BEAT_KEY, self.node, now)
+        pipe.hset(QUEUES_KEY, self.node, ",".join(self.queues))
+        pipe.execute()
+        stale = [n for n, t in self.client.hgetall(BEAT_KEY).items() if now - _float(t) > FORGET_AFTER]
+        if stale:
+            for key in (BEAT_KEY, PROGRESS_KEY, QUEUES_KEY):
+                self.client.hdel(key, *stale)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                if time.monotonic() - self._warned > 60:
+                    self._warned = time.monotonic()
+                    log.warning("health heartbeat cannot reach Redis: %s", exc)
+            self.stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        """A clean shutdown: this node is gone, not stuck."""
+        self.stop_event.set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in (BEAT_KEY, PROGRESS_KEY, QUEUES_KEY):
+                pipe.hdel(key, self.node)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+
+
+_heartbeat: Heartbeat | None = None
+_last_progress = 0.0
+
+
+@worker_ready.connect
+def _start(sender=None, **_kwargs) -> None:
+    global _heartbeat
+    from pushsync.broker import redis_client
+    from pushsync.settings import get_settings
+
+    stall = get_settings().health_stall
+    node = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
+    consumer = getattr(sender, "task_consumer", None)
+    queues = sorted(q.name for q in getattr(consumer, "queues", []) or [])
+    client = redis_client(socket_timeout=3, socket_connect_timeout=3)
+    try:
+        client.hset(PROGRESS_KEY, node, time.time())  # a fresh start has made progress
+    except redis.RedisError:
+        pass
+    _heartbeat = Heartbeat(client, node, queues, interval=min(5.0, stall / 4))
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop(**_kwargs) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@task_postrun.connect
+def _progress(sender=None, **_kwargs) -> None:
+    """In the pool process that ran the task: at most one write a second."""
+    global _last_progress
+    now = time.time()
+    if now - _last_progress < 1.0:
+        return
+    _last_progress = now
+    node = getattr(getattr(sender, "request", None), "hostname", None)
+    if not node:
+        return
+    try:
+        from worker.tasks import redis_client
+
+        redis_client().hset(PROGRESS_KEY, node, now)
+    except redis.RedisError:
+        pass
