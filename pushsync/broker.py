@@ -62,6 +62,23 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
     return SentinelAddress(tuple(sentinels), username, password, db)
 
 
+def broker_url(settings) -> str:
+    """``PUSHSYNC_BROKER_URL`` with ``PUSHSYNC_BROKER_PASSWORD`` put into its first address when that
+    address has no password of its own (the URL's own password wins)."""
+    from urllib.parse import quote
+
+    url, password = settings.broker_url, settings.broker_password
+    if not password:
+        return url
+    first, sep, rest = url.partition(";")
+    parts = urlsplit(first.strip())
+    if parts.password is not None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rsplit('@', 1)[-1]}"
+    return parts._replace(netloc=netloc).geturl() + sep + rest
+
+
 def transport_options(settings) -> dict:
     """What kombu needs besides the URL: the master's name, and sentinel timeouts."""
     if not is_sentinel(settings.broker_url):
@@ -80,9 +97,10 @@ def redis_client(settings=None, **kwargs):
         from pushsync.settings import get_settings
 
         settings = get_settings()
-    if not is_sentinel(settings.broker_url):
-        return redis.Redis.from_url(settings.broker_url, **kwargs)
-    addr = parse_sentinel_url(settings.broker_url)
+    url = broker_url(settings)
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **kwargs)
+    addr = parse_sentinel_url(url)
     sentinel = Sentinel(list(addr.sentinels),
                         sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT,
                                          "socket_connect_timeout": SENTINEL_TIMEOUT})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from pushsync.broker import transport_options
+from pushsync.broker import broker_url, transport_options
 from pushsync.settings import Settings
 
 EVENTS_QUEUE = "events"
@@ -32,7 +32,7 @@ def celery_config(settings: Settings) -> dict:
     message to another worker after PUSHSYNC_VISIBILITY_TIMEOUT, which must be longer, so a
     healthy task is never re-delivered while it runs."""
     return dict(
-        broker_url=settings.broker_url,
+        broker_url=broker_url(settings),
         # pickle from a queue is remote code execution: JSON only, both ways
         task_serializer="json",
         result_serializer="json",

@@ -59,6 +59,8 @@ class Settings:
     api_threads: int = 16
     # Redis Sentinel: the master's name when PUSHSYNC_BROKER_URL lists sentinel:// addresses
     sentinel_master: str = "mymaster"
+    # the Redis password, for a broker URL written without one (compose keeps it out of the URL)
+    broker_password: str | None = None
     # `pushsync worker --health`: a worker whose queues hold messages but that finished no task
     # for this many seconds is reported stuck
     health_stall: float = 120.0
@@ -73,6 +75,8 @@ class Settings:
         out = asdict(self)
         out["database_url"] = redact_url(self.database_url)
         out["broker_url"] = redact_url(self.broker_url)
+        if self.broker_password:
+            out["broker_password"] = "***"
         if self.secret_key:
             out["secret_key"] = f"*** ({len(self.secret_key.replace(',', ' ').split())} keys)"
         return out
@@ -117,6 +121,7 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_API_KEY_CACHE": ("api_key_cache", "float", 0.0),
     "PUSHSYNC_API_THREADS": ("api_threads", "int", 1),
     "PUSHSYNC_SENTINEL_MASTER": ("sentinel_master", "name", None),
+    "PUSHSYNC_BROKER_PASSWORD": ("broker_password", "password", None),
     "PUSHSYNC_HEALTH_STALL": ("health_stall", "float", 1.0),
 }
 
@@ -162,6 +167,10 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
             Keyring.from_setting(raw)
         except SecretError as exc:
             raise SettingsError(str(exc)) from None
+        return raw
+    if kind == "password":
+        if is_placeholder(raw):
+            raise SettingsError(f"{name}: still the example's placeholder; set a real one")
         return raw
     if kind == "name":
         if not raw or any(c.isspace() for c in raw):

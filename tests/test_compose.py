@@ -47,6 +47,13 @@ def test_compose_file_is_valid_for_docker_compose():
     r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    # with every profile
+    profiles = sorted({p for svc in SERVICES.values() for p in svc.get("profiles", [])})
+    assert profiles == ["dev", "ha", "monitoring"]
+    r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"),
+                        *[a for p in profiles for a in ("--profile", p)], "config", "--services"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and set(r.stdout.split()) == set(SERVICES), r.stderr
     # without the secrets it refuses to start rather than run with a default password
     for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "PUSHSYNC_SECRET_KEY"):
         bare = {k: v for k, v in env.items() if k != name}
@@ -60,8 +67,10 @@ def test_flower_metrics_and_the_api_are_published_on_loopback_only():
     assert SERVICES["metrics"]["ports"] == ["127.0.0.1:9464:9464"]
     # the API too, unless the operator opts in with PUSHSYNC_API_BIND
     assert SERVICES["api"]["ports"] == ["${PUSHSYNC_API_BIND:-127.0.0.1}:8080:8080"]
+    assert SERVICES["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert SERVICES["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
     published = [name for name, svc in SERVICES.items() if svc.get("ports")]
-    assert sorted(published) == ["api", "flower", "metrics"]
+    assert sorted(published) == ["api", "flower", "grafana", "metrics", "prometheus"]
     assert SERVICES["flower"]["command"][0] == "flower"  # `pushsync flower`: the login is checked first
     assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
@@ -84,8 +93,9 @@ def test_services_refuse_to_start_with_the_example_secrets(tmp_path):
     base = SERVICES["worker"]["environment"]
     for name, value in example.items():
         env[name] = value
-    for name in ("PUSHSYNC_DATABASE_URL", "PUSHSYNC_BROKER_URL", "PUSHSYNC_SECRET_KEY"):
+    for name in ("PUSHSYNC_DATABASE_URL", "PUSHSYNC_BROKER_PASSWORD", "PUSHSYNC_SECRET_KEY"):
         env[name] = re.sub(r"\$\{([A-Z_]+)[^}]*\}", lambda m: env[m.group(1)], base[name])
+    env["PUSHSYNC_BROKER_URL"] = BROKER_URL
     for service in ("migrate", "worker", "scheduler", "metrics", "flower", "api"):
         r = subprocess.run(here.argv(service), env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (service, r.returncode, r.stdout, r.stderr)
@@ -120,6 +130,10 @@ def test_workers_scale_and_the_scheduler_does_not():
     for name in ("redis", "postgres", "worker", "flower", "metrics", "api"):
         assert "healthcheck" in SERVICES[name], name
     assert set(SERVICES["emulator"]["profiles"]) == {"dev"} and set(SERVICES["demo-producer"]["profiles"]) == {"dev"}
+    # the Redis password reaches every pushsync service, and no URL carries it
+    env = SERVICES["worker"]["environment"]
+    assert env["PUSHSYNC_BROKER_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert env["PUSHSYNC_BROKER_URL"] == "${PUSHSYNC_BROKER_URL:-redis://redis:6379/0}"
 
 
 class Here:
@@ -244,3 +258,57 @@ def test_every_service_command_is_a_real_entry_point(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(0.2)
+
+
+def test_the_ha_profile_fails_over_when_its_commands_run_here(tmp_path):
+    """compose's redis, redis-replica and sentinel-1..3 commands, run here (each service's own port
+    instead of 6379/26379, 127.0.0.1 for the service names, a directory for /data), with the Redis
+    password: the sentinels find the replica, and when the master is SIGKILLed they promote it and
+    a pushsync client that knows only the sentinels writes to the new master."""
+    from pushsync.broker import redis_client
+    from pushsync.settings import load_settings
+
+    password = "ha-test-password-1"
+    ports = {name: _free_port() for name in ("redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")}
+
+    def here(name: str, text: str) -> str:
+        text = text.replace("${REDIS_PASSWORD:?set REDIS_PASSWORD}", password).replace("$$REDIS_PASSWORD", password)
+        text = text.replace("redis 6379", f"127.0.0.1 {ports['redis']}").replace("port 26379", f"port {ports[name]}")
+        text = re.sub(r"--replica-announce-ip \S+", "--replica-announce-ip 127.0.0.1", text)
+        return text.replace("/data", str(tmp_path / name))
+
+    procs = {}
+    try:
+        for name in ("redis", "redis-replica"):
+            (tmp_path / name).mkdir()
+            argv = shlex.split(here(name, SERVICES[name]["command"]))
+            procs[name] = subprocess.Popen([*argv, "--port", str(ports[name]), "--bind", "127.0.0.1",
+                                            "--dir", str(tmp_path / name)], stdout=subprocess.DEVNULL)
+        for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+            (tmp_path / name).mkdir()
+            svc = SERVICES[name]
+            assert svc["profiles"] == ["ha"] and svc["entrypoint"] == ["sh", "-c"]
+            procs[name] = subprocess.Popen(["sh", "-c", here(name, svc["command"][0])], stdout=subprocess.DEVNULL,
+                                           env={**os.environ, "REDIS_PASSWORD": password})
+        url = ";".join(f"sentinel://127.0.0.1:{ports[f'sentinel-{i}']}" for i in (1, 2, 3))
+        settings = load_settings({"PUSHSYNC_BROKER_URL": url, "PUSHSYNC_BROKER_PASSWORD": password})
+        sentinel = redis.Redis(port=ports["sentinel-1"], socket_timeout=1)
+        wait_for(lambda: len(sentinel.sentinel_slaves("mymaster")) == 1
+                 and len(sentinel.sentinel_sentinels("mymaster")) == 2, 30, 0.3, "the sentinels to find all")
+        wait_for(lambda: redis_client(settings).set("before", "1"), 10, 0.2, "a write through the sentinels")
+        wait_for(lambda: redis.Redis(port=ports["redis-replica"], password=password).get("before") == b"1", 10, 0.2,
+                 "the replica to have it")
+        procs["redis"].send_signal(signal.SIGKILL)
+        procs["redis"].wait(10)
+        # compose's down-after is 5 s: promotion within about 10 s
+        wait_for(lambda: sentinel.sentinel_get_master_addr_by_name("mymaster")[1] == ports["redis-replica"],
+                 40, 0.5, "the replica to be promoted")
+        client = redis_client(settings)
+        wait_for(lambda: client.set("after", "1"), 20, 0.5, "a write to the new master")
+        assert client.get("before") == b"1"
+        assert redis.Redis(port=ports["redis-replica"], password=password).get("after") == b"1"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)

@@ -250,15 +250,19 @@ def broker_client(url: str, master: str | None = None) -> redis.Redis:
     return redis_client(load_settings(env))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class RedisServer:
     """A redis-server of the test's own, on a free port with its own directory and AOF."""
 
     def __init__(self, directory: Path):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.proc = None

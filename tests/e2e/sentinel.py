@@ -8,15 +8,7 @@ from pathlib import Path
 
 import redis
 
-from .harness import wait_for
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .harness import free_port, wait_for
 
 
 class SentinelCluster:

@@ -105,3 +105,20 @@ def test_bad_sentinel_urls_are_refused_naming_the_variable_without_the_password(
 def test_a_master_name_with_spaces_is_refused():
     with pytest.raises(SettingsError, match="PUSHSYNC_SENTINEL_MASTER"):
         load_settings({"PUSHSYNC_SENTINEL_MASTER": "my master"})
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("redis://redis:6379/0", "redis://:p%40ss%3Aw@redis:6379/0"),
+    ("redis://:own@redis:6379/0", "redis://:own@redis:6379/0"),  # the URL's own password wins
+    ("sentinel://s1:26379;sentinel://s2:26379", "sentinel://:p%40ss%3Aw@s1:26379;sentinel://s2:26379"),
+])
+def test_the_broker_password_goes_into_the_first_address_and_is_never_shown(url, expected):
+    from pushsync.broker import broker_url, parse_sentinel_url
+
+    s = load_settings({"PUSHSYNC_BROKER_URL": url, "PUSHSYNC_BROKER_PASSWORD": "p@ss:w"})
+    assert broker_url(s) == expected
+    if url.startswith("sentinel"):
+        assert parse_sentinel_url(broker_url(s)).password == "p@ss:w"
+    assert "p@ss" not in str(s.redacted())
+    with pytest.raises(SettingsError, match="PUSHSYNC_BROKER_PASSWORD"):
+        load_settings({"PUSHSYNC_BROKER_PASSWORD": "change-me-please"})
