@@ -150,7 +150,8 @@ def register(sub) -> None:
     from emulators.options import add_arguments as emulator_arguments
 
     sub.add_parser("worker", help="run a worker on the project's queues (Celery worker options follow; "
-                                  f"{NO_SUPERVISE} runs Celery in this process)")
+                                  f"{NO_SUPERVISE} runs Celery in this process; --health [-n NODE] "
+                                  "checks that the worker on this host is consuming)")
     sched = sub.add_parser("scheduler", help="run the periodic jobs (exactly one per deployment)")
     sched.add_argument(NO_SUPERVISE, action="store_true",
                        help="run beat in this process; by default a supervisor restarts it if it exits by itself")
