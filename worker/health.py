@@ -10,7 +10,8 @@ kin; a queue cancelled by a control command). A ping cannot see that; progress c
   second;
 - the check fails when the beat is older than ``PUSHSYNC_HEALTH_STALL`` (the process is gone or
   hung), or when one of the worker's queues holds messages and the worker finished nothing for
-  ``PUSHSYNC_HEALTH_STALL`` seconds. An idle worker on empty queues is healthy.
+  ``PUSHSYNC_HEALTH_STALL`` seconds (at least the task time limit: ``stall_seconds``). An idle
+  worker on empty queues is healthy.
 
 `pushsync metrics` counts the live and the stuck workers from the same keys.
 """
@@ -56,6 +57,12 @@ def node_name(argv: list[str]) -> str:
         elif arg.startswith("-n") and len(arg) > 2:
             name = arg[2:]
     return host_format(default_nodename(name))
+
+
+def stall_seconds(settings) -> float:
+    """PUSHSYNC_HEALTH_STALL, but never less than the task time limit: a worker whose only task is
+    a legitimately long one has finished nothing for up to that long."""
+    return max(settings.health_stall, float(settings.task_time_limit))
 
 
 def judge(client: redis.Redis, node: str, stall: float, now: float | None = None) -> Verdict:
@@ -156,7 +163,7 @@ def _start(sender=None, **_kwargs) -> None:
     from pushsync.broker import redis_client
     from pushsync.settings import get_settings
 
-    stall = get_settings().health_stall
+    stall = stall_seconds(get_settings())
     node = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
     consumer = getattr(sender, "task_consumer", None)
     queues = sorted(q.name for q in getattr(consumer, "queues", []) or [])

@@ -29,12 +29,12 @@ def worker_health(argv: list[str]) -> int:
     import redis
 
     from pushsync import broker
-    from worker.health import judge, node_name
+    from worker.health import judge, node_name, stall_seconds
 
     node = node_name(argv)
     try:
         verdict = judge(broker.redis_client(socket_connect_timeout=3, socket_timeout=3), node,
-                        get_settings().health_stall)
+                        stall_seconds(get_settings()))
     except redis.RedisError as exc:
         print(f"unhealthy: cannot reach Redis to read {node}'s heartbeat: {exc}", file=sys.stderr)
         return 1
@@ -70,7 +70,7 @@ def _snapshot() -> dict:
     from pushsync.queues import QUEUES
     from scheduler.beat import LOCK_KEY
     from store import repo
-    from worker.health import census
+    from worker.health import census, stall_seconds
     from worker.metrics import snapshot
 
     client = broker.redis_client(socket_connect_timeout=3)
@@ -80,7 +80,7 @@ def _snapshot() -> dict:
     except Exception:  # the store may not be migrated yet; the rest is still worth showing
         dead = None
     snap = snapshot(client, QUEUES, dead)
-    snap["workers"] = census(client, get_settings().health_stall)
+    snap["workers"] = census(client, stall_seconds(get_settings()))
     snap["scheduler_lock_held"] = int(bool(client.exists(LOCK_KEY)))
     return snap
 

@@ -23,6 +23,9 @@ from .harness import Pipeline, RedisServer, new_identity, wait_for
 
 NODE = "health1@%h"
 STALL = "3"
+# the check waits at least the task time limit (a long task is not a stall): 5 s, the least allowed
+ENV = {"PUSHSYNC_HEALTH_STALL": STALL, "PUSHSYNC_TASK_TIME_LIMIT": "5", "PUSHSYNC_VISIBILITY_TIMEOUT": "10"}
+EFFECTIVE = 5.0
 
 CONTROL = """
 import sys
@@ -40,7 +43,7 @@ for q in queues:
 def pipe(tmp_path, own_emulator):
     server = RedisServer(tmp_path / "redis")
     p = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_url=server.url,
-                 extra_env={"PUSHSYNC_HEALTH_STALL": STALL})
+                 extra_env=ENV)
     p.create_pool(POOL, apns=False)
     yield p
     p.stop_workers()
@@ -73,7 +76,7 @@ def test_a_worker_whose_consumer_stopped_is_unhealthy_while_an_idle_one_is_not(p
     wait_for(lambda: _pushed(pipe, token, 1), 30, 0.3, "a push while consuming")
 
     _control(pipe, "cancel", "events", "push.fcm", "push.apns")
-    time.sleep(float(STALL) + 1.5)
+    time.sleep(EFFECTIVE + 1.5)
     idle = _health(pipe)
     assert idle.returncode == 0 and "idle" in idle.stdout, idle.stdout + idle.stderr  # empty queues: no alarm
 
@@ -122,3 +125,8 @@ def test_the_rule_on_hand_written_heartbeats_including_garbage(pipe):
     assert health.census(client, 3.0, now) == {"alive": 3, "stuck": 1}
     assert health.node_name(["-c", "2", "--hostname=w@example"]) == "w@example"
     assert health.node_name([]) == f"celery@{socket.gethostname()}"
+    # a long task is not a stall: the check waits at least the task time limit
+    from pushsync.settings import load_settings
+
+    assert health.stall_seconds(load_settings({"PUSHSYNC_HEALTH_STALL": "3"})) == 60.0
+    assert health.stall_seconds(load_settings({"PUSHSYNC_HEALTH_STALL": "300"})) == 300.0
