@@ -71,13 +71,18 @@ def _seed(env: Env, devices: int) -> None:
                    'us-east-1:' || lpad(to_hex(g / 5), 8, '0') || '-0000-4000-8000-000000000000',
                    ({plats})[g % 5 + 1], 'tok-' || g, md5('t' || g) || md5('u' || g), true, now(), now()
             FROM generate_series(0, :n - 1) AS g"""), {"pool": POOL, "n": devices})
-        conn.execute(text("INSERT INTO subscriptions (device_id, dataset_name, created_at) "
-                          "SELECT id, 'notes', now() FROM devices"))
-        conn.execute(text("INSERT INTO datasets (pool_id, identity_id, dataset_name, sync_count, updated_at) "
-                          "SELECT DISTINCT pool_id, identity_id, 'notes', 0, now() FROM devices"))
+        subscribe_every_device(conn)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
     engine.dispose()
+
+
+def subscribe_every_device(conn) -> None:
+    """Every device subscribed to "notes", and its identity's dataset row at sync count 0."""
+    conn.execute(text("INSERT INTO subscriptions (device_id, dataset_name, created_at) "
+                      "SELECT id, 'notes', now() FROM devices"))
+    conn.execute(text("INSERT INTO datasets (pool_id, identity_id, dataset_name, sync_count, updated_at) "
+                      "SELECT DISTINCT pool_id, identity_id, 'notes', 0, now() FROM devices"))
 
 
 def store_scale(sink: Sink, tmp: Path, *, sizes: tuple[int, ...], events: int = 200, rounds: int = 20) -> dict:

@@ -86,6 +86,8 @@ def redis_figures(n: int) -> dict:
 def pg_figures(url: str, devices: int) -> dict:
     from sqlalchemy import create_engine, text
 
+    from bench.baselines import subscribe_every_device
+
     admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     name = url.rsplit("/", 1)[1]
     with admin.connect() as conn:
@@ -107,10 +109,7 @@ def pg_figures(url: str, devices: int) -> dict:
                         ELSE md5('a' || g) || md5('b' || g) END,
                    md5('t' || g) || md5('u' || g), true, now(), now()
             FROM generate_series(0, :n - 1) AS g"""), {"pool": POOL, "n": devices})
-        conn.execute(text("INSERT INTO subscriptions (device_id, dataset_name, created_at) "
-                          "SELECT id, 'notes', now() FROM devices"))
-        conn.execute(text("INSERT INTO datasets (pool_id, identity_id, dataset_name, sync_count, updated_at) "
-                          "SELECT DISTINCT pool_id, identity_id, 'notes', 0, now() FROM devices"))
+        subscribe_every_device(conn)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
         sizes = {t: conn.execute(text("SELECT pg_total_relation_size(:t)"), {"t": t}).scalar()
