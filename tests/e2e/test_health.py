@@ -98,6 +98,37 @@ def test_a_worker_whose_consumer_stopped_is_unhealthy_while_an_idle_one_is_not(p
     assert "last beat" in gone.stderr, gone.stderr
 
 
+def test_a_busy_worker_whose_queue_stays_full_for_longer_than_the_stall_is_healthy(tmp_path, own_emulator):
+    """The false alarm that would restart healthy workers under load: the events queue holds
+    messages for three times the stall while the worker takes them one at a time (one message per
+    ingest run, each push answered after 0.5 s); every check during it passes."""
+    server = RedisServer(tmp_path / "redis")
+    pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_url=server.url,
+                    extra_env={**ENV, "PUSHSYNC_INGEST_BATCH_MAX": "1", "PUSHSYNC_INLINE_DELIVERY_MAX": "0"})
+    try:
+        pipe.create_pool(POOL, apns=False)
+        idents = [new_identity() for _ in range(40)]
+        for ident in idents:
+            pipe.device(POOL, ident, "GCM", "fcm-busy-" + ident[-12:])
+        pipe.start_worker("-c", "1", name=NODE)
+        wait_for(lambda: _health(pipe).returncode == 0, 40, 0.5, "the worker's first heartbeat")
+        own_emulator.fault(service="fcm", latency=0.5)
+        script = ("import sys\nfrom pushsync.client import publish\n"
+                  "for i in sys.argv[2:]: publish(sys.argv[1], i, 'notes', 1)\n")
+        subprocess.run([sys.executable, "-c", script, POOL, *idents], env=pipe.env, check=True, timeout=60)
+        client = redis.Redis.from_url(pipe.broker_url)
+        checks, end = [], time.monotonic() + 3 * EFFECTIVE
+        while time.monotonic() < end:
+            assert client.llen("events") + client.llen("push.fcm") > 0, "the queues ran dry: the test proves nothing"
+            r = _health(pipe)
+            checks.append(r.returncode)
+            assert r.returncode == 0, r.stderr
+        assert len(checks) >= 5
+    finally:
+        pipe.stop_workers()
+        server.stop()
+
+
 def test_no_worker_and_no_redis_are_unhealthy_with_a_reason(pipe, tmp_path):
     r = _health(pipe)
     assert r.returncode == 1 and "no heartbeat from health1@" in r.stderr
