@@ -36,9 +36,8 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
     sentinels: list[tuple[str, int]] = []
     username = password = None
     db = 0
-    for i, part in enumerate(p.strip() for p in url.split(";")):
-        if not part:
-            continue
+    parts_list = [p.strip() for p in url.split(";") if p.strip()]
+    for i, part in enumerate(parts_list):
         parts = urlsplit(part)
         if parts.scheme.lower() != "sentinel":
             raise ValueError(f"address {i + 1} is not sentinel:// (every address in the list must be)")

@@ -19,6 +19,7 @@ kin; a queue cancelled by a control command). A ping cannot see that; progress c
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 import redis
 from celery.signals import task_postrun, worker_ready, worker_shutdown
+
+from pushsync.queues import QUEUES
 
 BEAT_KEY = "pushsync:workers:beat"
 PROGRESS_KEY = "pushsync:workers:progress"
@@ -79,7 +82,9 @@ def judge(client: redis.Redis, node: str, stall: float, now: float | None = None
     if beat_age > stall:
         return Verdict(node, False, f"{node} last beat {beat_age:.0f} s ago: the worker process is gone or hung")
     idle = now - _float(progress)
-    names = [q for q in (queues or b"").decode(errors="replace").split(",") if q]
+    # only the project's queues: a name read back from Redis is not trusted to be a list (LLEN of
+    # another key type fails, and one junk entry would take the metrics page down with it)
+    names = [q for q in (queues or b"").decode(errors="replace").split(",") if q in QUEUES]
     if idle <= stall:
         return Verdict(node, True, f"{node} finished a task {max(idle, 0):.0f} s ago")
     waiting = {q: n for q, n in zip(names, _depths(client, names), strict=True) if n}
@@ -105,10 +110,13 @@ def _depths(client: redis.Redis, queues: list[str]) -> list[int]:
 
 
 def _float(raw) -> float:
+    """A time read back from Redis; anything but a finite number (junk, "nan", "inf") counts as
+    never, so that it cannot make a dead node look alive."""
     try:
-        return float(raw)
+        value = float(raw)
     except (TypeError, ValueError):
         return 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 class Heartbeat(threading.Thread):

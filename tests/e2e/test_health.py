@@ -154,6 +154,16 @@ def test_the_rule_on_hand_written_heartbeats_including_garbage(pipe):
     assert not verdicts["junk@a"].healthy
     assert verdicts["busy@a"].healthy and verdicts["idle@a"].healthy
     assert health.census(client, 3.0, now) == {"alive": 3, "stuck": 1}
+    # hostile entries: a time of inf or nan is no beat (not a node alive forever), and a queue list
+    # naming another kind of key (a hash) is ignored instead of failing the check and the metrics
+    client.hset(health.BEAT_KEY, mapping={"inf@a": "inf", "nan@a": "nan", "odd@a": now})
+    client.hset(health.PROGRESS_KEY, "odd@a", now - 100)
+    client.hset(health.QUEUES_KEY, "odd@a", f"{health.BEAT_KEY},events")
+    assert not health.judge(client, "inf@a", 3.0, now).healthy
+    assert not health.judge(client, "nan@a", 3.0, now).healthy
+    odd = health.judge(client, "odd@a", 3.0, now)
+    assert not odd.healthy and "events holds 2" in odd.reason and health.BEAT_KEY not in odd.reason
+    assert health.census(client, 3.0, now) == {"alive": 4, "stuck": 2}
     assert health.node_name(["-c", "2", "--hostname=w@example"]) == "w@example"
     assert health.node_name([]) == f"celery@{socket.gethostname()}"
     # a long task is not a stall: the check waits at least the task time limit

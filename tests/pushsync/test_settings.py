@@ -86,6 +86,9 @@ def test_sentinel_broker_urls_are_parsed_with_the_masters_password_and_database(
     assert load_settings({}).sentinel_master == "mymaster"
     shown = str(s.redacted())
     assert "pa%40ss" not in shown and "sentinel://:***@s1:26379/2" in shown
+    # a stray leading ";" does not move the password and database off the first address
+    lead = parse_sentinel_url(";" + url)
+    assert (lead.password, lead.db, lead.sentinels[0]) == ("pa@ss", 2, ("s1", 26379))
 
 
 @pytest.mark.parametrize("value,says", [
