@@ -86,7 +86,7 @@ def subscribe_all(p: Principal, pool_id: str, identity_id: str, device_id: str, 
     return {}
 
 
-def _event(item: Any, pool_id: str) -> dict:
+def _event(item: Any, pool_id: str) -> contract.ChangeEvent:
     if isinstance(item, dict):
         item = dict(item)
         item.setdefault("identityPoolId", pool_id)
@@ -94,9 +94,9 @@ def _event(item: Any, pool_id: str) -> dict:
         if "syncCount" in item and (isinstance(count, bool) or not isinstance(count, int)):
             raise ValidationError("syncCount", "must be a JSON integer 0 <= n < 2^63", count)
     event = contract.event(item)
-    if event["identityPoolId"] != pool_id:
+    if event.pool != pool_id:
         raise ValidationError("identityPoolId", f"must be the pool of the path ({pool_id}) or left out")
-    return {k: v for k, v in event.items() if v is not None}
+    return event
 
 
 def publish_events(p: Principal, pool_id: str, body: Any) -> tuple[int, dict]:

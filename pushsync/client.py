@@ -103,26 +103,23 @@ def _publish_chunks(chunks: list[list[dict]], timeout: float | None = None) -> i
     return sent
 
 
-def _compact(event: dict) -> dict:
-    return {k: v for k, v in event.items() if v is not None}
-
-
 def publish(pool_id: str, identity_id: str, dataset_name: str, sync_count: int, *,
             origin_device_id: str | None = None, event_id: str | None = None) -> dict:
     """Enqueue one change event; returns the event as sent."""
-    event = _compact(contract.event(_compact({
+    event = contract.event({k: v for k, v in {
         "identityPoolId": pool_id, "identityId": identity_id, "datasetName": dataset_name,
         "syncCount": sync_count, "originDeviceId": origin_device_id, "eventId": event_id,
-    })))
+    }.items() if v is not None}).to_json()
     _publish_chunks([[event]])
     return event
 
 
-def publish_many(events: Iterable[dict], *, chunk_size: int | None = None, timeout: float | None = None) -> int:
+def publish_many(events: Iterable[dict | contract.ChangeEvent], *, chunk_size: int | None = None,
+                 timeout: float | None = None) -> int:
     """Enqueue many events, PUSHSYNC_INGEST_CHUNK (100) to a message, one broker round trip per
-    chunk. All events are validated first: one bad event (ValueError naming it by position
-    and field) sends nothing. Returns the number of events sent. ``timeout`` overrides
-    PUSHSYNC_PUBLISH_TIMEOUT for this call."""
+    chunk. All events are validated first (a ``ChangeEvent`` is already): one bad event
+    (ValueError naming it by position and field) sends nothing. Returns the number of events
+    sent. ``timeout`` overrides PUSHSYNC_PUBLISH_TIMEOUT for this call."""
     settings = get_settings()
     size = settings.ingest_chunk if chunk_size is None else chunk_size
     limit = settings.max_events_per_message
@@ -132,7 +129,7 @@ def publish_many(events: Iterable[dict], *, chunk_size: int | None = None, timeo
     checked = []
     for i, e in enumerate(events):
         try:
-            checked.append(_compact(contract.event(e)))
+            checked.append(contract.event(e).to_json())
         except contract.ValidationError as exc:
             raise contract.ValidationError(exc.field, f"{exc.rule} (event #{i})") from None
     return _publish_chunks([checked[start:start + size] for start in range(0, len(checked), size)], timeout)

@@ -7,7 +7,8 @@ its rule, so that the CLI, the Python client and the worker all refuse the same 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 SOURCE = "cognito-sync"
 PLATFORMS = ("GCM", "APNS", "APNS_SANDBOX")
@@ -109,13 +110,63 @@ def device_id(value: Any, field: str = "deviceId") -> str:
 _EVENT_KEYS = {"identityPoolId", "identityId", "datasetName", "syncCount", "originDeviceId", "eventId"}
 
 
-def event(data: Any) -> dict[str, Any]:
-    """Check one change event and return it normalised (optional keys present, maybe None)."""
+class Key(NamedTuple):
+    """What coalescing, the stored counts and the pushes are kept per: a dataset of an identity."""
+
+    pool: str
+    identity: str
+    dataset: str
+
+    def text(self) -> str:
+        """The key as Redis keeps it. None of the three may hold a space (section 1's rules)."""
+        return f"{self.pool} {self.identity} {self.dataset}"
+
+    @classmethod
+    def from_text(cls, text: Any) -> Key:
+        """A key read back from Redis, checked like anything else from outside."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError
+        parts = text.split(" ") if isinstance(text, str) else []
+        if len(parts) != 3:
+            raise ValidationError("key", "must be POOL IDENTITY DATASET", text)
+        return cls(pool_id(parts[0]), identity_id(parts[1]), dataset_name(parts[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One change event (section 2), parsed once where it enters and passed on as such."""
+
+    pool: str
+    identity: str
+    dataset: str
+    sync_count: int
+    origin: str | None = None  # the device that made the change: it is not notified
+    event_id: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return Key(self.pool, self.identity, self.dataset)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form producers send, optional keys left out when empty."""
+        out: dict[str, Any] = {"identityPoolId": self.pool, "identityId": self.identity,
+                               "datasetName": self.dataset, "syncCount": self.sync_count}
+        if self.origin is not None:
+            out["originDeviceId"] = self.origin
+        if self.event_id is not None:
+            out["eventId"] = self.event_id
+        return out
+
+
+def event(data: Any) -> ChangeEvent:
+    """Check one change event; returns it typed and normalised, or raises ``ValidationError``."""
+    if isinstance(data, ChangeEvent):
+        return data
     if not isinstance(data, dict):
         raise ValidationError("event", "must be a JSON object", type(data).__name__)
     unknown = set(data) - _EVENT_KEYS
     if unknown:
-        raise ValidationError("event", f"unknown keys {sorted(unknown)}")
+        raise ValidationError("event", f"unknown keys {sorted(map(str, unknown))}")
     for key in ("identityPoolId", "identityId", "datasetName", "syncCount"):
         if key not in data:
             raise ValidationError(key, "is required")
@@ -124,14 +175,9 @@ def event(data: Any) -> dict[str, Any]:
     if event_id is not None and (not isinstance(event_id, str) or not 1 <= len(event_id) <= 128
                                  or not event_id.isprintable()):
         raise ValidationError("eventId", "must be 1-128 printable characters", event_id)
-    return {
-        "identityPoolId": pool_id(data["identityPoolId"]),
-        "identityId": identity_id(data["identityId"]),
-        "datasetName": dataset_name(data["datasetName"]),
-        "syncCount": sync_count(data["syncCount"]),
-        "originDeviceId": None if origin is None else device_id(origin, "originDeviceId"),
-        "eventId": event_id,
-    }
+    return ChangeEvent(pool_id(data["identityPoolId"]), identity_id(data["identityId"]),
+                       dataset_name(data["datasetName"]), sync_count(data["syncCount"]),
+                       None if origin is None else device_id(origin, "originDeviceId"), event_id)
 
 
 def printable(text: Any, limit: int = 300) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,9 @@ from pushsync.contract import ValidationError
 MAX_BATCH_ITEMS = 10_000
 # A retry counter beyond this is not one pushsync wrote.
 MAX_ATTEMPT = 1_000
-RETRY_KINDS = ("deliver", "ingest")
+RETRY_KINDS = ("deliver",)
+# How much of a message that cannot be read a dead letter keeps (its length is kept too).
+RAW_KEPT = 16_384
 
 
 class MessageError(ValueError):
@@ -160,10 +163,10 @@ class RetryEntry:
     def from_json(cls, member: str | bytes) -> RetryEntry:
         try:
             data = json.loads(member)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise MessageError("retry-set entry is not JSON") from None
         if not isinstance(data, dict) or data.get("kind") not in RETRY_KINDS or "payload" not in data:
-            raise MessageError("retry-set entry must be an object with kind (deliver or ingest) and payload")
+            raise MessageError("retry-set entry must be an object with kind deliver and a payload")
         return cls(data["kind"], data["payload"], str(data.get("id", "")))
 
     def to_json(self) -> str:
@@ -174,6 +177,79 @@ def dead_letter_payload(pool: str, platform: str, item: Item) -> dict:
     """One push as the dead-letter store keeps it, in the shape replay reads back."""
     return {"pool": pool, "platform": platform, "deviceId": item.device_id, "identityId": item.identity_id,
             "datasetName": item.dataset, "syncCount": item.sync_count}
+
+
+def raw_text(raw: Any) -> dict:
+    """Bytes or a value nobody could read, as a dead letter keeps it: at most ``RAW_KEPT``
+    characters of it, and its full length."""
+    if isinstance(raw, bytes):
+        text = raw[:RAW_KEPT * 4].decode("utf-8", errors="backslashreplace")
+        size = len(raw)
+    elif isinstance(raw, str):
+        text, size = raw, len(raw)
+    else:
+        text = reprlib.repr(raw)  # bounded, also for a value nested past the recursion limit
+        size = len(text)
+    return {"raw": text[:RAW_KEPT], "length": size}
+
+
+# The causes a dead letter's reason starts with ("<cause>: <detail>"), so that `dlq list` reads
+# the same whatever wrote it.
+CAUSES = ("invalid event", "unknown pool", "no credentials", "unreadable message", "not an ingest task",
+          "too many events", "refused by the store", "out of tries", "run never finished", "failed",
+          "permanent error", "retries exhausted")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One item for the dead-letter store: what it was (``kind``: event, delivery or message),
+    why (one of ``CAUSES`` and a detail) and what it carried, in the shape `dlq replay` reads."""
+
+    kind: str
+    cause: str
+    detail: str
+    payload: Any
+    pool: str | None = None
+    platform: str | None = None
+    attempts: int = 1
+    last_error: str | None = None
+
+    def __post_init__(self):
+        if self.cause not in CAUSES or self.kind not in ("event", "delivery", "message"):
+            raise ValueError(f"not a dead letter pushsync writes: {self.kind} / {self.cause}")
+
+    @property
+    def reason(self) -> str:
+        return f"{self.cause}: {self.detail}" if self.detail else self.cause
+
+    @classmethod
+    def event(cls, raw: Any, cause: str, detail: str = "", attempts: int = 1) -> DeadLetter:
+        """A change event, as it came (a dict from a message) or as parsed."""
+        if hasattr(raw, "to_json"):
+            raw = raw.to_json()
+        pool = raw.get("identityPoolId") if isinstance(raw, dict) else None
+        return cls("event", cause, detail, raw if isinstance(raw, dict) else {"event": raw},
+                   pool if isinstance(pool, str) else None, attempts=attempts)
+
+    @classmethod
+    def delivery(cls, pool: str, platform: str, item: Item, cause: str, detail: str = "", *,
+                 attempts: int = 1, last_error: str | None = None) -> DeadLetter:
+        """One push, at the count it carried: replayed once the cause is mended."""
+        return cls("delivery", cause, detail, dead_letter_payload(pool, platform, item), pool, platform,
+                   attempts, last_error)
+
+    @classmethod
+    def message(cls, raw: Any, cause: str, detail: str = "", *, field: str = "message", pool: str | None = None,
+                platform: str | None = None, attempts: int = 1) -> DeadLetter:
+        """A message (or a part of one) that cannot be used: kept to be read, never replayed. Bytes
+        and text are kept bounded (``raw_text``); a parsed value as it is."""
+        kept = raw_text(raw) if isinstance(raw, (bytes, str)) else raw
+        return cls("message", cause, detail, {field: kept}, pool, platform, attempts)
+
+
+def exception_text(exc: BaseException) -> str:
+    """An error in a dead letter's words: its class and the start of its message."""
+    return f"{type(exc).__name__}: {str(exc)[:150]}"
 
 
 def from_dead_letter(payload: Any) -> tuple[str, str, Item]:

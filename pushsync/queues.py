@@ -15,11 +15,16 @@ from pushsync.settings import Settings
 EVENTS_QUEUE = "events"
 FCM_QUEUE = "push.fcm"
 APNS_QUEUE = "push.apns"
+# The queues an operator names (`pushsync worker -Q ...`) and the metrics count.
 QUEUES = (EVENTS_QUEUE, FCM_QUEUE, APNS_QUEUE)
+# What Celery's consumer reads in place of ``events``: run triggers (tiny messages that carry
+# nothing; a run takes its ingest messages from ``events`` itself, atomically: worker.intake) and
+# the scheduler's periodic jobs. A worker told to consume ``events`` consumes this instead.
+RUNS_QUEUE = "events.runs"
 
-INGEST_TASK = "pushsync.ingest"
+INGEST_TASK = "pushsync.ingest"  # what producers send to ``events``; only ingest runs read it
+RUN_TASK = "pushsync.ingest_run"
 DELIVER_TASK = "pushsync.deliver"
-FLUSH_TASK = "pushsync.flush_windows"
 
 
 def queue_for(platform: str) -> str:
@@ -60,9 +65,10 @@ def celery_config(settings: Settings) -> dict:
         },
         # each queue its own exchange and routing key: a bare Queue(name) here took the default
         # queue's exchange and key, which would route every delivery into "events"
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
-        task_default_queue=EVENTS_QUEUE,
-        task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}, FLUSH_TASK: {"queue": EVENTS_QUEUE}},
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
+                     for name in (*QUEUES, RUNS_QUEUE)],
+        task_default_queue=RUNS_QUEUE,
+        task_routes={INGEST_TASK: {"queue": EVENTS_QUEUE}, RUN_TASK: {"queue": RUNS_QUEUE}},
         task_create_missing_queues=False,
         # task events feed Flower (received, started, succeeded...); a "sent" event per enqueued
         # task would double the Redis publishes on the hot path, so producers send none

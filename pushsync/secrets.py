@@ -101,8 +101,3 @@ def reference(path: str) -> str:
 def new_key() -> str:
     return Fernet.generate_key().decode()
 
-
-def keyring() -> Keyring:
-    from pushsync.settings import get_settings
-
-    return Keyring.from_setting(get_settings().secret_key)

@@ -71,6 +71,12 @@ class Settings:
         a message can be held unacknowledged (the visibility timeout) plus run (the time limit)."""
         return float(self.visibility_timeout + self.task_time_limit)
 
+    def keyring(self):
+        """The keys that seal and open push credentials at rest (PUSHSYNC_SECRET_KEY)."""
+        from pushsync.secrets import Keyring
+
+        return Keyring.from_setting(self.secret_key)
+
     def redacted(self) -> dict[str, object]:
         out = asdict(self)
         out["database_url"] = redact_url(self.database_url)
@@ -185,7 +191,7 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
 
 def _parse_url(name: str, kind: str, raw: str) -> str:
     if kind == "redis_url" and raw.lower().startswith("sentinel://"):
-        from pushsync.broker import parse_sentinel_url
+        from pushsync.sentinel import parse_sentinel_url
 
         try:
             addr = parse_sentinel_url(raw)

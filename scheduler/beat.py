@@ -5,7 +5,9 @@ so it sends nothing and pumps nothing, and takes over within ``LOCK_TTL`` second
 first one dies.
 
 Besides the periodic tasks below (run by workers), the scheduler itself moves due retries
-from the Redis retry set back to their queues, every ``PUMP_INTERVAL`` seconds.
+from the Redis retry set back to their queues, every ``PUMP_INTERVAL`` seconds, re-sends delivery
+batches that no worker settled (``scheduler.outbox``) and schedules the flushes that the store says
+are owed and Redis forgot (``scheduler.pending``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from celery import beat
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from pushsync import broker
-from pushsync.messages import DeliveryBatch, MessageError, RetryEntry
-from pushsync.queues import EVENTS_QUEUE, queue_for
+from pushsync.messages import DeadLetter, DeliveryBatch, MessageError, RetryEntry
+from pushsync.queues import DELIVER_TASK, RUNS_QUEUE, queue_for
 from worker import retry
 from worker.app import app
 
@@ -35,11 +37,11 @@ LOCK_TTL = 15
 
 BEAT_SCHEDULE = {
     "prune-inactive-devices": {"task": "pushsync.prune_devices", "schedule": 3600.0,
-                               "options": {"queue": EVENTS_QUEUE}},
+                               "options": {"queue": RUNS_QUEUE}},
     "trim-dead-letters": {"task": "pushsync.trim_dead_letters", "schedule": 3600.0,
-                          "options": {"queue": EVENTS_QUEUE}},
+                          "options": {"queue": RUNS_QUEUE}},
     "record-queue-depths": {"task": "pushsync.record_queue_depths", "schedule": 15.0,
-                            "options": {"queue": EVENTS_QUEUE}},
+                            "options": {"queue": RUNS_QUEUE}},
 }
 
 _RENEW = """
@@ -82,8 +84,6 @@ def pump_retries(client: redis.Redis, send=None, now: float | None = None, dead_
 
     An entry that does not parse as a retry of pushsync's is dead-lettered with the reason
     and taken out of the set; the pump goes on with the others."""
-    from pushsync.queues import DELIVER_TASK, INGEST_TASK
-
     send = send or (lambda name, arg, queue: app.send_task(name, args=[arg], queue=queue))
     dead_letter = dead_letter or _dead_letter
     moved = 0
@@ -92,11 +92,8 @@ def pump_retries(client: redis.Redis, send=None, now: float | None = None, dead_
         for member in batch:
             try:
                 entry = RetryEntry.from_json(member)
-                if entry.kind == "deliver":
-                    parsed = DeliveryBatch.from_json(entry.payload)
-                    send(DELIVER_TASK, parsed.to_json(), queue_for(parsed.platform))
-                else:
-                    send(INGEST_TASK, entry.payload, EVENTS_QUEUE)
+                parsed = DeliveryBatch.from_json(entry.payload)
+                send(DELIVER_TASK, parsed.to_json(), queue_for(parsed.platform))
             except MessageError as exc:
                 try:
                     dead_letter(str(exc), member)
@@ -114,9 +111,9 @@ def _dead_letter(reason: str, member: bytes | str) -> None:
     from store import repo
     from store.db import session_scope
 
-    text = member.decode(errors="replace") if isinstance(member, bytes) else member
     with session_scope() as session:
-        repo.add_dead_letter(session, "message", f"retry set: {reason}", {"retry_entry": text[:10_000]})
+        repo.add_dead_letters(session, [DeadLetter.message(member, "unreadable message", f"retry set: {reason}",
+                                                           field="retry_entry")])
 
 
 class PushsyncScheduler(beat.Scheduler):
@@ -155,12 +152,16 @@ class PushsyncScheduler(beat.Scheduler):
         return min(super().tick(*args, **kwargs), PUMP_INTERVAL)
 
     def _sweep_outbox(self) -> None:
-        from scheduler import outbox
+        from scheduler import outbox, pending
 
         try:
             outbox.sweep(self.redis, lambda name, arg, queue: app.send_task(name, args=[arg], queue=queue))
         except Exception as exc:  # the store or Redis away: the rows wait for the next sweep
             log.warning("outbox sweep failed, will try again: %s", exc)
+        try:
+            pending.sweep(self.redis)
+        except Exception as exc:  # the same: the datasets stay pending for the next sweep
+            log.warning("pending-flush sweep failed, will try again: %s", exc)
 
     def close(self):
         self.lock.release()

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -75,16 +76,25 @@ class Subscription(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+PENDING = "sync_count IS NOT NULL AND (planned_count IS NULL OR planned_count < sync_count)"
+
+
 class Dataset(Base):
-    """A dataset the store knows for an identity, with the last sync count notified (None: never)."""
+    """A dataset the store knows for an identity: the newest sync count accepted (``sync_count``,
+    None: never), the newest one whose pushes were planned (``planned_count``; migration 0005) and
+    the device whose change made the accepted one (not notified of it)."""
 
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_pending", "updated_at", postgresql_where=text(PENDING),
+                            sqlite_where=text(PENDING)),)
 
     pool_id: Mapped[str] = mapped_column(String(55), ForeignKey("pools.id", ondelete="CASCADE"),
                                          primary_key=True)
     identity_id: Mapped[str] = mapped_column(String(55), primary_key=True)
     dataset_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     sync_count: Mapped[int | None] = mapped_column(BigInteger)
+    planned_count: Mapped[int | None] = mapped_column(BigInteger)
+    origin_device_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -48,7 +48,7 @@ def _prepare_pg() -> str:
         upgrade(PG_URL)
         _pg_ready = True
     with engine_for(PG_URL).begin() as conn:
-        conn.execute(text("TRUNCATE dead_letters, subscriptions, datasets, devices, pools CASCADE"))
+        conn.execute(text("TRUNCATE outbox, dead_letters, subscriptions, datasets, devices, pools CASCADE"))
     return PG_URL
 
 
@@ -107,6 +107,32 @@ def retry_redis():
 def retry_batch(platform: str, n: int, attempt: int = 2) -> dict:
     """A delivery batch as deliver writes it to the retry set; n tells batches apart."""
     return {"pool": POOL, "platform": platform, "items": [[RETRY_DEV, IDENT, "notes", n]], "attempt": attempt}
+
+
+def notified(session, pool: str, identity: str, dataset: str, count: int) -> None:
+    """The store as ingest leaves it once ``count`` of the dataset was accepted and its pushes planned."""
+    from pushsync.contract import ChangeEvent
+    from store import repo
+
+    event = ChangeEvent(pool, identity, dataset, count)
+    repo.accept(session, [event])
+    repo.plan(session, [event.key])
+
+
+def subscriptions_of(session, device_id: str) -> list[str]:
+    """The datasets a device is subscribed to, read straight from the store's table."""
+    from sqlalchemy import select
+
+    from store.models import Subscription
+
+    return sorted(session.execute(select(Subscription.dataset_name)
+                                  .where(Subscription.device_id == device_id)).scalars())
+
+
+def identity_of(session, device_id: str) -> str:
+    from store.models import Device
+
+    return session.get(Device, device_id).identity_id
 
 
 def cli_env(db_url: str, **extra: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.fanout import IngestResult
+from worker.plan import IngestResult
 
 from .conftest import PUSHSYNC, ROOT, TEST_SECRET_KEY
 from .e2e.harness import RedisServer, free_port, wait_for

@@ -10,7 +10,7 @@ from pushsync.settings import get_settings
 
 def make_app() -> Celery:
     # scheduler.tasks is named so that workers run the periodic jobs; their code stays there
-    app = Celery("pushsync", include=["worker.tasks", "worker.ingest", "scheduler.tasks"])
+    app = Celery("pushsync", include=["worker.tasks", "scheduler.tasks"])
     app.conf.update(celery_config(get_settings()))
     return app
 
@@ -20,5 +20,3 @@ app = make_app()
 from worker import logs  # noqa: E402 - after the app, whose signals it connects to
 
 logs.install()
-
-from worker import health  # noqa: E402,F401 - connects the heartbeat to the worker's signals

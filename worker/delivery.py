@@ -2,66 +2,38 @@
 
 At send time one query reads the tokens of the batch's devices that still belong to the
 batch's pool, identity and platform, are active and are subscribed to the item's dataset,
-together with the dataset's last notified sync count. Everything else in the batch is skipped
+together with the dataset's newest planned sync count. Everything else in the batch is skipped
 and counted: a phone that changed user, a device of another pool named by a forged batch, a
 count that a newer one has overtaken while this one waited for a retry.
 
-Senders are cached per process (in the process's event loop), keyed by pool and platform and
-rebuilt when the pool's credentials change, so connections and tokens are reused across tasks.
+Senders are kept per process (``Senders``, in the worker's context and its event loop), keyed by
+pool and platform and rebuilt when the pool's credentials change, so connections and tokens are
+reused across tasks.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from pushsync import contract
-from pushsync.messages import DeliveryBatch, Item, dead_letter_payload
+from pushsync.messages import DeadLetter, DeliveryBatch, Item, MessageError
 from pushsync.settings import Settings
 from store import repo
 from store.models import utcnow
 from store.repo import PoolCredentials, Target
-from worker import aio, pools, retry
-from worker.senders.apns import POOL_CONFIG_ERRORS, APNsSender
-from worker.senders.base import Kind, Outcome, PushRequest, Sender
-from worker.senders.fcm import FCMSender
+from worker import metrics, retry
+from worker.context import Context
+from worker.pools import PoolCache
+from worker.senders.apns import POOL_CONFIG_ERRORS
+from worker.senders.base import Kind, Outcome, PushRequest
 
-_senders: dict[tuple[str, str], tuple[object, Sender]] = {}
-
-
-def _build_sender(creds: PoolCredentials, platform: str, settings: Settings) -> Sender:
-    if platform == "GCM":
-        return FCMSender(creds.fcm_service_account, fcm_url=settings.fcm_url, ca_file=settings.ca_file,
-                         connections=settings.fcm_connections, timeout=settings.send_timeout)
-    # each platform names its host exactly; DeliveryBatch refuses any other platform name
-    url = {"APNS": settings.apns_production_url, "APNS_SANDBOX": settings.apns_sandbox_url}[platform]
-    return APNsSender(key=creds.apns_key, key_id=creds.apns_key_id, team_id=creds.apns_team_id,
-                      topic=creds.apns_topic, url=url, ca_file=settings.ca_file,
-                      connections=settings.apns_connections, timeout=settings.send_timeout)
-
-
-async def _send(creds: PoolCredentials, platform: str, requests: list[PushRequest], settings: Settings):
-    key = (creds.pool_id, platform)
-    cached = _senders.get(key)
-    if cached is None or cached[0] != creds.updated_at:
-        if cached is not None:
-            await cached[1].close()
-        _senders[key] = (creds.updated_at, _build_sender(creds, platform, settings))
-    return await _senders[key][1].send(requests)
-
-
-async def _close_all() -> None:
-    for _version, sender in list(_senders.values()):
-        await sender.close()
-    _senders.clear()
-
-
-def close_senders() -> None:
-    aio.run(_close_all(), timeout=10)
+log = logging.getLogger("pushsync.tasks")
 
 
 @dataclass
@@ -81,7 +53,8 @@ class DeliveryResult:
         return out
 
 
-def load(session: Session, batch: DeliveryBatch) -> tuple[PoolCredentials | None, dict[tuple[str, str], Target]]:
+def load(session: Session, batch: DeliveryBatch, pools: PoolCache
+          ) -> tuple[PoolCredentials | None, dict[tuple[str, str], Target]]:
     creds = pools.credentials(session, [batch.pool])[batch.pool]
     targets = repo.delivery_targets(session, batch.pool, batch.platform, [i.key for i in batch.items])
     return creds, targets
@@ -90,14 +63,14 @@ def load(session: Session, batch: DeliveryBatch) -> tuple[PoolCredentials | None
 def plan(batch: DeliveryBatch, targets: dict[tuple[str, str], Target],
          result: DeliveryResult) -> list[PushRequest]:
     """The pushes to send now: items whose device is still the batch identity's and whose count
-    is not below the dataset's last notified one. Counts the rest as skipped or stale."""
+    is not below the dataset's newest planned one. Counts the rest as skipped or stale."""
     requests = []
     for item in batch.items:
         target = targets.get(item.key)
         if target is None or target.identity_id != item.identity_id:
             result.skipped += 1
             continue
-        if target.last_sync_count is not None and item.sync_count < target.last_sync_count:
+        if target.planned_count is not None and item.sync_count < target.planned_count:
             result.stale += 1
             continue
         requests.append(PushRequest(device_id=item.device_id, token=target.token, dataset=item.dataset,
@@ -105,13 +78,6 @@ def plan(batch: DeliveryBatch, targets: dict[tuple[str, str], Target],
                                     data=contract.push_data(batch.pool, item.identity_id, item.dataset,
                                                             item.sync_count)))
     return requests
-
-
-def send_batch(creds: PoolCredentials, platform: str, requests: list[PushRequest],
-               settings: Settings) -> list[Outcome]:
-    if not requests:
-        return []
-    return aio.run(_send(creds, platform, requests, settings), timeout=settings.send_timeout * 3 + 30)
 
 
 def record(session: Session, batch: DeliveryBatch, outcomes: list[Outcome], result: DeliveryResult,
@@ -124,6 +90,7 @@ def record(session: Session, batch: DeliveryBatch, outcomes: list[Outcome], resu
     items = {item.key: item for item in batch.items}
     invalid: dict[object, list[str]] = defaultdict(list)
     again: list[Item] = []
+    letters: list[DeadLetter] = []
     wait = 0.0
     for o in outcomes:
         item = items.get(o.key)
@@ -137,12 +104,12 @@ def record(session: Session, batch: DeliveryBatch, outcomes: list[Outcome], resu
             again.append(item)
             wait = max(wait, o.retry_after or 0.0)
         else:
-            why = "retries exhausted" if o.kind is Kind.RETRY else "permanent error"
             hint = POOL_CONFIG_ERRORS.get(o.reason)
-            result.dead_lettered += 1
-            dead_letter_item(session, batch.pool, batch.platform, item,
-                             f"{why}: {o.reason}" + (f" ({hint})" if hint else ""),
-                             last_error=f"HTTP {o.status}" if o.status else o.reason, attempts=batch.attempt)
+            letters.append(DeadLetter.delivery(
+                batch.pool, batch.platform, item, "retries exhausted" if o.kind is Kind.RETRY else "permanent error",
+                o.reason + (f" ({hint})" if hint else ""), attempts=batch.attempt,
+                last_error=f"HTTP {o.status}" if o.status else o.reason))
+    result.dead_lettered += repo.add_dead_letters(session, letters)
     for (reason, since), device_ids in invalid.items():
         result.deactivated += repo.deactivate_devices(session, device_ids, reason, not_registered_after=since)
     if again:
@@ -153,55 +120,73 @@ def record(session: Session, batch: DeliveryBatch, outcomes: list[Outcome], resu
     return result
 
 
-def deliver(batch: DeliveryBatch, settings: Settings, *, session_scope: Callable,
-            schedule_retry: Callable[[DeliveryBatch, float], None],
-            send: Callable[..., list[Outcome]] = send_batch) -> tuple[DeliveryResult, list[Outcome]]:
+def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> DeliveryResult:
     """The whole of one delivery: read (one transaction), send (none open), record (one)."""
+    settings = ctx.settings
     result = DeliveryResult()
-    with session_scope() as session:
-        for bad in batch.rejected:
-            result.dead_lettered += 1
-            repo.add_dead_letter(session, "message", bad.reason, {"item": bad.raw}, pool_id=batch.pool,
-                                 platform=batch.platform, attempts=batch.attempt)
-        creds, targets = load(session, batch)
+    with ctx.session_scope() as session:
+        result.dead_lettered += repo.add_dead_letters(session, [
+            DeadLetter.message(bad.raw, "unreadable message", bad.reason, field="item", pool=batch.pool,
+                               platform=batch.platform, attempts=batch.attempt) for bad in batch.rejected])
+        creds, targets = load(session, batch, ctx.pools)
     requests = plan(batch, targets, result)
+    outcomes: list[Outcome] = []
     if requests and (creds is None or not creds.has(batch.platform)):
-        why = ("unknown pool" if creds is None
-               else creds.error or f"pool has no {_service(batch.platform)} credentials")
+        why = "unknown pool" if creds is None else "no credentials"
+        detail = batch.pool if creds is None else creds.error or f"the pool has no {_service(batch.platform)} " \
+                                                                 "credentials"
         sending = {r.key for r in requests}
-        with session_scope() as session:
-            for item in batch.items:
-                if item.key in sending:
-                    dead_letter_item(session, batch.pool, batch.platform, item, why, attempts=batch.attempt)
+        with ctx.session_scope() as session:
+            result.dead_lettered += repo.add_dead_letters(session, [
+                DeadLetter.delivery(batch.pool, batch.platform, item, why, detail, attempts=batch.attempt)
+                for item in batch.items if item.key in sending])
             repo.settle_outbox(session, batch.id)
-        result.dead_lettered += len(sending)
-        return result, []
-    outcomes = send(creds, batch.platform, requests, settings) if requests else []
-    with session_scope() as session:
-        record(session, batch, outcomes, result, settings)
-        if result.retry_batch is None:
-            repo.settle_outbox(session, batch.id)
-        else:
-            # the outbox row follows the retry, due only well after the retry's own time
-            repo.reschedule_outbox(session, batch.id, result.retry_batch.to_json(), utcnow() + timedelta(
-                seconds=result.retry_in + settings.redeliver_after))
-            # queued before the outcomes commit: a failure in between re-sends, never loses
-            schedule_retry(result.retry_batch, result.retry_in)
-    return result, outcomes
+    else:
+        if requests:
+            outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
+                                    timeout=settings.send_timeout * 3 + 30)
+        with ctx.session_scope() as session:
+            record(session, batch, outcomes, result, settings)
+            if result.retry_batch is None:
+                repo.settle_outbox(session, batch.id)
+            else:
+                # the outbox row follows the retry, due only well after the retry's own time
+                repo.reschedule_outbox(session, batch.id, result.retry_batch.to_json(), utcnow() + timedelta(
+                    seconds=result.retry_in + settings.redeliver_after))
+                # queued before the outcomes commit: a failure in between re-sends, never loses
+                ctx.publish.retry(result.retry_batch, result.retry_in)
+    metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.clock())
+    return result
+
+
+def deliver_message(ctx: Context, raw: Any, rec: metrics.Recorder) -> DeliveryResult:
+    """A delivery message as it came off its queue (untrusted): parsed, then delivered; one that
+    does not parse is dead-lettered as it came."""
+    try:
+        batch = DeliveryBatch.from_json(raw)
+    except MessageError as exc:
+        with ctx.session_scope() as session:
+            repo.add_dead_letters(session, [DeadLetter.message(raw, "unreadable message", str(exc))])
+        rec.add("dead_lettered", "message")
+        log.warning("dead-lettered a delivery message that does not parse: %s", exc)
+        return DeliveryResult(dead_lettered=1)
+    result = deliver(ctx, batch, rec)
+    log_delivery(batch, result)
+    return result
+
+
+def dead_letter_batch(session: Session, batch: DeliveryBatch, cause: str, detail: str) -> int:
+    """Every push of a batch that failed for good, at the counts it carried."""
+    return repo.add_dead_letters(session, [DeadLetter.delivery(batch.pool, batch.platform, item, cause, detail,
+                                                               attempts=batch.attempt) for item in batch.items])
+
+
+def log_delivery(batch: DeliveryBatch, result: DeliveryResult) -> None:
+    log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered, %d skipped, %d stale",
+             result.sent, len(batch.items), batch.attempt, result.retried, result.deactivated,
+             result.dead_lettered, result.skipped, result.stale,
+             extra={"pool": batch.pool, "platform": batch.platform})
 
 
 def _service(platform: str) -> str:
     return "FCM" if platform == "GCM" else "APNs"
-
-
-def dead_letter_item(session: Session, pool: str, platform: str, item: Item, reason: str, *,
-                     last_error: str | None = None, attempts: int = 1) -> None:
-    """One push into the dead-letter store, in the shape `dlq replay` reads back."""
-    repo.add_dead_letter(session, "delivery", reason, dead_letter_payload(pool, platform, item),
-                         last_error=last_error, pool_id=pool, platform=platform, attempts=attempts)
-
-
-def dead_letter_batch(session: Session, batch: DeliveryBatch, reason: str) -> int:
-    for item in batch.items:
-        dead_letter_item(session, batch.pool, batch.platform, item, reason, attempts=batch.attempt)
-    return len(batch.items)

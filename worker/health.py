@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import redis
-from celery.signals import task_postrun, worker_ready, worker_shutdown
 
 from pushsync.queues import QUEUES
 
@@ -161,49 +159,19 @@ class Heartbeat(threading.Thread):
             pass
 
 
-_heartbeat: Heartbeat | None = None
-_last_progress = 0.0
+class Progress:
+    """A pool process's record of finishing tasks: at most one write a second."""
 
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._last = 0.0
 
-@worker_ready.connect
-def _start(sender=None, **_kwargs) -> None:
-    global _heartbeat
-    from pushsync.broker import redis_client
-    from pushsync.settings import get_settings
-
-    stall = stall_seconds(get_settings())
-    node = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
-    consumer = getattr(sender, "task_consumer", None)
-    queues = sorted(q.name for q in getattr(consumer, "queues", []) or [])
-    client = redis_client(socket_timeout=3, socket_connect_timeout=3)
-    try:
-        client.hset(PROGRESS_KEY, node, time.time())  # a fresh start has made progress
-    except redis.RedisError:
-        pass
-    _heartbeat = Heartbeat(client, node, queues, interval=min(5.0, stall / 4))
-    _heartbeat.start()
-
-
-@worker_shutdown.connect
-def _stop(**_kwargs) -> None:
-    if _heartbeat is not None:
-        _heartbeat.stop()
-
-
-@task_postrun.connect
-def _progress(sender=None, **_kwargs) -> None:
-    """In the pool process that ran the task: at most one write a second."""
-    global _last_progress
-    now = time.time()
-    if now - _last_progress < 1.0:
-        return
-    _last_progress = now
-    node = getattr(getattr(sender, "request", None), "hostname", None)
-    if not node:
-        return
-    try:
-        from worker.tasks import redis_client
-
-        redis_client().hset(PROGRESS_KEY, node, now)
-    except redis.RedisError:
-        pass
+    def finished(self, node: str | None) -> None:
+        now = time.time()
+        if not node or now - self._last < 1.0:
+            return
+        self._last = now
+        try:
+            self.client.hset(PROGRESS_KEY, node, now)
+        except redis.RedisError:
+            pass

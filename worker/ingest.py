@@ -1,263 +1,299 @@
-"""``pushsync.ingest``: change events in, pushes out, many messages per run.
+"""One ingest micro-batch's whole life, in one place: take, read, window, commit, send or queue,
+ack. ``run(ctx, recorder)`` is the only entry point (the ``pushsync.ingest_run`` task's body).
 
-Producers publish one event per message or many (``publish`` / ``publish_many``). A run takes the
-message Celery handed it and more waiting ingest messages, until it holds about
-PUSHSYNC_INGEST_BATCH_MAX events (single-event messages: 199 more in one Redis round trip;
-``worker.drain``), and runs all their events as one micro-batch
-(``worker.ingest_run``): one transaction, one compare-and-set statement, one resolve, one log
-line, one metrics write. The messages it took are acknowledged only after that, as Celery
-acknowledges its own; a run that dies leaves them to kombu's restore.
+1. take: up to PUSHSYNC_INGEST_BATCH_MAX messages off ``events`` and the due flushes, atomically,
+   under a lease (``worker.intake``); work left behind starts another run at once.
+2. read: every message and flush member is untrusted bytes; each event is typed once
+   (``contract.event``). What cannot be used becomes a dead letter of its own; its neighbours go on.
+3. window: the events' keys enter their coalescing windows (``worker.coalesce``): held or leading.
+4. commit: one transaction (``worker.plan``): the dead letters, the accepted counts, the planned
+   pushes in the outbox.
+5. send or queue: a small fan-out is sent from this run, a larger one goes to the push queues.
+6. ack: the messages and flushes leave their in-flight records; held keys' flushes are scheduled
+   again (a transaction slower than its window must not miss its flush).
 
-What a message carries is untrusted: its events are checked one by one by the fan-out, a
-message that does not parse is dead-lettered as it came, and one of more than
-PUSHSYNC_MAX_EVENTS_PER_MESSAGE events is dead-lettered whole. A store or broker out of reach
-sends each message back to the queue with a growing countdown (its ``attempt`` kwarg counts),
-up to ``TRANSIENT_MAX_RETRIES`` times, then dead-letters its events; when even that cannot be
-published, the messages go back to the queue as they are.
+Each failure has one answer, here: the store or Redis out of reach -> the messages are deferred
+(due again after a jittered backoff, the try counted; after ``MAX_TRIES`` their events are
+dead-lettered); the store refusing the data -> the events one by one, only the refused ones
+dead-lettered; anything else (a bug) -> the events dead-lettered with the error, never lost.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
-import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import redis
-from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown
 
-from pushsync.queues import EVENTS_QUEUE, FLUSH_TASK, INGEST_TASK
-from pushsync.settings import get_settings
+from pushsync import contract
+from pushsync.contract import ChangeEvent, Key, ValidationError
+from pushsync.messages import DeadLetter, DeliveryBatch, exception_text
 from store import repo
-from store.db import session_scope
-from worker import coalesce, drain, fanout, tasks
-from worker.app import app
-from worker.ingest_run import fan_out_all, windows
-from worker.tasks import TRANSIENT, TRANSIENT_MAX_RETRIES, PushsyncTask
+from worker import delivery, metrics, plan
+from worker.context import Context
+from worker.envelope import Message, Unreadable, read
+from worker.errors import DATA_ERRORS, TRANSIENT
+from worker.intake import MAX_ABANDONS, Taken
+from worker.plan import IngestResult
 
 log = logging.getLogger("pushsync.tasks")
-RETRY_WAIT_MAX = 30.0  # seconds, at most, between two tries of a message whose store or broker is away
+
+MAX_TRIES = 240  # with waits of up to RETRY_WAIT_MAX: about 2 hours of a store out of reach
+RETRY_WAIT_MAX = 30.0
+FLUSHES_PER_RUN = 500
+# Tasks an older pushsync sent to ``events``; skipped (counted) rather than dead-lettered.
+OLD_TASKS = ("pushsync.flush_windows", "pushsync.prune_devices", "pushsync.trim_dead_letters",
+             "pushsync.record_queue_depths")
+RAW_PARSE_MAX = 1 << 20  # a message whose runs keep dying is read for its events only below this size
 
 
 @dataclass
-class Message:
-    events: list
-    enqueued_at: float
-    attempt: int
-    tag: str | None = None  # a message this run took itself (None: the one Celery handed it)
-    redelivered: bool = False  # given back to the queue once already (its worker died, or it was requeued)
+class Batch:
+    """What a take turned into: the events (typed), which message each came from, the flushes,
+    and the dead letters so far."""
+
+    taken: Taken
+    messages: list[Message] = field(default_factory=list)
+    events: list[ChangeEvent] = field(default_factory=list)
+    flushes: set[Key] = field(default_factory=set)
+    letters: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0
+    res: IngestResult = field(default_factory=IngestResult)
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.taken.messages]
 
 
-def _number(value: object, default: float) -> float:
-    """A finite number, or ``default``: JSON from a forged message can carry Infinity, NaN and
-    integers too large for a float, on which int() and float() raise."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return default
+def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
     try:
-        number = float(value)
-    except OverflowError:
-        return default
-    return number if math.isfinite(number) else default
-
-
-def read(args: object, kwargs: object, tag: str | None = None, redelivered: bool = False) -> Message:
-    """One message's arguments as the worker takes them: anything a producer could have sent."""
-    args = list(args) if isinstance(args, (list, tuple)) else [args]
-    kwargs = kwargs if isinstance(kwargs, dict) else {}
-    events = args[0] if args else kwargs.get("events", [])
-    events = events if isinstance(events, list) else [events]
-    now = time.time()
-    enqueued_at = _number(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), now)
-    # only feeds the latency histogram: a time that cannot be one is read as now
-    enqueued_at = enqueued_at if 0 < enqueued_at <= now + 86400 else now
-    return Message(events, enqueued_at,
-                   int(min(max(_number(kwargs.get("attempt"), 0), 0), TRANSIENT_MAX_RETRIES)), tag, redelivered)
-
-
-_drain: drain.Drain | None = None
-
-
-def _take(have: int, limit: int) -> tuple[list[Message], list[str]]:
-    """More waiting messages for this run, until it holds about ``limit`` events (it holds
-    ``have``): (readable ones, tags of unreadable ones, dead-lettered). Each round asks for as
-    many messages as the events still wanted would fill at the size seen so far, so single-event
-    messages come in one round trip and messages of 100 events one or two at a time."""
-    messages: list[Message] = []
-    bad_tags: list[str] = []
-    seen_messages = 1
-    while have < limit:
-        per_message = max(1, have // seen_messages)
-        taken, bad = _take_round(max(1, (limit - have) // per_message))
-        if not taken and not bad:
-            break
-        messages += taken
-        bad_tags += bad
-        seen_messages += len(taken) + len(bad)
-        # a message counts as one event at least: a queue of empty messages cannot make a run
-        # take more than ``limit`` messages
-        have += sum(max(1, len(m.events)) for m in taken) + len(bad)
-    return messages, bad_tags
-
-
-def _take_round(count: int) -> tuple[list[Message], list[str]]:
-    global _drain
+        taken, readings = _take(ctx)
+    except redis.RedisError as exc:  # nothing was taken: the dispatcher starts a run again later
+        log.warning("could not take ingest messages: %s", exc)
+        return IngestResult()
+    if taken.more:
+        ctx.publish.trigger()  # more waits: another process may take it while this one works
+    if not taken.messages and not taken.flushes:
+        return IngestResult()
+    batch = _read(ctx, taken, readings)
     try:
-        if _drain is None:
-            _drain = drain.Drain(tasks.redis_client())
-        taken = _drain.take(count, time.time())
-    except redis.RedisError as exc:  # the run goes on with what it has
-        log.warning("could not take more messages: %s", exc)
-        return [], []
-    bad = [t for t in taken if t.error]
-    if bad:
-        try:
-            with session_scope() as session:
-                for t in bad:
-                    repo.add_dead_letter(session, "message", t.error, {"message": t.raw})
-        except TRANSIENT as exc:  # kept for later: back to the queue
-            log.warning("could not dead-letter %d messages that do not parse: %s", len(bad), exc)
-            _settle([t.tag for t in bad], requeue=True)
-            bad = []
-    return [read(t.args, t.kwargs, t.tag, t.redelivered) for t in taken if not t.error], [t.tag for t in bad]
-
-
-def _settle(tags: list[str], requeue: bool) -> None:
-    if not tags or _drain is None:
-        return
-    try:
-        (_drain.restore if requeue else _drain.ack)(tags)
-    except redis.RedisError as exc:  # they stay unacknowledged: kombu restores them later
-        log.warning("could not %s %d taken messages: %s", "requeue" if requeue else "acknowledge", len(tags), exc)
-
-
-def _try_later(messages: list[Message], exc: Exception) -> dict | None:
-    """Each message back to the queue with a countdown, or dead-lettered once out of tries;
-    None when neither could be done (the caller requeues the messages as they are)."""
-    spent = [m for m in messages if m.attempt >= TRANSIENT_MAX_RETRIES]
-    try:
-        for m in messages:
-            if m.attempt < TRANSIENT_MAX_RETRIES:
-                wait = random.uniform(0, min(RETRY_WAIT_MAX, 2 ** m.attempt))
-                app.send_task(INGEST_TASK, args=[m.events], kwargs={"enqueued_at": m.enqueued_at,
-                                                                      "attempt": m.attempt + 1},
-                              queue=EVENTS_QUEUE, countdown=wait)
-        if spent:
-            with session_scope() as session:
-                repo.add_event_dead_letters(session, [e for m in spent for e in m.events],
-                                            f"gave up after {TRANSIENT_MAX_RETRIES} tries: {type(exc).__name__}: "
-                                            f"{str(exc)[:150]}")
-    except TRANSIENT as again:
-        log.warning("could not hand %d messages on (%s): requeued", len(messages), again)
-        return None
-    log.warning("%s: %d messages go again later, %d dead-lettered", type(exc).__name__, len(messages) - len(spent),
-                len(spent))
-    return {"retried": len(messages) - len(spent), "dead_lettered": len(spent)}
-
-
-def _dead_letter_all(messages: list[Message], exc: Exception) -> dict | None:
-    events = [e for m in messages for e in m.events]
-    try:
-        with session_scope() as session:
-            repo.add_event_dead_letters(session, events, f"{type(exc).__name__} in {INGEST_TASK}: {str(exc)[:150]}")
-    except Exception:
-        log.exception("could not dead-letter them either: requeued")
-        return None
-    return {"dead_lettered": len(events)}
-
-
-class IngestTask(PushsyncTask):
-    autoretry_for = ()  # the body deals with transient errors itself, message by message
-    typing = False  # whatever the arguments, the body gets them and decides
-
-    def dead_letter_args(self, session, reason, args, kwargs):
-        # the body keeps what it reads; this is for a failure before it could (a bug): the
-        # message as it came, so that nothing goes without a trace
-        repo.add_dead_letter(session, "message", reason, {"message": {"args": list(args), "kwargs": kwargs}})
-
-
-@app.task(name=INGEST_TASK, base=IngestTask, bind=True)
-def ingest(self, *args, **kwargs) -> dict:
-    settings = get_settings()
-    messages = [read(args, kwargs, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))]
-    more, bad_tags = _take(max(1, len(messages[0].events)), settings.ingest_batch_max)
-    messages += more
-    taken = [m.tag for m in more] + bad_tags
-    try:
-        result = fan_out_all(messages, settings.max_events_per_message)
+        held = ctx.windows.enter({e.key: ctx.settings.coalesce_window for e in batch.events}, ctx.clock()) \
+            if ctx.settings.coalesce_window > 0 and batch.events else {}
+        batches = _commit(ctx, batch, set(held))
     except TRANSIENT as exc:
-        out = _try_later(messages, exc)
+        _defer(ctx, batch, exc)
+        return batch.res
+    _send(ctx, batches, batch.res, rec)
+    try:
+        ctx.intake.ack(batch.ids, taken.lease, taken.flushes,
+                       again={k.text().encode(): end for k, end in held.items()})
+    except redis.RedisError as exc:  # their leases run out and they are taken again: duplicates, no loss
+        log.warning("could not acknowledge %d ingest messages: %s", len(batch.ids), exc)
+    _report(batch, rec)
+    return batch.res
+
+
+def _take(ctx: Context) -> tuple[Taken, dict[str, Message | Unreadable | None]]:
+    """Messages until the run holds about PUSHSYNC_INGEST_BATCH_MAX events, and the due flushes;
+    each message read once."""
+    taken = ctx.intake.take(ctx.settings.ingest_batch_max, FLUSHES_PER_RUN)
+    return taken, {t.id: _reading(ctx, t) for t in taken.messages}
+
+
+def _reading(ctx: Context, t) -> Message | Unreadable | None:
+    """The message read; None for one whose runs kept dying and that is too large to read again."""
+    if t.abandons >= MAX_ABANDONS and len(t.raw) > RAW_PARSE_MAX:
+        return None
+    return read(t, ctx.clock())
+
+
+def _read(ctx: Context, taken: Taken, readings: dict) -> Batch:
+    batch = Batch(taken)
+    limit = ctx.settings.max_events_per_message
+    for t in taken.messages:
+        m = readings[t.id]
+        if m is None:
+            batch.letters.append(DeadLetter.message(t.raw, "run never finished", _abandoned(t.abandons)))
+            continue
+        if isinstance(m, Unreadable):
+            if m.task in OLD_TASKS:
+                batch.skipped += 1
+            else:
+                batch.letters.append(DeadLetter.message(m.raw, m.cause, m.why))
+            continue
+        batch.res.received += len(m.events)
+        if t.abandons >= MAX_ABANDONS:
+            batch.letters += [DeadLetter.event(e, "run never finished", _abandoned(t.abandons)) for e in m.events]
+            batch.res.dead_lettered += len(m.events)
+        elif len(m.events) > limit:
+            # refused whole, each event kept: replayed one by one, none is lost
+            batch.letters += [DeadLetter.event(e, "too many events", f"the message holds {len(m.events)} events; "
+                                                  f"the limit is {limit} (PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
+                              for e in m.events]
+            batch.res.invalid += len(m.events)
+            batch.res.dead_lettered += len(m.events)
+        else:
+            batch.messages.append(m)
+            for raw in m.events:
+                try:
+                    batch.events.append(contract.event(raw))
+                except ValidationError as exc:
+                    batch.letters.append(DeadLetter.event(raw, "invalid event", str(exc)))
+                    batch.res.invalid += 1
+                    batch.res.dead_lettered += 1
+    for member in taken.flushes:
+        try:
+            batch.flushes.add(Key.from_text(member))
+        except ValueError as exc:  # not a member pushsync writes: kept to be read, and gone from the set
+            batch.letters.append(DeadLetter.message(member, "unreadable message", f"flush set: {exc}",
+                                                    field="flush_member"))
+    return batch
+
+
+def _abandoned(n: int) -> str:
+    return f"taken by {n} runs that never finished (killed: out of memory, or past the time limit)"
+
+
+def _commit(ctx: Context, batch: Batch, held: set[Key]) -> list[DeliveryBatch]:
+    """The transaction; when the store refuses the data, the events again one by one."""
+    enqueued = min((m.enqueued_at for m in batch.messages), default=None)
+    try:
+        with ctx.session_scope() as session:
+            out = _plan(ctx, session, batch.events, held, batch.flushes, enqueued, batch.res, batch.letters)
+            repo.add_dead_letters(session, batch.letters)
+        return out
+    except TRANSIENT:
+        raise
+    except DATA_ERRORS as exc:
+        log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
+                    len(batch.events), type(getattr(exc, "orig", exc)).__name__)
+        return _one_by_one(ctx, batch, held, enqueued)
     except Exception as exc:  # a bug or a value nothing foresaw: keep the events, acknowledge the messages
-        log.exception("ingest run failed; dead-lettering its %d messages' events", len(messages))
-        out = _dead_letter_all(messages, exc)
-    else:
-        out = None
-        _report(self, result, messages)
-        _settle(taken, requeue=False)
-        return result.as_dict()
-    _settle(taken, requeue=out is None)
-    if out is None:
-        raise Reject("could not hand the messages on", requeue=True)
+        log.exception("ingest run failed; dead-lettering its %d events", len(batch.events))
+        _replace_result(batch)
+        letters = batch.letters + [DeadLetter.event(e, "failed", f"{exception_text(exc)} in an ingest run")
+                                   for e in batch.events]
+        with ctx.session_scope() as session:
+            repo.add_dead_letters(session, letters)
+        batch.res.dead_lettered += len(batch.events)
+        return []
+
+
+def _replace_result(batch: Batch) -> None:
+    """A failed attempt's counts are void: start again from what reading the messages found."""
+    res = batch.res
+    kept = IngestResult(received=res.received, invalid=res.invalid, dead_lettered=res.invalid)
+    batch.res = kept
+
+
+def _plan(ctx: Context, session, events, held, flushes, enqueued, res, letters) -> list[DeliveryBatch]:
+    s = ctx.settings
+    return plan.micro_batch(session, events, held=held, flushes=flushes, credentials=ctx.pools.credentials,
+                            batch_size=s.batch_size, redeliver_after=s.redeliver_after, enqueued_at=enqueued,
+                            res=res, letters=letters)
+
+
+def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued) -> list[DeliveryBatch]:
+    _replace_result(batch)
+    with ctx.session_scope() as session:
+        repo.add_dead_letters(session, batch.letters)
+    out: list[DeliveryBatch] = []
+    parts = [([e], set()) for e in batch.events] + ([([], batch.flushes)] if batch.flushes else [])
+    for events, flushes in parts:
+        letters: list[DeadLetter] = []
+        one = IngestResult()
+        try:
+            with ctx.session_scope() as session:
+                out += _plan(ctx, session, events, held, flushes, enqueued, one, letters)
+                repo.add_dead_letters(session, letters)
+        except DATA_ERRORS as exc:
+            orig = getattr(exc, "orig", exc)
+            one = IngestResult(dead_lettered=len(events), invalid=len(events))
+            with ctx.session_scope() as session:
+                repo.add_dead_letters(session, [DeadLetter.event(e, "refused by the store", exception_text(orig))
+                                                for e in events])
+            if flushes:
+                log.error("the store refused the flush of %d keys (%s); the sweep will try them again",
+                          len(flushes), exception_text(orig))
+        batch.res.add(one)
     return out
 
 
-def _report(task, result: fanout.IngestResult, messages: list[Message]) -> None:
-    for outcome in ("received", "invalid", "stale", "coalesced", "notified", "held"):
-        task.metrics.add("events", outcome, n=getattr(result, outcome))
-    task.metrics.add("dead_lettered", "event", n=result.dead_lettered)
-    events = [e for m in messages for e in m.events]
-    log.info("ingested %d events from %d messages: %d notified (%d held), %d stale, %d dead-lettered, "
-             "%d devices in %d batches", result.received, len(messages), result.notified, result.held, result.stale,
-             result.dead_lettered, result.devices, result.batches,
-             extra={"event_ids": [e.get("eventId") for e in events if isinstance(e, dict) and e.get("eventId")]
-                    or None})
+def _defer(ctx: Context, batch: Batch, exc: Exception) -> None:
+    """The store or Redis out of reach: every message due again after a jittered backoff, or, out
+    of tries, its events dead-lettered; flushes due again in a second. When even the dead letters
+    cannot be written, those messages wait the longest backoff and try again."""
+    waits = {m.id: random.uniform(0, min(RETRY_WAIT_MAX, 2 ** m.attempts)) for m in batch.taken.messages}
+    spent = [m for m in batch.messages if m.attempts + 1 >= MAX_TRIES]
+    if spent:
+        why = f"{MAX_TRIES} tries: {exception_text(exc)}"
+        try:
+            with ctx.session_scope() as session:
+                repo.add_dead_letters(session, [DeadLetter.event(e, "out of tries", why, attempts=MAX_TRIES)
+                                                for m in spent for e in m.events])
+            for m in spent:
+                waits.pop(m.id)
+            ctx.intake.ack([m.id for m in spent])
+        except (*TRANSIENT, redis.RedisError) as again:
+            log.warning("could not dead-letter %d messages out of tries (%s): they wait and try again",
+                        len(spent), again)
+            waits.update({m.id: RETRY_WAIT_MAX for m in spent})
+    try:
+        ctx.intake.defer(waits, batch.taken.lease, {f: 1.0 for f in batch.taken.flushes})
+    except redis.RedisError as again:  # their leases run out and they come back then
+        log.warning("could not defer %d ingest messages (%s)", len(waits), again)
+    log.warning("%s: %d ingest messages go again later, %d dead-lettered", exception_text(exc), len(waits),
+                len(batch.taken.messages) - len(waits))
 
 
-@app.task(name=FLUSH_TASK, base=PushsyncTask, bind=True)
-def flush_windows(self, entries: list) -> dict:
-    """Coalescing windows that ended: push each dataset's last notified count."""
-    entries = [{"identityPoolId": e["identityPoolId"], "identityId": e["identityId"], "datasetName": e["datasetName"],
-                "originDeviceId": e.get("originDeviceId") if isinstance(e.get("originDeviceId"), str) else None,
-                "leadCount": e["leadCount"] if isinstance(e.get("leadCount"), int) else -1}
-               # the pump sends at most 500; a hand-built message may not hold more than an ingest one
-               for e in (entries if isinstance(entries, list) else [])[:get_settings().max_events_per_message]
-               if isinstance(e, dict) and all(isinstance(e.get(k), str) for k in
-                                               ("identityPoolId", "identityId", "datasetName"))]
-    settings = get_settings()
-    win = windows()
-    if win is not None:
-        # a window opened since, whose leading push already carried the count, needs no flush
-        leads = win.current_leads([coalesce.event_key(e) for e in entries])
-        for e in entries:
-            e["leadCount"] = max(e["leadCount"], leads.get(coalesce.event_key(e), -1))
-    with session_scope() as session:
-        result = fanout.flush(session, entries, batch_size=settings.batch_size, enqueue=tasks.enqueue,
-                              redeliver_after=settings.redeliver_after)
-    self.metrics.add("events", "window_flushed", n=result.notified)
-    log.info("flushed %d coalescing windows: %d devices in %d batches", result.notified, result.devices,
-             result.batches)
-    return result.as_dict()
+def _send(ctx: Context, batches: list[DeliveryBatch], res: IngestResult, rec: metrics.Recorder) -> None:
+    """A fan-out of at most PUSHSYNC_INLINE_DELIVERY_MAX pushes is sent from here, its batches
+    side by side (their sends share the process's event loop); a larger one, and any batch whose
+    inline send failed, goes to the push queues. Either way each batch is in the outbox already."""
+    if res.devices <= ctx.settings.inline_delivery_max and batches:
+        batches = _inline(ctx, batches, rec)
+    for b in batches:
+        try:
+            ctx.publish.deliver(b)
+        except TRANSIENT as exc:  # the outbox sends it again once it is overdue
+            log.warning("could not queue a delivery batch (%s); the outbox has it", exc)
 
 
-def publish_flush(entries: list[dict]) -> None:
-    app.send_task(FLUSH_TASK, args=[entries], queue=EVENTS_QUEUE)
+def _inline(ctx: Context, batches: list[DeliveryBatch], rec: metrics.Recorder) -> list[DeliveryBatch]:
+    recorders = [metrics.Recorder() for _ in batches]
+
+    def one(i: int):
+        try:
+            return delivery.deliver(ctx, batches[i], recorders[i])
+        except Exception as exc:  # the push workers take it from here (and the outbox behind them)
+            log.warning("inline delivery of a %s batch failed (%s); queued instead", batches[i].platform,
+                        exception_text(exc))
+            return None
+
+    if len(batches) == 1:
+        done = [one(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(batches), 8)) as pool:
+            done = list(pool.map(one, range(len(batches))))
+    for r in recorders:
+        rec.merge(r)
+    for b, result in zip(batches, done, strict=True):
+        if result is not None:
+            delivery.log_delivery(b, result)  # here, in the run's thread: the line names the run's task
+    return [b for b, result in zip(batches, done, strict=True) if result is None]
 
 
-_pump: coalesce.Pump | None = None
-
-
-@worker_ready.connect
-def _start_pump(**_kwargs) -> None:
-    """Each worker's main process pumps ended windows (claims are atomic: any number of workers)."""
-    global _pump
-    win = windows()
-    if win is not None and _pump is None:
-        _pump = coalesce.Pump(win, publish_flush)
-        _pump.start()
-
-
-@worker_shutdown.connect
-def _stop_pump(**_kwargs) -> None:
-    if _pump is not None:
-        _pump.stop()
+def _report(batch: Batch, rec: metrics.Recorder) -> None:
+    res = batch.res
+    for outcome, n in res.as_dict().items():
+        if outcome not in ("dead_lettered", "devices", "batches"):
+            rec.add("events", outcome, n=n)
+    rec.add("dead_lettered", "event", n=res.dead_lettered)
+    rec.add("dead_lettered", "message", n=sum(1 for d in batch.letters if d.kind == "message"))
+    rec.add("skipped", "old_task", n=batch.skipped)
+    log.info("ingested %d events from %d messages and %d flushes: %d notified (%d held), %d stale, "
+             "%d dead-lettered, %d devices in %d batches", res.received, len(batch.taken.messages),
+             len(batch.taken.flushes), res.notified, res.held, res.stale, res.dead_lettered, res.devices,
+             res.batches, extra={"event_ids": [e.event_id for e in batch.events if e.event_id] or None})

@@ -141,11 +141,23 @@ def summary_lines(snap: dict) -> list[str]:
 
 
 def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
-    """Messages waiting per queue, and in the retry set."""
+    """Messages waiting per queue; in the retry set; ingest messages taken by a run and not yet
+    done with (in_flight: a run has them, or a retry waits for its time); coalescing flushes
+    scheduled (flushes)."""
     from worker import retry
+    from worker.coalesce import FLUSH
+    from worker.intake import DUE
 
-    depths = {q: client.llen(q) for q in queues}
+    pipe = client.pipeline(transaction=False)
+    names = list(queues)
+    for q in names:
+        pipe.llen(q)
+    pipe.zcard(DUE)
+    pipe.zcard(FLUSH)
+    *lengths, in_flight, flushes = pipe.execute()
+    depths = dict(zip(names, map(int, lengths), strict=True))
     depths.update(retry.depth(client))
+    depths.update(in_flight=int(in_flight), flushes=int(flushes))
     return depths
 
 

@@ -2,7 +2,7 @@
 
 An event goes back to ingest, so a sync count that is stale by now is dropped there. A
 delivery goes back to its platform's queue unless a newer sync count of its dataset has
-been notified since (the device will have got that one instead, or it is dead-lettered too);
+been planned since (the device will have got that one instead, or it is dead-lettered too);
 deliver checks again at send time that the device is still the identity's. A dead letter that
 holds no usable event or delivery (a message that did not parse) is left in the store and
 counted: it is there to be read, not sent.
@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pushsync.contract import Key
 from pushsync.messages import DeliveryBatch, MessageError, from_dead_letter
 from store import repo
 from store.db import session_scope
@@ -61,7 +62,7 @@ def replay(ids: list[int] | None, send: Send, *, batch_size: int = 500,
                     res.unusable += 1
                     continue
                 sent_ids.append(d["id"])
-                last = repo.last_sync_count(s, pool, item.identity_id, item.dataset)
+                _accepted, last = repo.counts(s, Key(pool, item.identity_id, item.dataset))
                 if last is not None and last > item.sync_count:
                     res.stale += 1
                     continue

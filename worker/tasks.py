@@ -1,59 +1,48 @@
-"""Thin Celery tasks: small JSON arguments in, plain functions do the work.
+"""The worker's Celery tasks, thin, and its signals: small JSON arguments in, plain functions do
+the work on the process's context (``worker.context``).
 
-``pushsync.ingest(events)``: a list of change events (CONTRACT section 2), queue ``events``.
-``pushsync.deliver(batch)``: a delivery batch (``pushsync.messages.DeliveryBatch``), queue
-``push.fcm`` or ``push.apns``. Device tokens and credentials never travel in a message:
-deliver reads them from the store.
+``pushsync.ingest_run()``: one ingest micro-batch (``worker.ingest.run``); it carries nothing, it
+takes its messages from ``events`` itself. ``pushsync.deliver(batch)``: a delivery batch
+(``pushsync.messages.DeliveryBatch``) from ``push.fcm`` or ``push.apns``. Device tokens and
+credentials never travel in a message: deliver reads them from the store.
 
-Errors are of two kinds. A dependency out of reach (the store's connection, Redis) is
-transient: the task runs again with backoff, at most ``TRANSIENT_MAX_RETRIES`` times. Bad data
-(a message that does not parse, a value the store refuses) is dead-lettered at once, item by
-item where the items can be told apart, and the rest of the message goes on.
+A delivery whose store or broker is out of reach runs again with backoff, at most
+``TRANSIENT_MAX_RETRIES`` times; what fails for good is dead-lettered with the reason.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
-import redis
-import redis.exceptions
-import sqlalchemy.exc
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_shutdown
-from kombu.exceptions import OperationalError as KombuOperationalError
+from celery.signals import (
+    celeryd_after_setup,
+    task_postrun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
-from pushsync import broker
-from pushsync.messages import DeliveryBatch, MessageError
-from pushsync.queues import DELIVER_TASK, queue_for
-from pushsync.settings import get_settings
+from pushsync.messages import DeadLetter, DeliveryBatch, MessageError, exception_text
+from pushsync.queues import DELIVER_TASK, EVENTS_QUEUE, RUN_TASK, RUNS_QUEUE
 from store import repo
-from store.db import session_scope
-from worker import delivery, metrics, retry
+from worker import context, delivery, ingest, metrics
 from worker.app import app
+from worker.errors import TRANSIENT
+from worker.health import stall_seconds
 
 log = logging.getLogger("pushsync.tasks")
 
-# The store or the broker briefly out of reach: the task runs again later instead of failing.
-# (OperationalError covers a lost connection, a refused one and SQLite's "database is locked".)
-TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KombuOperationalError)
-# What the store refuses because of the data itself: retrying cannot help.
-DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
 # With the 60 s backoff ceiling, about 4 hours of an unreachable store before a message is
 # dead-lettered (or, if the store is still away then, logged with its content).
 TRANSIENT_MAX_RETRIES = 240
 
 
-runs = threading.local()
-
-
 class PushsyncTask(Task):
-    """The chores of every task: its figures (``self.metrics``, flushed to Redis in one round
-    trip when the task ends, whatever the outcome), bounded retries of transient errors, and
-    its arguments kept as dead letters when it fails for good (``dead_letter_args``)."""
+    """The chores of every task: bounded retries of transient errors, and its arguments kept as
+    dead letters when it fails for good (``dead_letter_args``)."""
 
     abstract = True
     autoretry_for = TRANSIENT
@@ -61,19 +50,6 @@ class PushsyncTask(Task):
     retry_backoff_max = 60
     retry_jitter = True
     max_retries = TRANSIENT_MAX_RETRIES
-
-    @property
-    def metrics(self) -> metrics.Recorder:
-        """This run's figures. Kept per thread: a task object is shared by every run in a process,
-        and with `-P threads` runs overlap."""
-        return runs.recorder
-
-    def __call__(self, *args, **kwargs):
-        runs.recorder = metrics.Recorder()
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            flush_metrics(runs.recorder)
 
     def retry(self, *args, **kwargs):
         # Celery publishes a retry as a new message; when it cannot (the broker is the thing
@@ -86,97 +62,89 @@ class PushsyncTask(Task):
             log.warning("could not publish the retry of %s (%s): message requeued", self.name, exc.reason)
             raise Reject(exc.reason, requeue=True) from None
 
-    def dead_letter_args(self, session, reason: str, args: tuple, kwargs: dict) -> None:
+    def dead_letter_args(self, session, exc: BaseException, args: tuple, kwargs: dict) -> None:
         """Keep what a failed task carried; tasks that carry something worth replaying override it."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """A task that fails for good (bad data, a bug, a time limit, retries exhausted) has its
         message acknowledged all the same: keep what it carried so it can be replayed."""
-        reason = f"{type(exc).__name__} in {self.name}: {str(exc)[:150]}"
         try:
-            with session_scope() as session:
-                self.dead_letter_args(session, reason, args, kwargs)
+            with context.current(app).session_scope() as session:
+                self.dead_letter_args(session, exc, args, kwargs)
         except Exception:
             log.exception("could not dead-letter the arguments of failed task %s: %.2000r", task_id, args)
 
 
 class DeliverTask(PushsyncTask):
-    def dead_letter_args(self, session, reason, args, kwargs):
+    def dead_letter_args(self, session, exc, args, kwargs):
         raw = args[0] if args else None
+        detail = f"{exception_text(exc)} in {self.name}"
         try:
             batch = DeliveryBatch.from_json(raw)
-            delivery.dead_letter_batch(session, batch, reason)
-            repo.settle_outbox(session, batch.id)
         except MessageError:
-            repo.add_dead_letter(session, "message", reason, {"message": raw})
+            repo.add_dead_letters(session, [DeadLetter.message(raw, "failed", detail)])
+            return
+        delivery.dead_letter_batch(session, batch, "failed", detail)
+        repo.settle_outbox(session, batch.id)
 
 
-def redis_client() -> redis.Redis:
-    global _redis_client
-    if _redis_client is None:
-        _redis_client = broker.redis_client()
-    return _redis_client
-
-
-_redis_client: redis.Redis | None = None
-
-
-def schedule_retry(batch: DeliveryBatch, wait: float) -> None:
-    """A short wait rides on a Celery countdown; a longer one waits in the retry set, which
-    the scheduler pumps, because Redis re-delivers countdown messages held past the
-    visibility timeout."""
-    if wait <= get_settings().countdown_max:
-        app.send_task(DELIVER_TASK, args=[batch.to_json()], queue=queue_for(batch.platform), countdown=wait)
-    else:
-        retry.schedule(redis_client(), "deliver", batch.to_json(), time.time() + wait)
-
-
-def enqueue(platform: str, batch: dict) -> None:
-    app.send_task(DELIVER_TASK, args=[batch], queue=queue_for(platform))
-
-
-def flush_metrics(rec: metrics.Recorder) -> None:
+@app.task(name=RUN_TASK, base=PushsyncTask, bind=True, autoretry_for=(), typing=False)
+def ingest_run(self, *_args, **_kwargs) -> dict:
+    """One ingest micro-batch. Its arguments are ignored: it carries nothing worth trusting."""
+    ctx = context.current(app)
+    rec = metrics.Recorder()
     try:
-        rec.flush(redis_client())
-    except redis.RedisError as exc:  # figures are worth less than the pushes: never fail a task on them
-        log.warning("could not record metrics: %s", exc)
+        return ingest.run(ctx, rec).as_dict()
+    finally:
+        ctx.flush_metrics(rec)
 
 
 @app.task(name=DELIVER_TASK, base=DeliverTask, bind=True)
-def deliver(self, batch: dict) -> dict:
+def deliver(self, batch) -> dict:
+    ctx = context.current(app)
+    rec = metrics.Recorder()
     try:
-        parsed = DeliveryBatch.from_json(batch)
-    except MessageError as exc:
-        with session_scope() as session:
-            repo.add_dead_letter(session, "message", str(exc), {"message": batch})
-        self.metrics.add("dead_lettered", "message")
-        log.warning("dead-lettered a delivery message that does not parse: %s", exc)
-        return {"dead_lettered": 1}
-    return deliver_now(parsed, self.metrics).as_dict()
+        return delivery.deliver_message(ctx, batch, rec).as_dict()
+    finally:
+        ctx.flush_metrics(rec)
 
 
-def deliver_now(parsed: DeliveryBatch, recorder: metrics.Recorder, quiet: bool = False) -> delivery.DeliveryResult:
-    """One batch sent and its outcomes recorded, in this process (the deliver task, or an
-    ingest run delivering its own small fan-out; that one logs from its own thread, where
-    the task's name and id are)."""
-    result, outcomes = delivery.deliver(parsed, get_settings(), session_scope=session_scope,
-                                        schedule_retry=schedule_retry)
-    metrics.record_delivery(recorder, parsed, result, outcomes, accepted_at=time.time())
-    if not quiet:
-        log_delivery(parsed, result)
-    return result
+@celeryd_after_setup.connect
+def _consume_runs_for_events(sender=None, instance=None, **_kwargs) -> None:
+    """A worker told to consume ``events`` consumes the run triggers instead (its runs take the
+    messages from ``events`` themselves) and starts the dispatcher that publishes them."""
+    queues = instance.app.amqp.queues
+    if EVENTS_QUEUE in queues.consume_from:
+        queues.deselect([EVENTS_QUEUE])
+        queues.select_add(RUNS_QUEUE)
 
 
-def log_delivery(parsed: DeliveryBatch, result: delivery.DeliveryResult) -> None:
-    log.info("delivered %d of %d (attempt %d): %d retried, %d tokens invalid, %d dead-lettered, %d skipped, %d stale",
-             result.sent, len(parsed.items), parsed.attempt, result.retried, result.deactivated,
-             result.dead_lettered, result.skipped, result.stale,
-             extra={"pool": parsed.pool, "platform": parsed.platform})
+@worker_process_init.connect
+def _build_pool_context(**_kwargs) -> None:
+    context.current(app)
+
+
+@worker_ready.connect
+def _start_main(sender=None, **_kwargs) -> None:
+    ctx = context.current(app)
+    consumed = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", []) or []}
+    # the health check watches the queues an operator named: events for the run triggers
+    queues = sorted({EVENTS_QUEUE if q == RUNS_QUEUE else q for q in consumed})
+    ctx.start_main(getattr(sender, "hostname", None) or "celery@unknown", queues, RUNS_QUEUE in consumed,
+                   stall_seconds(ctx.settings))
+
+
+@worker_shutdown.connect
+def _stop_main(**_kwargs) -> None:
+    context.current(app).stop_main()
 
 
 @worker_process_shutdown.connect
-def _close_connections(**_kwargs) -> None:
-    try:
-        delivery.close_senders()
-    except Exception:  # the process is going away; nothing to save
-        pass
+def _close(**_kwargs) -> None:
+    context.current(app).close()
+
+
+@task_postrun.connect
+def _progress(sender=None, **_kwargs) -> None:
+    """In the pool process that ran the task: the health check's sign of progress."""
+    context.current(app).progress.finished(getattr(getattr(sender, "request", None), "hostname", None))

@@ -21,6 +21,7 @@ GROUPS = (db, pool, device, subscribe, publish, ops, dlq, api, demo)
 
 def build_parser() -> Parser:
     p = Parser(prog="pushsync", description="Self-hosted push sync for FCM and APNs.")
+    p.set_defaults(main=main)  # for the commands that run others (demo-producer)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in GROUPS:
         module.register(sub)

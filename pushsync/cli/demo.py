@@ -240,12 +240,11 @@ def main(state_dir: str = "demo-state") -> int:
         demo.stop_all()
 
 
-def produce(emulator_dir: str) -> int:
+def produce(emulator_dir: str, cli) -> int:
     """`pushsync demo-producer`: for compose's dev profile. Creates the demo pool with the keys
     the emulator wrote, registers devices on all three platforms and publishes a few changes;
-    the emulator's log shows the pushes."""
-    from pushsync.cli import main as cli
-
+    the emulator's log shows the pushes. ``cli`` is the command line's entry point (``pushsync.cli``
+    passes it: this module is one of the groups it imports)."""
     info = json.loads((Path(emulator_dir) / "emulator.json").read_text())
     steps = [
         ["pool", "create", POOL, "--fcm-service-account", info["service_account"], "--apns-key", info["apns_key"],
@@ -279,4 +278,4 @@ def register(sub) -> None:
     demo.set_defaults(func=lambda args: main(args.state_dir))
     producer = sub.add_parser("demo-producer", help="compose dev profile: demo pool, devices and changes")
     producer.add_argument("--emulator-dir", default="emulator-state")
-    producer.set_defaults(func=lambda args: produce(args.emulator_dir))
+    producer.set_defaults(func=lambda args: produce(args.emulator_dir, args.main))

@@ -33,10 +33,9 @@ def create(args) -> int:
 
 
 def rekey(args) -> int:
-    from pushsync.secrets import keyring
     from store import repo
 
-    ring = keyring()
+    ring = get_settings().keyring()
     if not ring:
         raise ValidationError("PUSHSYNC_SECRET_KEY", "is not set: put the new key first, then the old ones")
     ensure_schema()

@@ -15,9 +15,9 @@ from store.repo.apikeys import (
     token_secret,
 )
 from store.repo.common import NotFound
+from store.repo.counts import accept, counts, pending, plan, planned_counts
 from store.repo.dead_letters import (
-    add_dead_letter,
-    add_event_dead_letters,
+    add_dead_letters,
     count_dead_letters,
     dead_letters_by_id,
     delete_dead_letters,
@@ -29,7 +29,6 @@ from store.repo.devices import (
     deactivate_devices,
     delete_inactive_devices,
     delivery_targets,
-    device_info,
     import_devices,
     register_device,
     register_devices,
@@ -48,29 +47,21 @@ from store.repo.pools import (
     upsert_pool,
 )
 from store.repo.subscriptions import (
-    advance_sync_count,
-    advance_sync_counts,
     known_datasets,
-    last_sync_count,
     resolve_many,
     resolve_statement,
     subscribe,
     subscribe_many,
-    subscriptions_of,
-    sync_counts,
     unsubscribe,
 )
 
 __all__ = [
     "Grant", "api_key_grant", "create_api_key", "list_api_keys", "revoke_api_key", "set_token_secret",
-    "token_secret", "NotFound", "PoolCredentials", "Target", "add_dead_letter", "add_event_dead_letters", "add_outbox",
-    "defer_outbox", "reschedule_outbox",
-    "settle_outbox", "take_due_outbox", "advance_sync_count", "advance_sync_counts", "count_dead_letters",
+    "token_secret", "NotFound", "PoolCredentials", "Target", "accept", "add_dead_letters", "add_outbox", "counts",
+    "defer_outbox", "reschedule_outbox", "settle_outbox", "take_due_outbox", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
-    "delivery_targets", "device_info", "import_devices", "known_datasets", "last_sync_count",
-    "list_dead_letters", "pool_credentials", "pool_platforms", "pool_summary", "pool_versions",
-    "purge_dead_letters", "rekey_pools",
-    "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement", "subscribe",
-    "subscribe_many", "subscriptions_of", "sync_counts", "token_hash", "unregister_device", "unsubscribe",
-    "upsert_pool",
+    "delivery_targets", "import_devices", "known_datasets", "list_dead_letters", "pending", "plan",
+    "planned_counts", "pool_credentials", "pool_platforms", "pool_summary", "pool_versions", "purge_dead_letters",
+    "rekey_pools", "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement",
+    "subscribe", "subscribe_many", "token_hash", "unregister_device", "unsubscribe", "upsert_pool",
 ]

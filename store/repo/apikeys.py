@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from pushsync import secrets, tokens
+from pushsync import tokens
 from pushsync.secrets import Keyring
+from pushsync.settings import get_settings
 from store.models import ApiKey, Pool, utcnow
 from store.repo.common import NotFound
 from store.repo.pools import require_pool
@@ -67,7 +68,7 @@ def set_token_secret(session: Session, pool_id: str, keyring: Keyring | None = N
     """A new signing secret for the pool's identity tokens, sealed like key material; returns it
     (to be shown once). Tokens signed with the previous secret stop working."""
     require_pool(session, pool_id)
-    keyring = secrets.keyring() if keyring is None else keyring
+    keyring = get_settings().keyring() if keyring is None else keyring
     secret = tokens.new_signing_secret()
     session.execute(update(Pool).where(Pool.id == pool_id).values(token_secret=keyring.seal(secret)))
     return secret
@@ -78,4 +79,4 @@ def token_secret(session: Session, pool_id: str, keyring: Keyring | None = None)
     stored = session.execute(select(Pool.token_secret).where(Pool.id == pool_id)).scalar()
     if stored is None:
         return None
-    return (secrets.keyring() if keyring is None else keyring).open(stored)
+    return (get_settings().keyring() if keyring is None else keyring).open(stored)

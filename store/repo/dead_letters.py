@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import reprlib
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from pushsync.messages import DeadLetter as Letter
 from store.models import DeadLetter, utcnow
 from store.repo.common import chunks
 
@@ -19,34 +21,32 @@ def _clean(text: str | None, limit: int) -> str | None:
     return None if text is None else str(text).replace("\x00", "\\x00")[:limit]
 
 
-def _row(kind: str, reason: str, payload: dict, last_error: str | None, pool_id: object, platform: object,
-         attempts: int) -> dict:
+def _payload(payload: object) -> str:
+    """JSON of what the letter carries; a value JSON cannot hold (nested past the recursion limit,
+    a float such as NaN is fine) is kept as a bounded repr instead."""
+    try:
+        text = json.dumps(payload, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        text = json.dumps({"unreadable": reprlib.repr(payload)})
+    return _clean(text, 1_000_000)
+
+
+def add_dead_letters(session: Session, letters: Iterable[Letter]) -> int:
+    """The one writer of the dead-letter store: the letters in one statement (a message of many
+    thousand events costs one round trip, not one per event). Returns how many."""
     from pushsync import contract
 
-    try:
-        pool_id = contract.pool_id(pool_id)
-    except ValueError:
-        pool_id = None  # only a well-formed id goes in the column; the payload keeps what came
     now = utcnow()
-    return {"kind": kind, "reason": _clean(reason, 255), "last_error": _clean(last_error, 2000),
-            "payload": json.dumps(payload, default=repr), "pool_id": pool_id,
-            "platform": platform if platform in ("GCM", "APNS", "APNS_SANDBOX") else None,
-            "attempts": max(1, min(int(attempts), 1_000_000)), "created_at": now, "updated_at": now}
-
-
-def add_dead_letter(session: Session, kind: str, reason: str, payload: dict, *, last_error: str | None = None,
-                    pool_id: str | None = None, platform: str | None = None, attempts: int = 1) -> int:
-    dl = DeadLetter(**_row(kind, reason, payload, last_error, pool_id, platform, attempts))
-    session.add(dl)
-    session.flush()
-    return dl.id
-
-
-def add_event_dead_letters(session: Session, events: list, reason: str) -> int:
-    """Change events as they came (any type), one dead letter each, in one statement: a message
-    of many thousand events costs one round trip, not one per event."""
-    rows = [_row("event", reason, e if isinstance(e, dict) else {"event": e}, None,
-                 e.get("identityPoolId") if isinstance(e, dict) else None, None, 1) for e in events]
+    rows = []
+    for d in letters:
+        try:
+            pool_id = contract.pool_id(d.pool)
+        except ValueError:
+            pool_id = None  # only a well-formed id goes in the column; the payload keeps what came
+        rows.append({"kind": d.kind, "reason": _clean(d.reason, 255), "last_error": _clean(d.last_error, 2000),
+                     "payload": _payload(d.payload), "pool_id": pool_id,
+                     "platform": d.platform if d.platform in contract.PLATFORMS else None,
+                     "attempts": max(1, min(int(d.attempts), 1_000_000)), "created_at": now, "updated_at": now})
     if rows:
         session.execute(insert(DeadLetter.__table__), rows)
     return len(rows)

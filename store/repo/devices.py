@@ -144,14 +144,6 @@ def _update_known(session: Session, rows, keys, found: dict, fresh: set, now: da
         session.execute(update(Device).where(Device.id.in_(chunk)).values(updated_at=now))
 
 
-def device_info(session: Session, device_id: str) -> dict:
-    dev = session.get(Device, device_id)
-    if dev is None:
-        raise NotFound(f"unknown device {device_id}")
-    return {"id": dev.id, "pool_id": dev.pool_id, "identity_id": dev.identity_id,
-            "platform": dev.platform, "active": dev.active}
-
-
 def unregister_device(session: Session, device_id: str) -> None:
     if session.get(Device, device_id) is None:
         raise NotFound(f"unknown device {device_id}")
@@ -191,19 +183,19 @@ class Target:
 
     identity_id: str
     token: str
-    last_sync_count: int | None  # the dataset's last notified count (None: never)
+    planned_count: int | None  # the newest count of the dataset whose pushes were planned (None: none)
 
 
 def delivery_targets(session: Session, pool_id: str, platform: str,
                      keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Target]:
     """(device id, dataset) -> Target, for the keys whose device, in this one query that reads
     its token, still belongs to the pool and platform, is active and is subscribed to the
-    dataset. The identity and the dataset's last notified count come along so that the caller
-    can skip a device that moved to another identity and a count that is stale by now."""
+    dataset. The identity and the dataset's newest planned count come along so that the caller
+    can skip a device that moved to another identity and a count that a newer one overtook."""
     out: dict[tuple[str, str], Target] = {}
     wanted = set(keys)
     for chunk in chunks(sorted({dev for dev, _ds in wanted}), 500):
-        q = (select(Device.id, Subscription.dataset_name, Device.identity_id, Device.token, Dataset.sync_count)
+        q = (select(Device.id, Subscription.dataset_name, Device.identity_id, Device.token, Dataset.planned_count)
              .join(Subscription, Subscription.device_id == Device.id)
              .outerjoin(Dataset, and_(Dataset.pool_id == Device.pool_id, Dataset.identity_id == Device.identity_id,
                                       Dataset.dataset_name == Subscription.dataset_name))

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from pushsync import secrets
 from pushsync.secrets import Keyring, SecretError
+from pushsync.settings import get_settings
 from store.models import Device, Pool, utcnow
 from store.repo.common import NotFound
 
@@ -47,7 +48,7 @@ def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | N
 
     Key material is sealed with ``keyring`` (default: PUSHSYNC_SECRET_KEY) and refused without
     a key (``SecretError``); with a ``*_reference`` (a file path) only the path is stored."""
-    keyring = secrets.keyring() if keyring is None else keyring
+    keyring = get_settings().keyring() if keyring is None else keyring
     fcm_stored = apns_stored = None
     if fcm_service_account is not None:
         fcm_stored = (secrets.reference(fcm_reference) if fcm_reference
@@ -82,7 +83,7 @@ def pool_summary(session: Session, pool_id: str) -> dict:
         fcm = {"project_id": pool.fcm_project_id, "private_key": "***",
                "stored": secrets.storage(pool.fcm_service_account)}
         try:
-            account = json.loads(secrets.keyring().open(pool.fcm_service_account))
+            account = json.loads(get_settings().keyring().open(pool.fcm_service_account))
             fcm.update(client_email=account.get("client_email"), token_uri=account.get("token_uri"))
         except (SecretError, ValueError) as exc:
             fcm["error"] = str(exc) if isinstance(exc, SecretError) else "not a JSON service account"
@@ -114,7 +115,7 @@ def pool_credentials(session: Session, pool_id: str, keyring: Keyring | None = N
     pool = session.get(Pool, pool_id)
     if pool is None:
         return None
-    keyring = secrets.keyring() if keyring is None else keyring
+    keyring = get_settings().keyring() if keyring is None else keyring
     account = None
     if pool.fcm_service_account:
         opened = keyring.open(pool.fcm_service_account)

@@ -1,10 +1,10 @@
-"""Datasets, subscriptions, who gets a push (resolve) and the last notified sync counts."""
+"""Datasets, subscriptions and who gets a push (resolve)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import case, delete, func, or_, select, tuple_
+from sqlalchemy import case, delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
@@ -98,12 +98,6 @@ def known_datasets(session: Session, pool_id: str, identity_id: str) -> list[str
     return list(rows.scalars())
 
 
-def subscriptions_of(session: Session, device_id: str) -> list[str]:
-    rows = session.execute(select(Subscription.dataset_name).where(Subscription.device_id == device_id)
-                           .order_by(Subscription.dataset_name))
-    return list(rows.scalars())
-
-
 def resolve_statement(keys: Sequence[tuple[str, str, str]]):
     """The one query that finds who gets a push, for up to 200 (pool, identity, dataset) keys:
     active devices of those identities subscribed to those datasets. Served by
@@ -128,55 +122,3 @@ def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list
         wanted = set(chunk)
         out.extend(tuple(r) for r in session.execute(resolve_statement(chunk)) if (r[0], r[1], r[2]) in wanted)
     return out
-
-
-def advance_sync_counts(session: Session, rows: Iterable[tuple[str, str, str, int]]) -> set[tuple[str, str, str]]:
-    """Compare-and-set for a micro-batch: record each (pool, identity, dataset) ``count`` as the
-    last notified sync count where it is newer; returns the keys that moved (their callers won
-    and must notify). A dataset seen for the first time moves at any count.
-
-    One statement per 500 keys, an INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING, so
-    two concurrent callers with the same count cannot both win: PostgreSQL re-checks the WHERE
-    on the row after the lock wait, SQLite serialises writers. Keys go in sorted order, so two
-    transactions over overlapping keys lock them in the same order and cannot deadlock.
-    Repeated keys keep their highest count."""
-    newest: dict[tuple[str, str, str], int] = {}
-    for p, i, d, n in rows:
-        if (p, i, d) not in newest or n > newest[(p, i, d)]:
-            newest[(p, i, d)] = n
-    if not newest:
-        return set()
-    now = utcnow()
-    table = Dataset.__table__
-    stmt = insert_for(session, table)
-    # one statement shape whatever the number of keys (executemany; SQLAlchemy sends them in
-    # multi-row batches itself): a VALUES list per micro-batch size would fill the compiled cache
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["pool_id", "identity_id", "dataset_name"],
-        set_={"sync_count": stmt.excluded.sync_count, "updated_at": stmt.excluded.updated_at},
-        where=or_(table.c.sync_count.is_(None), table.c.sync_count < stmt.excluded.sync_count),
-    ).returning(table.c.pool_id, table.c.identity_id, table.c.dataset_name)
-    values = [{"pool_id": p, "identity_id": i, "dataset_name": d, "sync_count": n, "updated_at": now}
-              for (p, i, d), n in sorted(newest.items())]
-    return {tuple(r) for r in session.execute(stmt, values)}
-
-
-def advance_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str, count: int) -> bool:
-    """One key of ``advance_sync_counts``: True if ``count`` is newer than the last notified one."""
-    return bool(advance_sync_counts(session, [(pool_id, identity_id, dataset, count)]))
-
-
-def sync_counts(session: Session, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], int | None]:
-    """The last notified sync count of each (pool, identity, dataset) the store knows."""
-    out: dict[tuple[str, str, str], int | None] = {}
-    for chunk in chunks(sorted(set(keys)), 300):
-        rows = session.execute(select(Dataset.pool_id, Dataset.identity_id, Dataset.dataset_name, Dataset.sync_count)
-                               .where(tuple_(Dataset.pool_id, Dataset.identity_id, Dataset.dataset_name).in_(chunk)))
-        out.update({(p, i, d): n for p, i, d, n in rows})
-    return out
-
-
-def last_sync_count(session: Session, pool_id: str, identity_id: str, dataset: str) -> int | None:
-    return session.execute(select(Dataset.sync_count).where(
-        Dataset.pool_id == pool_id, Dataset.identity_id == identity_id,
-        Dataset.dataset_name == dataset)).scalar_one_or_none()

@@ -14,7 +14,7 @@ def test_db_upgrade_is_idempotent(db_url):
     for _ in range(2):
         r = run_cli(db_url, "db", "upgrade")
         assert r.returncode == 0, r.stderr
-        assert "revision 0004" in r.stdout
+        assert "revision 0005" in r.stdout
 
 
 def test_commands_before_db_upgrade_say_so(tmp_path):
@@ -88,21 +88,23 @@ def test_usage_errors_exit_2_with_one_line(db_url):
 def test_dlq_list_and_purge_older_than(store):
     from datetime import timedelta
 
+    from pushsync.messages import DeadLetter as Letter
     from store import repo
     from store.db import engine_for, session_scope
     from store.models import DeadLetter, utcnow
 
     assert run_cli(store, "dlq", "list").stdout.strip() == "no dead letters"
     with session_scope(engine_for(store)) as s:
-        old = repo.add_dead_letter(s, "event", "unknown pool x", {"identityId": IDENT, "datasetName": "d",
-                                                                  "syncCount": 1})
-        repo.add_dead_letter(s, "event", "unknown pool y", {"identityId": IDENT})
+        repo.add_dead_letters(s, [Letter.event({"identityId": IDENT, "datasetName": "d", "syncCount": 1},
+                                               "unknown pool", "x"),
+                                  Letter.event({"identityId": IDENT}, "unknown pool", "y")])
+        old = min(d["id"] for d in repo.list_dead_letters(s))
         s.get(DeadLetter, old).created_at = utcnow() - timedelta(days=3)
     listed = json.loads(run_cli(store, "dlq", "list", "--json").stdout)
-    assert [d["reason"] for d in listed] == ["unknown pool x", "unknown pool y"]
+    assert [d["reason"] for d in listed] == ["unknown pool: x", "unknown pool: y"]
     r = run_cli(store, "dlq", "purge", "--older-than", "2")
     assert r.returncode == 0 and "purged 1" in r.stdout
-    assert [d["reason"] for d in json.loads(run_cli(store, "dlq", "list", "--json").stdout)] == ["unknown pool y"]
+    assert [d["reason"] for d in json.loads(run_cli(store, "dlq", "list", "--json").stdout)] == ["unknown pool: y"]
     assert "purged 1" in run_cli(store, "dlq", "purge").stdout
 
 
@@ -116,10 +118,12 @@ def test_pool_create_refuses_an_http_token_uri(db_url, tmp_path, creds):
 
 
 def test_dlq_list_shows_no_terminal_escapes(store):
+    from pushsync.messages import DeadLetter as Letter
     from store import repo
     from store.db import engine_for, session_scope
 
     with session_scope(engine_for(store)) as s:
-        repo.add_dead_letter(s, "event", "invalid event: eventId \x1b[2J\x1b]0;owned\x07", {"identityId": "\x1b[31m"})
+        repo.add_dead_letters(s, [Letter.event({"identityId": "\x1b[31m"}, "invalid event",
+                                               "eventId \x1b[2J\x1b]0;owned\x07")])
     out = run_cli(store, "dlq", "list").stdout
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out

@@ -16,7 +16,17 @@ def _event(**over):
 
 def test_valid_event_is_normalised():
     e = contract.event(_event(originDeviceId=UUID.upper(), eventId="e-1"))
-    assert e["originDeviceId"] == UUID and e["eventId"] == "e-1" and e["syncCount"] == 42
+    assert e.origin == UUID and e.event_id == "e-1" and e.sync_count == 42
+    assert e.key == contract.Key(POOL, IDENT, "myDataset")
+    assert e.to_json() == _event(originDeviceId=UUID, eventId="e-1")
+    assert contract.event(e) is e  # a typed event is not checked again
+    assert contract.Key.from_text(e.key.text()) == e.key
+
+
+@pytest.mark.parametrize("text", [b"\xff a b", "a b", "a b c d", "us-east-1:ab us-east-1:cd bad/name", 5, None])
+def test_a_key_read_back_from_redis_is_checked_like_any_input(text):
+    with pytest.raises(ValueError):
+        contract.Key.from_text(text)
 
 
 @pytest.mark.parametrize("over,field", [
@@ -85,7 +95,7 @@ def test_ids_are_accepted_in_any_case_and_kept_lower_case():
     assert contract.pool_id("US-EAST-1:ABCDEF12-0000") == "us-east-1:abcdef12-0000"
     event = contract.event({"identityPoolId": "US-EAST-1:AB", "identityId": "Us-East-1:Cd", "datasetName": "D",
                             "syncCount": 1})
-    assert (event["identityPoolId"], event["identityId"], event["datasetName"]) == ("us-east-1:ab", "us-east-1:cd", "D")
+    assert (event.pool, event.identity, event.dataset) == ("us-east-1:ab", "us-east-1:cd", "D")
 
 
 @pytest.mark.parametrize("event_id", ["a\x00b", "\x1b[31m", "line\nbreak", "", "x" * 129, 5])

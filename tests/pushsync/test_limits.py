@@ -7,10 +7,9 @@ import json
 
 from sqlalchemy import text
 
-from store import repo
 from store.db import engine_for, session_scope
 
-from ..conftest import IDENT, IDENT2, POOL, cli_env, run_cli
+from ..conftest import IDENT, IDENT2, POOL, cli_env, identity_of, run_cli, subscriptions_of
 from .conftest import one_error_line
 
 
@@ -33,7 +32,7 @@ def test_devices_per_identity_refused_past_the_limit_and_a_move_into_a_full_iden
     other = _register(store, env, IDENT2, "tok-9").stdout.strip()
     assert "PUSHSYNC_MAX_DEVICES_PER_IDENTITY" in one_error_line(_register(store, env, IDENT, "tok-9"), 2)
     with session_scope(engine_for(store)) as s:
-        assert repo.device_info(s, other)["identity_id"] == IDENT2
+        assert identity_of(s, other) == IDENT2
     shown = json.loads(run_cli(store, "pool", "show", POOL).stdout)
     assert shown["devices"]["GCM"]["active"] == 3
     # the default (100) lets the third one in
@@ -50,7 +49,7 @@ def test_datasets_per_identity_counts_every_device_of_the_identity(store):
     line = one_error_line(run_cli(store, "subscribe", POOL, IDENT, "four", b, env=env), 2)
     assert "PUSHSYNC_MAX_DATASETS_PER_IDENTITY" in line and "4 datasets" in line
     with session_scope(engine_for(store)) as s:
-        assert repo.subscriptions_of(s, b) == ["three", "two"]
+        assert subscriptions_of(s, b) == ["three", "two"]
     # subscribing to one the identity has already is no new dataset
     assert run_cli(store, "subscribe", POOL, IDENT, "one", b, env=env).returncode == 0
 

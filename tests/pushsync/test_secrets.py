@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from pushsync import contract
 from pushsync.secrets import Keyring, SecretError, new_key
 from store import repo
 from store.db import engine_for, session_scope
-from worker import fanout, pools
+from worker import plan
+from worker.pools import PoolCache
 
 from ..conftest import IDENT, POOL, TEST_SECRET_KEY, cli_env, run_cli
 from .conftest import one_error_line
@@ -139,11 +141,13 @@ def test_events_of_a_pool_no_key_opens_are_dead_lettered_with_the_reason(engine,
                          keyring=Keyring((new_key(),)))
         dev = repo.register_device(s, POOL, IDENT, "APNS", "ab")
         repo.subscribe(s, POOL, IDENT, ["notes"], dev)
-    pools._cache.clear()
-    sent = []
+    res, letters = plan.IngestResult(), []
     with session_scope(engine) as s:
-        res = fanout.ingest(s, [{"identityPoolId": POOL, "identityId": IDENT, "datasetName": "notes",
-                                 "syncCount": 1}], batch_size=10, enqueue=lambda p, b: sent.append(b))
+        sent = plan.micro_batch(s, [contract.event({"identityPoolId": POOL, "identityId": IDENT,
+                                                    "datasetName": "notes", "syncCount": 1})],
+                                held=set(), flushes=set(), credentials=PoolCache().credentials, batch_size=10,
+                                redeliver_after=180, enqueued_at=None, res=res, letters=letters)
+        repo.add_dead_letters(s, letters)
     assert sent == [] and res.dead_lettered == 1
     with session_scope(engine) as s:
         (dl,) = repo.list_dead_letters(s, 10)

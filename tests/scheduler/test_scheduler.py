@@ -53,6 +53,8 @@ def test_pump_moves_only_due_entries_once(client):
     json.dumps({"kind": "deliver", "payload": {"platform": "GCM"}}).encode(),  # no pool, no items
     json.dumps({"kind": "deliver", "payload": {**retry_batch("ADM", 1)}}).encode(),
     json.dumps({"kind": "deliver", "payload": {**retry_batch("GCM", 1, attempt=-5)}}).encode(),
+    json.dumps({"kind": "ingest", "payload": [[]]}).encode(),  # a kind no version writes any more
+    b"[" * 5000 + b"]" * 5000,  # nested past the recursion limit
 ])
 def test_a_malformed_retry_entry_is_dead_lettered_and_the_pump_goes_on(client, member):
     now = time.time()
@@ -120,7 +122,8 @@ def test_two_scheduler_processes_only_one_pumps(client, tmp_path):
         assert all(p.poll() is None for p in procs), logs
         dead = json.loads(subprocess.run([PUSHSYNC, "dlq", "list", "--json"], env=env, capture_output=True,
                                          text=True, check=True).stdout)
-        assert [d["reason"][:10] for d in dead] == ["retry set:"] and "items" in dead[0]["payload"]["retry_entry"]
+        assert [d["reason"][:29] for d in dead] == ["unreadable message: retry set"]
+        assert "items" in dead[0]["payload"]["retry_entry"]["raw"]
     finally:
         for p in procs:
             p.terminate()
@@ -137,7 +140,8 @@ def test_record_queue_depths_reports_what_is_waiting(client, monkeypatch):
         client.rpush("push.apns", "x", "y")
         retry.schedule(client, "deliver", retry_batch("GCM", 1), time.time() + 60)
         depths = tasks.record_queue_depths.run()
-        assert depths == {"events": 0, "push.fcm": 0, "push.apns": 2, "retry": 1, "retry_claimed": 0}
+        assert depths == {"events": 0, "push.fcm": 0, "push.apns": 2, "retry": 1, "retry_claimed": 0,
+                          "in_flight": 0, "flushes": 0}
         assert client.keys("pushsync:queue_depths*") == []  # a log line, nothing left in Redis
     finally:
         settings.get_settings.cache_clear()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
-
 import pytest
 from sqlalchemy import func, select, text
 
@@ -12,20 +10,17 @@ from store.db import engine_for, session_scope
 from store.models import Device, Subscription
 
 from ..conftest import IDENT, IDENT2, POOL, POOL2
-
-
-@pytest.fixture
-def pools(engine):
-    with session_scope(engine) as s:
-        repo.upsert_pool(s, POOL)
-        repo.upsert_pool(s, POOL2)
-    return engine
+from .conftest import run_racers
 
 
 def _resolve(s, pool, ident, dataset, origin=None) -> list[tuple[str, str]]:
     """(device, platform) that ingest would push to, through the resolve it runs."""
     return [(dev, plat) for _p, _i, _d, dev, plat in repo.resolve_many(s, [(pool, ident, dataset)])
             if dev != origin]
+
+
+def _subscriptions(s, dev) -> list[str]:
+    return sorted(s.execute(select(Subscription.dataset_name).where(Subscription.device_id == dev)).scalars())
 
 
 def _register(engine, pool, ident, platform, token):
@@ -50,8 +45,8 @@ def test_moving_a_token_to_another_identity_drops_its_old_subscriptions(pools):
         repo.subscribe(s, POOL, IDENT, ["contacts", "notes"], dev)
     assert _register(pools, POOL, IDENT2, "GCM", "phone") == dev
     with session_scope(pools) as s:
-        assert repo.subscriptions_of(s, dev) == []
-        assert repo.device_info(s, dev)["identity_id"] == IDENT2
+        assert _subscriptions(s, dev) == []
+        assert s.get(Device, dev).identity_id == IDENT2
         assert _resolve(s, POOL, IDENT, "contacts") == []
         # the old identity's subscription calls now refuse the device
         with pytest.raises(repo.NotFound):
@@ -77,10 +72,10 @@ def test_subscribe_all_uses_known_datasets_or_the_subset(pools):
         known = repo.known_datasets(s, POOL, IDENT)
         assert known == ["one", "three", "two"]
         repo.subscribe(s, POOL, IDENT, known, b)
-        assert repo.subscriptions_of(s, b) == ["one", "three", "two"]
+        assert _subscriptions(s, b) == ["one", "three", "two"]
         c = repo.register_device(s, POOL, IDENT, "GCM", "c")
         repo.subscribe(s, POOL, IDENT, ["two", "four"], c)
-        assert repo.subscriptions_of(s, c) == ["four", "two"]
+        assert _subscriptions(s, c) == ["four", "two"]
         # subscribing again is harmless
         assert repo.subscribe(s, POOL, IDENT, ["two"], c) == 0
 
@@ -106,17 +101,6 @@ def test_resolve_leaves_out_origin_inactive_unsubscribed_and_strangers(pools):
         assert sorted(r[3] for r in many) == sorted([d1, d2, other_pool, other_ident])
 
 
-def test_advance_sync_count_only_moves_forward(pools):
-    with session_scope(pools) as s:
-        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 5) is True
-        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 5) is False  # duplicate
-        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 3) is False  # stale
-        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 0) is False
-        assert repo.advance_sync_count(s, POOL, IDENT, "ds", 6) is True
-        assert repo.last_sync_count(s, POOL, IDENT, "ds") == 6
-        assert repo.advance_sync_count(s, POOL, IDENT2, "ds", 0) is True  # first count, even 0
-
-
 def test_unregister_removes_device_and_subscriptions(pools):
     dev = _register(pools, POOL, IDENT, "GCM", "x")
     with session_scope(pools) as s:
@@ -129,13 +113,23 @@ def test_unregister_removes_device_and_subscriptions(pools):
             repo.unregister_device(s, dev)
 
 
-def test_dead_letters_round_trip(pools):
+def test_dead_letters_round_trip_and_keep_what_json_cannot_hold(pools):
+    from pushsync.messages import DeadLetter
+
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
     with session_scope(pools) as s:
-        i = repo.add_dead_letter(s, "event", "unknown pool", {"identityPoolId": "x"}, pool_id="x")
+        assert repo.add_dead_letters(s, [DeadLetter.event({"identityPoolId": "x"}, "unknown pool", "x"),
+                                         DeadLetter.message(deep, "unreadable message", "too deep"),
+                                         DeadLetter.message(b"\x00\xff" * 20_000, "unreadable message", "bytes")]) == 3
     with session_scope(pools) as s:
-        [dl] = repo.list_dead_letters(s)
-        assert dl["id"] == i and dl["reason"] == "unknown pool" and dl["payload"] == {"identityPoolId": "x"}
-        assert repo.purge_dead_letters(s) == 1
+        event, deep_one, raw = repo.list_dead_letters(s)
+        assert event["reason"] == "unknown pool: x" and event["payload"] == {"identityPoolId": "x"}
+        assert event["pool_id"] is None  # only a well-formed id goes in the column
+        assert deep_one["payload"]["unreadable"].startswith("{'message': [[[[")
+        assert raw["payload"]["message"]["length"] == 40_000 and len(raw["payload"]["message"]["raw"]) == 16_384
+        assert repo.purge_dead_letters(s) == 3
 
 
 # -- concurrency: real processes, each with its own engine ----------------------------------
@@ -147,50 +141,13 @@ def _race_register(url, token, barrier, out):
         out.put(repo.register_device(s, POOL, IDENT, "GCM", token))
 
 
-def _race_advance(url, counts, barrier, out):
-    engine = engine_for(url)
-    barrier.wait()
-    wins = []
-    for n in counts:
-        with session_scope(engine) as s:
-            if repo.advance_sync_count(s, POOL, IDENT, "race", n):
-                wins.append(n)
-    out.put(wins)
-
-
-def _run_racers(target, args_list):
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(len(args_list))
-    out = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, barrier, out)) for args in args_list]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return results
-
-
 def test_two_processes_registering_the_same_token_end_with_one_device(pools, db_url):
     for i in range(3):
-        ids = _run_racers(_race_register, [(db_url, f"race-{i}"), (db_url, f"race-{i}")])
+        ids = run_racers(_race_register, [(db_url, f"race-{i}"), (db_url, f"race-{i}")])
         assert ids[0] == ids[1]
     with session_scope(pools) as s:
         rows = s.execute(select(Device.token, func.count()).group_by(Device.token)).all()
     assert sorted(rows) == [("race-0", 1), ("race-1", 1), ("race-2", 1)]
-
-
-def test_concurrent_advances_never_both_win_the_same_count(pools, db_url):
-    counts = list(range(1, 151))
-    results = _run_racers(_race_advance, [(db_url, counts), (db_url, counts), (db_url, counts[::-1])])
-    all_wins = [n for wins in results for n in wins]
-    assert len(all_wins) == len(set(all_wins)), "a count was won twice"
-    assert 150 in all_wins
-    for wins in results:
-        assert wins == sorted(wins) or wins == sorted(wins, reverse=True)
-    with session_scope(pools) as s:
-        assert repo.last_sync_count(s, POOL, IDENT, "race") == 150
 
 
 # -- a large store ---------------------------------------------------------------------------

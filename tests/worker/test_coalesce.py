@@ -1,14 +1,17 @@
-"""Coalescing windows against real Redis (database 3): lead, held, claim, and state that is
-not ours left in Redis (junk window values, junk held members) ending as a skip, not a crash."""
+"""Coalescing windows against real Redis (database 3): the leading edge, held changes and their
+flush's schedule, and state that is not ours left in Redis (junk window values) ending as a new
+window, never as a flush that never comes."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import redis
 
+from pushsync.contract import Key
 from worker import coalesce
+
+K = Key("us-east-1:aa", "us-east-1:bb", "notes")
+K2 = Key("us-east-1:aa", "us-east-1:cc", "notes")
 
 
 @pytest.fixture
@@ -19,37 +22,36 @@ def client():
     c.flushdb()
 
 
-def _event(count: int, identity: str = "us-east-1:a") -> dict:
-    return {"identityPoolId": "us-east-1:p", "identityId": identity, "datasetName": "notes", "syncCount": count,
-            "originDeviceId": None}
+def test_the_first_change_leads_the_next_are_held_until_the_window_ends(client):
+    win = coalesce.Windows(client)
+    assert win.enter({K: 1.0}, now=100.0) == {}
+    assert win.enter({K: 1.0, K2: 1.0}, now=100.4) == {K: 101_000}  # K2 opens its own
+    assert client.zrange(coalesce.FLUSH, 0, -1, withscores=True) == [(K.text().encode(), 101_000.0)]
+    assert win.enter({K: 1.0}, now=100.9) == {K: 101_000}  # the same window, the same flush
+    assert client.zcard(coalesce.FLUSH) == 1
+    assert win.enter({K: 1.0}, now=101.0) == {}  # the window ended: a new leading edge
+    assert win.enter({K: 0}, now=101.1) == {}  # no window (coalescing off for it)
 
 
-def test_the_first_change_leads_the_next_are_held_and_flushed_once_the_window_ends(client):
-    win = coalesce.Windows(client, 0.3)
-    assert win.enter([_event(1)]) == set()
-    held = win.enter([_event(2), _event(3)])
-    assert held == {coalesce.event_key(_event(2))}
-    assert win.claim() == []  # not due yet
-    time.sleep(0.35)
-    [(member, entry)] = win.claim()
-    assert entry == {"identityPoolId": "us-east-1:p", "identityId": "us-east-1:a", "datasetName": "notes",
-                     "leadCount": 1, "originDeviceId": None}
-    win.done([member])
-    assert win.depth() == {"held": 0, "held_claimed": 0}
-    assert win.enter([_event(4)]) == set()  # a new window
+def test_a_held_change_never_puts_off_a_flush_due_sooner(client):
+    win = coalesce.Windows(client)
+    win.enter({K: 1.0}, now=100.0)
+    client.zadd(coalesce.FLUSH, {K.text(): 50_000})  # due long ago (a worker waited behind a backlog)
+    win.enter({K: 1.0}, now=100.5)
+    assert client.zscore(coalesce.FLUSH, K.text()) == 50_000
 
 
-def test_junk_left_in_redis_is_a_skip_not_a_crash(client):
-    win = coalesce.Windows(client, 0.3)
-    key = coalesce.key_text(coalesce.event_key(_event(1)))
-    client.set(coalesce.WINDOW + key, "not a window", px=300)
-    assert win.enter([_event(1)]) == {coalesce.event_key(_event(1))}
-    win.again([_event(1)])
-    win.stale_leads({coalesce.event_key(_event(1)): 5})
-    client.zadd(coalesce.HELD, {"not json|1": 0, '["only two", "parts"]|1': 0})
-    client.hset(coalesce.EVENTS, "not json|1", "x|{")
-    time.sleep(0.35)
-    claimed = win.claim()
-    # the two foreign members come back as None (dropped and logged by the pump); ours parse
-    assert sum(e is None for _m, e in claimed) == 2
-    assert [e["identityId"] for _m, e in claimed if e is not None][:1] == ["us-east-1:a"]
+@pytest.mark.parametrize("junk", [b"not a time", b"9" * 30, b"-5", b"\xff"])
+def test_a_window_value_that_is_not_ours_opens_a_new_window(client, junk):
+    """A value no window of ours has (junk, or an end further away than the width) would hold
+    changes for a flush far in the future: it is replaced by a new window, the change leads."""
+    win = coalesce.Windows(client)
+    client.set(coalesce.WINDOW + K.text(), junk)
+    assert win.enter({K: 1.0}, now=100.0) == {}
+    assert win.enter({K: 1.0}, now=100.5) == {K: 101_000}
+
+
+def test_a_window_key_goes_away_by_itself(client):
+    win = coalesce.Windows(client)
+    win.enter({K: 1.0}, now=100.0)
+    assert 0 < client.pttl(coalesce.WINDOW + K.text()) <= 1_000 + coalesce.KEEP_MS

@@ -178,8 +178,8 @@ def _example(run, counts, msg, target, dev_ids, world, canaries) -> None:
     assert got == {(d, str(n)) for d in canaries if world[d][:2] == (pool, ident)}, got
 
 
-def _fuzz_child(seed_value: int, examples: int) -> dict:
-    return harness.run_examples(seed_value, examples, _strategies, _example, _prepare,
+def _fuzz_child(seed_value: int, examples: int, redis_db: int) -> dict:
+    return harness.run_examples(seed_value, examples, _strategies, _example, _prepare, redis_db,
                                 PUSHSYNC_INLINE_DELIVERY_MAX="2000", PUSHSYNC_MAX_EVENTS_PER_MESSAGE="5")
 
 

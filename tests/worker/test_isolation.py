@@ -5,9 +5,12 @@ answers that ask for a retry or end a token, and sequences of change events, the
 independent model of the service computes; and every push went out with its own pool's
 credentials.
 
-The service runs as a worker runs it (``tests/worker/harness.py``): the ingest task's body, the
-fan-out, inline delivery or a queued batch through the deliver task, retries later, a real
-SQLite store, a real Redis. Registrations go through the repository functions the CLI calls.
+The service runs as a worker runs it (``tests/worker/harness.py``): messages published onto the
+real ``events`` list, the ingest run that takes them, the transaction, inline delivery or a
+queued batch through the deliver task's body, retries later, a real SQLite store, a real Redis.
+Coalescing is off here, so that every change is pushed at once and the model can name each push;
+tests/worker/test_coalescing_property.py holds the default window to its promise. Registrations go
+through the repository functions the CLI calls.
 The model below shares no code with the service."""
 
 from __future__ import annotations
@@ -180,8 +183,7 @@ class Player:
                         **({"originDeviceId": self.pick(org)} if org is not None and self.ids else {})})
         self.model.message([(e["identityPoolId"], e["identityId"], e["datasetName"], e["syncCount"],
                              e.get("originDeviceId")) for e in raw])
-        os.environ["PUSHSYNC_INLINE_DELIVERY_MAX"] = "2000" if inline else "0"
-        harness.get_settings.cache_clear()
+        self.run.set(inline_delivery_max=2000 if inline else 0)
         self.run.ingest(raw)
         while self.run.queued:  # a push worker takes them now; retries wait for a "retries" step
             self.run.deliver(self.run.queued.pop(0))
@@ -218,8 +220,8 @@ def _example(run: harness.Run, counts: dict, data: dict) -> None:
     counts["sent_any"] = counts.get("sent_any", 0) + bool(run.sent)
 
 
-def _child(seed_value: int, examples: int) -> dict:
-    return harness.run_examples(seed_value, examples, {"data": scenario}, _example,
+def _child(seed_value: int, examples: int, redis_db: int) -> dict:
+    return harness.run_examples(seed_value, examples, {"data": scenario}, _example, redis_db=redis_db,
                                 PUSHSYNC_INLINE_DELIVERY_MAX="2000")
 
 

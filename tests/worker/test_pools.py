@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from store import repo
 from store.db import session_scope
-from worker import pools
+from worker.pools import PoolCache
 
 from ..conftest import POOL, POOL2
 
@@ -18,6 +18,7 @@ def test_credentials_are_cached_until_the_pool_changes(engine, monkeypatch):
     monkeypatch.setattr(repo, "pool_credentials", lambda s, pid: loads.append(pid) or real(s, pid))
     with session_scope(engine) as s:
         repo.upsert_pool(s, POOL, fcm_service_account=ACCOUNT)
+    pools = PoolCache()
     for _ in range(3):
         with session_scope(engine) as s:
             got = pools.credentials(s, [POOL, POOL2])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pushsync.messages import Item, dead_letter_payload
+from pushsync.messages import DeadLetter, Item
 from store import repo
 from store.db import session_scope
 from worker.replay import replay
 
-from ..conftest import IDENT, POOL
+from ..conftest import IDENT, POOL, notified
 
 DEV = "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
 
@@ -15,17 +15,16 @@ DEV = "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b"
 def _letters(engine):
     with session_scope(engine) as s:
         repo.upsert_pool(s, POOL)
-        repo.advance_sync_count(s, POOL, IDENT, "notes", 5)
-        ids = {
-            "event": repo.add_dead_letter(s, "event", "unknown pool", {"identityPoolId": POOL, "identityId": IDENT,
-                                                                       "datasetName": "notes", "syncCount": 9}),
-            "current": repo.add_dead_letter(s, "delivery", "retries exhausted", dead_letter_payload(
-                POOL, "APNS", Item(DEV, IDENT, "notes", 5))),
-            "stale": repo.add_dead_letter(s, "delivery", "permanent error", dead_letter_payload(
-                POOL, "GCM", Item(DEV, IDENT, "notes", 4))),
-            "message": repo.add_dead_letter(s, "message", "bad delivery batch", {"message": "junk"}),
-        }
-    return ids
+        notified(s, POOL, IDENT, "notes", 5)
+        repo.add_dead_letters(s, [
+            DeadLetter.event({"identityPoolId": POOL, "identityId": IDENT, "datasetName": "notes", "syncCount": 9},
+                             "unknown pool", POOL),
+            DeadLetter.delivery(POOL, "APNS", Item(DEV, IDENT, "notes", 5), "retries exhausted", "Unavailable"),
+            DeadLetter.delivery(POOL, "GCM", Item(DEV, IDENT, "notes", 4), "permanent error", "BadTopic"),
+            DeadLetter.message("junk", "unreadable message", "bad delivery batch"),
+        ])
+        ids = [d["id"] for d in repo.list_dead_letters(s)]
+    return dict(zip(("event", "current", "stale", "message"), ids, strict=True))
 
 
 def test_replay_sends_events_to_ingest_and_pushes_to_their_queue_and_drops_stale_ones(store_settings, engine):

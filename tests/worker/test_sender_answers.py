@@ -17,6 +17,8 @@ from worker.senders.fcm import FCMSender
 
 from ..e2e.harness import Emulator
 
+LOOP = aio.Loop()  # the sending loop, as a worker's context holds it
+
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
@@ -37,14 +39,14 @@ def _in_loop(build):
     """Build a sender inside the process's sending loop, as delivery does in production."""
     async def make():
         return build()
-    return aio.run(make(), timeout=10)
+    return LOOP.run(make(), timeout=10)
 
 
 def _send(sender, requests):
     try:
-        return aio.run(sender.send(requests), timeout=60)
+        return LOOP.run(sender.send(requests), timeout=60)
     finally:
-        aio.run(sender.close(), timeout=10)
+        LOOP.run(sender.close(), timeout=10)
 
 
 # (status, raw body, extra headers) -> (kind, reason, retry_after)
@@ -124,10 +126,10 @@ def test_an_apns_connection_keeps_no_record_of_answered_pushes(emulator):
         key=Path(info["apns_key"]).read_text(), key_id=info["apns_key_id"], team_id=info["apns_team_id"],
         topic=info["apns_topic"], url=info["apns_production_url"], ca_file=info["ca_file"], connections=1, timeout=5))
     try:
-        outcomes = aio.run(sender.send([_request(uuid.uuid4().hex * 2) for _ in range(300)] + [_request(bad)]),
+        outcomes = LOOP.run(sender.send([_request(uuid.uuid4().hex * 2) for _ in range(300)] + [_request(bad)]),
                            timeout=60)
         assert sum(o.kind is Kind.OK for o in outcomes) == 300 and outcomes[-1].kind is Kind.TOKEN_INVALID
         [connection] = sender._client.pool.connections
         assert connection.request_streams == {} and connection.request_statuses == {}
     finally:
-        aio.run(sender.close(), timeout=10)
+        LOOP.run(sender.close(), timeout=10)

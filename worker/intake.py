@@ -1,0 +1,257 @@
+"""Taking work off Redis: ingest messages from ``events`` and due coalescing flushes, each in one
+atomic step, held under a lease until the run that took them is done.
+
+Celery's consumer never reads ``events``: kombu's Redis transport takes a message with ``BRPOP``
+and records it as unacknowledged in a second command, so a Redis crash between the two loses an
+acknowledged change event. Here every message leaves the list in the same Lua step that records
+it in pushsync's own in-flight records (``INFLIGHT``: id -> the message as it came; ``DUE``: id ->
+when it is due again), so at any instant a message is either on the list or in flight:
+
+- ``take``: due in-flight messages first (a retry whose wait is over, or one whose lease ran out
+  because its run died), then new ones, oldest first, through kombu's priority lists in kombu's
+  order; the lease is the visibility timeout, longer than a run may last. A message whose run died
+  (its lease ran out) is taken again alone, so that a message that kills its runs takes no
+  neighbours with it; after ``MAX_ABANDONS`` such deaths it is dead-lettered as it is.
+- ``defer``: a run that could not finish (the store out of reach) gives its messages a later due
+  time, counting the try; nothing is published again, so nothing can exist twice.
+- ``ack``: the run is done; the records go.
+
+Due flushes ride along: ``take`` leases the due members of the flush set (``coalesce.FLUSH``) with
+the same lease, and ``ack`` removes each only if its score is still that lease (a held event that
+scheduled it again meanwhile keeps it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from pushsync.queues import EVENTS_QUEUE, RUNS_QUEUE
+from worker.coalesce import FLUSH
+
+INFLIGHT = "pushsync:inflight"
+DUE = "pushsync:inflight:due"
+ATTEMPTS = "pushsync:inflight:attempts"
+ABANDONS = "pushsync:inflight:abandons"
+LEASED = "pushsync:inflight:leased"
+SEQ = "pushsync:inflight:seq"
+# kombu's Redis transport keeps a priority's messages in "<queue>\x06\x16<step>" (steps 0, 3, 6, 9;
+# step 0 is the queue itself) and takes them in this order; a test pins it
+PRIORITY_LISTS = (EVENTS_QUEUE, *(f"{EVENTS_QUEUE}\x06\x16{step}" for step in (3, 6, 9)))
+MAX_ABANDONS = 3
+# What a Celery message's bytes say of its events: about 1.2 kB of envelope (headers with the
+# arguments' repr, properties, base64) and 230 to 400 bytes per event (measured with the producer
+# client). Only the take's arithmetic uses it.
+ENVELOPE_BYTES, EVENT_BYTES = 1200, 230
+
+# KEYS: inflight, due, attempts, abandons, leased, seq, flush, the queue's priority lists.
+# ARGV: now (ms), lease (ms), events wanted, flushes wanted, 1 if a message whose run died may be
+# taken (then alone), the envelope's bytes, bytes per event. A message weighs what its size says
+# it holds (at least one event), so that a run of single-event messages takes ~200 of them and one
+# of 100-event messages two; the message that crosses the limit is the last.
+_TAKE = """
+local now, lease, limit, flimit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local first, envelope, per_event = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
+local till = now + lease
+local msgs, n, weight, alone = {}, 0, 0, false
+local function weigh(raw)
+  weight = weight + math.max(1, math.floor((#raw - envelope) / per_event))
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)) do
+  if weight >= limit then break end
+  local raw = redis.call('HGET', KEYS[1], id)
+  if not raw then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('SREM', KEYS[5], id)
+  else
+    local abandoned = redis.call('SISMEMBER', KEYS[5], id) == 1
+    if abandoned and (n > 0 or not first) then break end
+    local ab = tonumber(redis.call('HGET', KEYS[4], id) or '0')
+    if abandoned then ab = redis.call('HINCRBY', KEYS[4], id, 1) end
+    redis.call('SADD', KEYS[5], id)
+    redis.call('ZADD', KEYS[2], till, id)
+    msgs[#msgs + 1] = id
+    msgs[#msgs + 1] = raw
+    msgs[#msgs + 1] = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+    msgs[#msgs + 1] = ab
+    n = n + 1
+    weigh(raw)
+    if abandoned then alone = true break end
+  end
+end
+if not alone then
+  for q = 8, #KEYS do
+    while weight < limit do
+      local raw = redis.call('RPOP', KEYS[q])
+      if not raw then break end
+      local id = tostring(redis.call('INCR', KEYS[6]))
+      redis.call('HSET', KEYS[1], id, raw)
+      redis.call('ZADD', KEYS[2], till, id)
+      redis.call('SADD', KEYS[5], id)
+      msgs[#msgs + 1] = id
+      msgs[#msgs + 1] = raw
+      msgs[#msgs + 1] = 0
+      msgs[#msgs + 1] = 0
+      n = n + 1
+      weigh(raw)
+    end
+  end
+end
+local flushes = {}
+if flimit > 0 and not alone then
+  for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, flimit)) do
+    redis.call('ZADD', KEYS[7], till, k)
+    flushes[#flushes + 1] = k
+  end
+end
+local more = 0
+if #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
+   or #redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1) > 0 then
+  more = 1
+else
+  for q = 8, #KEYS do
+    if redis.call('LLEN', KEYS[q]) > 0 then more = 1 break end
+  end
+end
+return {msgs, flushes, till, more, alone and 1 or 0}
+"""
+
+# KEYS: due, attempts, leased, flush. ARGV: n, (id, due ms) x n, lease, (flush member, due ms)...
+_DEFER = """
+local n = tonumber(ARGV[1])
+for i = 2, 2 * n, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+    redis.call('SREM', KEYS[3], ARGV[i])
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[i + 1]), ARGV[i])
+  end
+end
+local lease = tonumber(ARGV[2 * n + 2])
+for i = 2 * n + 3, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[4], ARGV[i])
+  if s and tonumber(s) == lease then redis.call('ZADD', KEYS[4], tonumber(ARGV[i + 1]), ARGV[i]) end
+end
+return 1
+"""
+
+# KEYS: inflight, due, attempts, abandons, leased, flush.
+# ARGV: n, ids x n, lease, m, flush members done x m, then (member, due ms) to schedule again
+_ACK = """
+local n = tonumber(ARGV[1])
+for i = 2, n + 1 do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+  redis.call('HDEL', KEYS[4], ARGV[i])
+  redis.call('SREM', KEYS[5], ARGV[i])
+end
+local lease, m = tonumber(ARGV[n + 2]), tonumber(ARGV[n + 3])
+for i = n + 4, n + 3 + m do
+  local s = redis.call('ZSCORE', KEYS[6], ARGV[i])
+  if s and tonumber(s) == lease then redis.call('ZREM', KEYS[6], ARGV[i]) end
+end
+for i = n + 4 + m, #ARGV, 2 do
+  redis.call('ZADD', KEYS[6], 'LT', tonumber(ARGV[i + 1]), ARGV[i])
+end
+return 1
+"""
+
+# Is there work, how many run triggers wait, and in how many ms is the next retry or flush due?
+_STATUS = """
+local now = tonumber(ARGV[1])
+local work = 0
+for q = 4, #KEYS do
+  if redis.call('LLEN', KEYS[q]) > 0 then work = 1 break end
+end
+local nxt = -1
+for _, z in ipairs({KEYS[1], KEYS[2]}) do
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local wait = tonumber(first[2]) - now
+    if wait <= 0 then work = 1 elseif nxt < 0 or wait < nxt then nxt = wait end
+  end
+end
+return {work, redis.call('LLEN', KEYS[3]), math.floor(nxt)}
+"""
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A message as ``take`` returned it: its in-flight id, its bytes, the tries so far (0: first)
+    and how many runs that took it died."""
+
+    id: str
+    raw: bytes
+    attempts: int
+    abandons: int
+
+
+@dataclass
+class Taken:
+    messages: list[InFlight] = field(default_factory=list)
+    flushes: list[bytes] = field(default_factory=list)
+    lease: int = 0  # the lease's end (ms): what ``ack`` and ``defer`` recognise the flushes by
+    more: bool = False  # work was left behind: another run should start
+    alone: bool = False  # a message whose run died, taken alone: nothing else may join it
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class Intake:
+    def __init__(self, client: redis.Redis, lease: float, clock=time.time):
+        self.client, self.lease_ms, self.clock = client, _ms(lease), clock
+        self._take = client.register_script(_TAKE)
+        self._defer = client.register_script(_DEFER)
+        self._ack = client.register_script(_ACK)
+        self._status = client.register_script(_STATUS)
+
+    def take(self, events: int, flush_limit: int) -> Taken:
+        """Messages until they hold about ``events`` events (by their size), and up to
+        ``flush_limit`` due flushes. A message whose run died is taken alone."""
+        msgs, flushes, lease, more, alone = self._take(
+            keys=[INFLIGHT, DUE, ATTEMPTS, ABANDONS, LEASED, SEQ, FLUSH, *PRIORITY_LISTS],
+            args=[_ms(self.clock()), self.lease_ms, max(1, events), max(0, flush_limit), 1, ENVELOPE_BYTES,
+                  EVENT_BYTES])
+        messages = [InFlight(msgs[i].decode(), msgs[i + 1], int(msgs[i + 2]), int(msgs[i + 3]))
+                    for i in range(0, len(msgs), 4)]
+        return Taken(messages, list(flushes), int(lease), bool(more), bool(alone))
+
+    def defer(self, waits: dict[str, float], lease: int = 0, flushes: dict[bytes, float] | None = None) -> None:
+        """Messages (id -> seconds) and leased flushes (member -> seconds) due again later."""
+        now = self.clock()
+        args: list = [len(waits)]
+        for mid, wait in waits.items():
+            args += [mid, _ms(now + wait)]
+        args.append(lease)
+        for member, wait in (flushes or {}).items():
+            args += [member, _ms(now + wait)]
+        if waits or flushes:
+            self._defer(keys=[DUE, ATTEMPTS, LEASED, FLUSH], args=args)
+
+    def ack(self, ids: list[str], lease: int = 0, flushes: list[bytes] = (), again: dict[bytes, int] | None = None):
+        """The run is done with these messages and flushes; ``again`` schedules flushes (member ->
+        due ms) unless they are due sooner already."""
+        args: list = [len(ids), *ids, lease, len(flushes), *flushes]
+        for member, due in (again or {}).items():
+            args += [member, due]
+        if ids or flushes or again:
+            self._ack(keys=[INFLIGHT, DUE, ATTEMPTS, ABANDONS, LEASED, FLUSH], args=args)
+
+    def status(self) -> tuple[bool, int, float | None]:
+        """(work waiting now, run triggers waiting, seconds until the next retry or flush is due)."""
+        work, triggers, nxt = self._status(keys=[DUE, FLUSH, RUNS_QUEUE, *PRIORITY_LISTS], args=[_ms(self.clock())])
+        return bool(work), int(triggers), (None if int(nxt) < 0 else int(nxt) / 1000)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a message waits on ``events`` (True) or ``timeout`` passes. BLMOVE from the
+        list's tail to its tail leaves the list as it was, atomically: nothing is taken."""
+        return self.client.blmove(EVENTS_QUEUE, EVENTS_QUEUE, max(0.01, timeout), "RIGHT", "RIGHT") is not None
+
+    def depth(self) -> dict[str, int]:
+        return {"in_flight": int(self.client.zcard(DUE))}
