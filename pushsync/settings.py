@@ -41,6 +41,10 @@ class Settings:
     max_events_per_message: int = 1000
     ingest_batch_max: int = 200
     coalesce_window: float = 1.0
+    # an ingest message whose store is out of reach waits a jittered backoff (at most this many
+    # seconds) and tries again, this many times in all, before its events are dead-lettered
+    ingest_tries: int = 240
+    ingest_retry_cap: float = 30.0
     inline_delivery_max: int = 2000
     # development only: lets the push endpoints and a service account's token_uri be http://
     allow_insecure_endpoints: bool = False
@@ -113,6 +117,8 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_MAX_EVENTS_PER_MESSAGE": ("max_events_per_message", "int", 1),
     "PUSHSYNC_INGEST_BATCH_MAX": ("ingest_batch_max", "int", 1),
     "PUSHSYNC_COALESCE_WINDOW": ("coalesce_window", "float", 0.0),
+    "PUSHSYNC_INGEST_TRIES": ("ingest_tries", "int", 1),
+    "PUSHSYNC_INGEST_RETRY_CAP": ("ingest_retry_cap", "float", 0.0),
     "PUSHSYNC_INLINE_DELIVERY_MAX": ("inline_delivery_max", "int", 0),
     "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS": ("allow_insecure_endpoints", "bool", None),
     "PUSHSYNC_SECRET_KEY": ("secret_key", "secret_key", None),

@@ -102,6 +102,31 @@ def test_no_import_cycle_counting_imports_inside_functions_too():
     assert cycles == [], "\n".join(cycles)
 
 
+# An event's path runs one way: the task -> the micro-batch (ingest) -> the store's part (plan) and
+# the sends (delivery) -> the senders. Nothing on the way imports back into the steps before it.
+DOWNSTREAM_MAY_NOT_IMPORT = {
+    "worker.ingest": {"worker.tasks", "worker.app"},
+    "worker.delivery": {"worker.tasks", "worker.app", "worker.ingest"},
+    "worker.plan": {"worker.tasks", "worker.app", "worker.ingest", "worker.delivery"},
+    "worker.context": {"worker.tasks", "worker.app", "worker.ingest", "worker.delivery", "worker.plan"},
+    "worker.intake": {"worker.tasks", "worker.app", "worker.ingest", "worker.delivery", "worker.plan",
+                      "worker.context"},
+    "worker.coalesce": {"worker.tasks", "worker.app", "worker.ingest", "worker.delivery", "worker.plan",
+                        "worker.context"},
+}
+
+
+def test_an_events_path_through_the_worker_runs_one_way():
+    modules = _sources()
+    wrong = []
+    for module, banned in DOWNSTREAM_MAY_NOT_IMPORT.items():
+        for target in _imports(modules[module], modules, module_level_only=False):
+            owner = _owner(target, modules)
+            if owner in banned:
+                wrong.append(f"{module} imports {owner}")
+    assert wrong == [], "\n".join(wrong)
+
+
 def _owner(target: str, modules: dict) -> str | None:
     """The module of ours an imported name lives in (``worker.coalesce.FLUSH`` -> ``worker.coalesce``)."""
     while target and target not in modules:

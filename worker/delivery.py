@@ -13,8 +13,11 @@ reused across tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,13 +25,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from pushsync import contract
-from pushsync.messages import DeadLetter, DeliveryBatch, Item, MessageError
+from pushsync.messages import DeadLetter, DeliveryBatch, Item, MessageError, exception_text
 from pushsync.settings import Settings
 from store import repo
 from store.models import utcnow
 from store.repo import PoolCredentials, Target
 from worker import metrics, retry
 from worker.context import Context
+from worker.errors import TRANSIENT
 from worker.pools import PoolCache
 from worker.senders.apns import POOL_CONFIG_ERRORS
 from worker.senders.base import Kind, Outcome, PushRequest
@@ -145,18 +149,68 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         if requests:
             outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
                                     timeout=settings.send_timeout * 3 + 30)
-        with ctx.session_scope() as session:
-            record(session, batch, outcomes, result, settings)
-            if result.retry_batch is None:
-                repo.settle_outbox(session, batch.id)
-            else:
-                # the outbox row follows the retry, due only well after the retry's own time
-                repo.reschedule_outbox(session, batch.id, result.retry_batch.to_json(), utcnow() + timedelta(
-                    seconds=result.retry_in + settings.redeliver_after))
-                # queued before the outcomes commit: a failure in between re-sends, never loses
-                ctx.publish.retry(result.retry_batch, result.retry_in)
+        result = _record(ctx, batch, outcomes, result)
     metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.clock())
     return result
+
+
+# The pushes are sent: their outcomes are worth waiting for the store a little (a batch whose
+# outcomes are lost is sent again, every push a duplicate). Seconds between the tries.
+RECORD_WAITS = (0.5, 1.0, 2.0, 4.0)
+
+
+def _record(ctx: Context, batch: DeliveryBatch, outcomes: list[Outcome], before: DeliveryResult) -> DeliveryResult:
+    settings = ctx.settings
+    retry_published = False
+    for wait in (*RECORD_WAITS, None):
+        result = dataclasses.replace(before)
+        try:
+            with ctx.session_scope() as session:
+                record(session, batch, outcomes, result, settings)
+                if result.retry_batch is None:
+                    repo.settle_outbox(session, batch.id)
+                else:
+                    # the outbox row follows the retry, due only well after the retry's own time
+                    repo.reschedule_outbox(session, batch.id, result.retry_batch.to_json(), utcnow() + timedelta(
+                        seconds=result.retry_in + settings.redeliver_after))
+                    # queued before the outcomes commit: a failure in between re-sends, never loses
+                    if not retry_published:
+                        ctx.publish.retry(result.retry_batch, result.retry_in)
+                        retry_published = True
+            return result
+        except TRANSIENT as exc:
+            if wait is None:
+                raise
+            log.warning("could not record the outcomes of %d pushes (%s); trying again in %.1f s",
+                        len(outcomes), exception_text(exc), wait)
+            time.sleep(wait)
+    return before  # not reached: the last try returns or raises
+
+
+def deliver_side_by_side(ctx: Context, batches: list[DeliveryBatch], rec: metrics.Recorder) -> list[DeliveryBatch]:
+    """Batches sent from this process, side by side (one thread each: their store work is their
+    own, their sends share the process's event loop); returns those that failed, for the queues."""
+    recorders = [metrics.Recorder() for _ in batches]
+
+    def one(i: int):
+        try:
+            return deliver(ctx, batches[i], recorders[i])
+        except Exception as exc:  # the push workers take it from here (and the outbox behind them)
+            log.warning("inline delivery of a %s batch failed (%s); queued instead", batches[i].platform,
+                        exception_text(exc))
+            return None
+
+    if len(batches) == 1:
+        done = [one(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(batches), 8)) as pool:
+            done = list(pool.map(one, range(len(batches))))
+    for r in recorders:
+        rec.merge(r)
+    for b, result in zip(batches, done, strict=True):
+        if result is not None:
+            log_delivery(b, result)  # here, in the run's thread: the line names the run's task
+    return [b for b, result in zip(batches, done, strict=True) if result is None]
 
 
 def deliver_message(ctx: Context, raw: Any, rec: metrics.Recorder) -> DeliveryResult:

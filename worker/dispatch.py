@@ -24,6 +24,9 @@ log = logging.getLogger("pushsync.worker")
 
 IDLE_WAIT = 1.0  # the longest block on Redis while there is nothing to do
 PAUSE_MIN, PAUSE_MAX = 0.002, 0.05
+# after a trigger, the time a run gets to take the work before another trigger is sent for it
+# (Celery's consumer takes a trigger at once, before a pool process has started its run)
+GRACE = 0.01
 
 
 class Dispatcher(threading.Thread):
@@ -38,6 +41,7 @@ class Dispatcher(threading.Thread):
         work, waiting, next_due = self.intake.status()
         if work and not waiting:
             self.trigger()
+            self.stopping.wait(GRACE)
             return PAUSE_MIN
         if work:  # a trigger waits for a free pool process
             self.stopping.wait(pause)

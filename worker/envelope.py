@@ -73,13 +73,21 @@ def read(taken: InFlight, now: float | None = None) -> Message | Unreadable:
         if task != INGEST_TASK:
             return Unreadable(taken.id, taken.raw, "not an ingest task", f"{str(task)[:100]!r} on {EVENTS_QUEUE}",
                               task if isinstance(task, str) else None)
-        args = list(args) if isinstance(args, (list, tuple)) else [args]
-        kwargs = kwargs if isinstance(kwargs, dict) else {}
-        events = args[0] if args else kwargs.get("events", [])
-        events = events if isinstance(events, list) else [events]
-        enqueued = _finite(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), now)
-        # only feeds the latency histogram: a time that cannot be one is read as now
-        enqueued = enqueued if 0 < enqueued <= now + 86400 else now
-        return Message(taken.id, events, enqueued, taken.attempts, taken.abandons)
+        m = from_arguments(taken.id, args, kwargs, now)
+        m.attempts, m.abandons = taken.attempts, taken.abandons
+        return m
     except Exception as exc:  # untrusted bytes: every way of failing ends here, by design
         return Unreadable(taken.id, taken.raw, "unreadable message", f"{type(exc).__name__}: {str(exc)[:150]}")
+
+
+def from_arguments(mid: str, args: object, kwargs: object, now: float) -> Message:
+    """The ingest task's arguments as any producer may have sent them: ``(events[, enqueued_at])``,
+    or ``events=`` and ``enqueued_at=`` as keywords."""
+    args = list(args) if isinstance(args, (list, tuple)) else [args]
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    events = args[0] if args else kwargs.get("events", [])
+    events = events if isinstance(events, list) else [events]
+    enqueued = _finite(kwargs.get("enqueued_at", args[1] if len(args) > 1 else None), now)
+    # only feeds the latency histogram: a time that cannot be one is read as now
+    enqueued = enqueued if 0 < enqueued <= now + 86400 else now
+    return Message(mid, events, enqueued)

@@ -13,7 +13,7 @@ ack. ``run(ctx, recorder)`` is the only entry point (the ``pushsync.ingest_run``
    again (a transaction slower than its window must not miss its flush).
 
 Each failure has one answer, here: the store or Redis out of reach -> the messages are deferred
-(due again after a jittered backoff, the try counted; after ``MAX_TRIES`` their events are
+(due again after a jittered backoff, the try counted; after PUSHSYNC_INGEST_TRIES their events are
 dead-lettered); the store refusing the data -> the events one by one, only the refused ones
 dead-lettered; anything else (a bug) -> the events dead-lettered with the error, never lost.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -30,18 +29,17 @@ import redis
 from pushsync import contract
 from pushsync.contract import ChangeEvent, Key, ValidationError
 from pushsync.messages import DeadLetter, DeliveryBatch, exception_text
+from pushsync.queues import EVENTS_QUEUE, RUNS_QUEUE
 from store import repo
-from worker import delivery, metrics, plan
+from worker import delivery, envelope, metrics, plan
 from worker.context import Context
 from worker.envelope import Message, Unreadable, read
 from worker.errors import DATA_ERRORS, TRANSIENT
-from worker.intake import MAX_ABANDONS, Taken
+from worker.intake import MAX_ABANDONS, InFlight, Taken
 from worker.plan import IngestResult
 
 log = logging.getLogger("pushsync.tasks")
 
-MAX_TRIES = 240  # with waits of up to RETRY_WAIT_MAX: about 2 hours of a store out of reach
-RETRY_WAIT_MAX = 30.0
 FLUSHES_PER_RUN = 500
 # Tasks an older pushsync sent to ``events``; skipped (counted) rather than dead-lettered.
 OLD_TASKS = ("pushsync.flush_windows", "pushsync.prune_devices", "pushsync.trim_dead_letters",
@@ -61,6 +59,7 @@ class Batch:
     letters: list[DeadLetter] = field(default_factory=list)
     skipped: int = 0
     res: IngestResult = field(default_factory=IngestResult)
+    again: set[ChangeEvent] = field(default_factory=set)  # events of messages whose run died
 
     @property
     def ids(self) -> list[str]:
@@ -79,8 +78,7 @@ def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
         return IngestResult()
     batch = _read(ctx, taken, readings)
     try:
-        held = ctx.windows.enter({e.key: ctx.settings.coalesce_window for e in batch.events}, ctx.clock()) \
-            if ctx.settings.coalesce_window > 0 and batch.events else {}
+        held = _windows(ctx, batch)
         batches = _commit(ctx, batch, set(held))
     except TRANSIENT as exc:
         _defer(ctx, batch, exc)
@@ -93,6 +91,26 @@ def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
         log.warning("could not acknowledge %d ingest messages: %s", len(batch.ids), exc)
     _report(batch, rec)
     return batch.res
+
+
+def run_handed(ctx: Context, args: object, kwargs: object, rec: metrics.Recorder) -> IngestResult:
+    """An ingest message that Celery's own consumer handed over: a worker made to consume
+    ``events`` itself (`add_consumer events`, or `celery worker -Q events` without pushsync's
+    start-up), which takes messages with BRPOP and can lose one when Redis dies. Run here rather
+    than discarded as an unregistered task; a transient failure raises, for Celery's retry."""
+    log.warning("Celery's consumer handed this worker an ingest message: consume %s instead of %s "
+                "(pushsync worker -Q does that)", RUNS_QUEUE, EVENTS_QUEUE)
+    taken = Taken([InFlight("handed", b"", 0, 0)])
+    batch = _read(ctx, taken, {"handed": envelope.from_arguments("handed", args, kwargs, ctx.clock())})
+    held = _windows(ctx, batch)
+    _send(ctx, _commit(ctx, batch, set(held)), batch.res, rec)
+    _report(batch, rec)
+    return batch.res
+
+
+def _windows(ctx: Context, batch: Batch) -> dict[Key, int]:
+    width = ctx.settings.coalesce_window
+    return ctx.windows.enter({e.key: width for e in batch.events}, ctx.clock()) if width > 0 and batch.events else {}
 
 
 def _take(ctx: Context) -> tuple[Taken, dict[str, Message | Unreadable | None]]:
@@ -139,6 +157,8 @@ def _read(ctx: Context, taken: Taken, readings: dict) -> Batch:
             for raw in m.events:
                 try:
                     batch.events.append(contract.event(raw))
+                    if t.abandons:
+                        batch.again.add(batch.events[-1])
                 except ValidationError as exc:
                     batch.letters.append(DeadLetter.event(raw, "invalid event", str(exc)))
                     batch.res.invalid += 1
@@ -161,7 +181,8 @@ def _commit(ctx: Context, batch: Batch, held: set[Key]) -> list[DeliveryBatch]:
     enqueued = min((m.enqueued_at for m in batch.messages), default=None)
     try:
         with ctx.session_scope() as session:
-            out = _plan(ctx, session, batch.events, held, batch.flushes, enqueued, batch.res, batch.letters)
+            out = _plan(ctx, session, batch.events, held, batch.flushes, enqueued, batch.res, batch.letters,
+                        batch.again)
             repo.add_dead_letters(session, batch.letters)
         return out
     except TRANSIENT:
@@ -188,11 +209,12 @@ def _replace_result(batch: Batch) -> None:
     batch.res = kept
 
 
-def _plan(ctx: Context, session, events, held, flushes, enqueued, res, letters) -> list[DeliveryBatch]:
+def _plan(ctx: Context, session, events, held, flushes, enqueued, res, letters, again=frozenset()
+          ) -> list[DeliveryBatch]:
     s = ctx.settings
     return plan.micro_batch(session, events, held=held, flushes=flushes, credentials=ctx.pools.credentials,
                             batch_size=s.batch_size, redeliver_after=s.redeliver_after, enqueued_at=enqueued,
-                            res=res, letters=letters)
+                            res=res, letters=letters, again=again)
 
 
 def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued) -> list[DeliveryBatch]:
@@ -206,7 +228,7 @@ def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued) -> list[De
         one = IngestResult()
         try:
             with ctx.session_scope() as session:
-                out += _plan(ctx, session, events, held, flushes, enqueued, one, letters)
+                out += _plan(ctx, session, events, held, flushes, enqueued, one, letters, batch.again)
                 repo.add_dead_letters(session, letters)
         except DATA_ERRORS as exc:
             orig = getattr(exc, "orig", exc)
@@ -225,13 +247,14 @@ def _defer(ctx: Context, batch: Batch, exc: Exception) -> None:
     """The store or Redis out of reach: every message due again after a jittered backoff, or, out
     of tries, its events dead-lettered; flushes due again in a second. When even the dead letters
     cannot be written, those messages wait the longest backoff and try again."""
-    waits = {m.id: random.uniform(0, min(RETRY_WAIT_MAX, 2 ** m.attempts)) for m in batch.taken.messages}
-    spent = [m for m in batch.messages if m.attempts + 1 >= MAX_TRIES]
+    tries, cap = ctx.settings.ingest_tries, ctx.settings.ingest_retry_cap
+    waits = {m.id: random.uniform(0, min(cap, 2 ** m.attempts)) for m in batch.taken.messages}
+    spent = [m for m in batch.messages if m.attempts + 1 >= tries]
     if spent:
-        why = f"{MAX_TRIES} tries: {exception_text(exc)}"
+        why = f"{tries} tries: {exception_text(exc)}"
         try:
             with ctx.session_scope() as session:
-                repo.add_dead_letters(session, [DeadLetter.event(e, "out of tries", why, attempts=MAX_TRIES)
+                repo.add_dead_letters(session, [DeadLetter.event(e, "out of tries", why, attempts=tries)
                                                 for m in spent for e in m.events])
             for m in spent:
                 waits.pop(m.id)
@@ -239,13 +262,13 @@ def _defer(ctx: Context, batch: Batch, exc: Exception) -> None:
         except (*TRANSIENT, redis.RedisError) as again:
             log.warning("could not dead-letter %d messages out of tries (%s): they wait and try again",
                         len(spent), again)
-            waits.update({m.id: RETRY_WAIT_MAX for m in spent})
+            waits.update({m.id: cap for m in spent})
     try:
         ctx.intake.defer(waits, batch.taken.lease, {f: 1.0 for f in batch.taken.flushes})
     except redis.RedisError as again:  # their leases run out and they come back then
         log.warning("could not defer %d ingest messages (%s)", len(waits), again)
-    log.warning("%s: %d ingest messages go again later, %d dead-lettered", exception_text(exc), len(waits),
-                len(batch.taken.messages) - len(waits))
+    log.warning("%s: %d ingest messages and %d flushes go again later, %d dead-lettered", exception_text(exc),
+                len(waits), len(batch.taken.flushes), len(batch.taken.messages) - len(waits))
 
 
 def _send(ctx: Context, batches: list[DeliveryBatch], res: IngestResult, rec: metrics.Recorder) -> None:
@@ -253,36 +276,12 @@ def _send(ctx: Context, batches: list[DeliveryBatch], res: IngestResult, rec: me
     side by side (their sends share the process's event loop); a larger one, and any batch whose
     inline send failed, goes to the push queues. Either way each batch is in the outbox already."""
     if res.devices <= ctx.settings.inline_delivery_max and batches:
-        batches = _inline(ctx, batches, rec)
+        batches = delivery.deliver_side_by_side(ctx, batches, rec)
     for b in batches:
         try:
             ctx.publish.deliver(b)
         except TRANSIENT as exc:  # the outbox sends it again once it is overdue
             log.warning("could not queue a delivery batch (%s); the outbox has it", exc)
-
-
-def _inline(ctx: Context, batches: list[DeliveryBatch], rec: metrics.Recorder) -> list[DeliveryBatch]:
-    recorders = [metrics.Recorder() for _ in batches]
-
-    def one(i: int):
-        try:
-            return delivery.deliver(ctx, batches[i], recorders[i])
-        except Exception as exc:  # the push workers take it from here (and the outbox behind them)
-            log.warning("inline delivery of a %s batch failed (%s); queued instead", batches[i].platform,
-                        exception_text(exc))
-            return None
-
-    if len(batches) == 1:
-        done = [one(0)]
-    else:
-        with ThreadPoolExecutor(max_workers=min(len(batches), 8)) as pool:
-            done = list(pool.map(one, range(len(batches))))
-    for r in recorders:
-        rec.merge(r)
-    for b, result in zip(batches, done, strict=True):
-        if result is not None:
-            delivery.log_delivery(b, result)  # here, in the run's thread: the line names the run's task
-    return [b for b, result in zip(batches, done, strict=True) if result is None]
 
 
 def _report(batch: Batch, rec: metrics.Recorder) -> None:

@@ -26,7 +26,7 @@ from celery.signals import (
 )
 
 from pushsync.messages import DeadLetter, DeliveryBatch, MessageError, exception_text
-from pushsync.queues import DELIVER_TASK, EVENTS_QUEUE, RUN_TASK, RUNS_QUEUE
+from pushsync.queues import DELIVER_TASK, EVENTS_QUEUE, INGEST_TASK, RUN_TASK, RUNS_QUEUE
 from store import repo
 from worker import context, delivery, ingest, metrics
 from worker.app import app
@@ -95,6 +95,18 @@ def ingest_run(self, *_args, **_kwargs) -> dict:
     rec = metrics.Recorder()
     try:
         return ingest.run(ctx, rec).as_dict()
+    finally:
+        ctx.flush_metrics(rec)
+
+
+@app.task(name=INGEST_TASK, base=PushsyncTask, bind=True, typing=False)
+def ingest_handed(self, *args, **kwargs) -> dict:
+    """Only a worker made to consume ``events`` with Celery's consumer runs this (see
+    ``worker.ingest.run_handed``); pushsync's workers take those messages in their runs."""
+    ctx = context.current(app)
+    rec = metrics.Recorder()
+    try:
+        return ingest.run_handed(ctx, args, kwargs, rec).as_dict()
     finally:
         ctx.flush_metrics(rec)
 

@@ -15,7 +15,7 @@ from store.repo.apikeys import (
     token_secret,
 )
 from store.repo.common import NotFound
-from store.repo.counts import accept, counts, pending, plan, planned_counts
+from store.repo.counts import accept, counts, pending, plan, still_planned
 from store.repo.dead_letters import (
     add_dead_letters,
     count_dead_letters,
@@ -61,7 +61,7 @@ __all__ = [
     "defer_outbox", "reschedule_outbox", "settle_outbox", "take_due_outbox", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "import_devices", "known_datasets", "list_dead_letters", "pending", "plan",
-    "planned_counts", "pool_credentials", "pool_platforms", "pool_summary", "pool_versions", "purge_dead_letters",
+    "pool_credentials", "pool_platforms", "pool_summary", "pool_versions", "purge_dead_letters",
     "rekey_pools", "register_device", "register_devices", "require_pool", "resolve_many", "resolve_statement",
-    "subscribe", "subscribe_many", "token_hash", "unregister_device", "unsubscribe", "upsert_pool",
+    "still_planned", "subscribe", "subscribe_many", "token_hash", "unregister_device", "unsubscribe", "upsert_pool",
 ]

@@ -78,14 +78,17 @@ def plan(session: Session, keys: Iterable[Key]) -> dict[Key, tuple[int, str | No
     return out
 
 
-def planned_counts(session: Session, keys: Sequence[Key]) -> dict[Key, int | None]:
-    """The newest planned count of each key the store knows (None: nothing planned yet)."""
-    out: dict[Key, int | None] = {}
+def still_planned(session: Session, counts: dict[Key, int]) -> dict[Key, tuple[int, str | None]]:
+    """Of these (key, count) pairs, those whose count is still the key's newest accepted and planned
+    one: what a run that died after its commit may not have sent (its messages are taken again)."""
+    out: dict[Key, tuple[int, str | None]] = {}
     c = _TABLE.c
-    for chunk in chunks(sorted(set(keys)), 300):
-        rows = session.execute(select(c.pool_id, c.identity_id, c.dataset_name, c.planned_count)
+    for chunk in chunks(sorted(counts), 300):
+        rows = session.execute(select(c.pool_id, c.identity_id, c.dataset_name, c.sync_count, c.planned_count,
+                                      c.origin_device_id)
                                .where(tuple_(c.pool_id, c.identity_id, c.dataset_name).in_(chunk)))
-        out.update({Key(p, i, d): n for p, i, d, n in rows})
+        out.update({Key(p, i, d): (n, origin) for p, i, d, n, planned, origin in rows
+                    if n is not None and n == planned == counts[Key(p, i, d)]})
     return out
 
 

@@ -143,9 +143,9 @@ def test_event_for_an_unknown_pool_is_dead_lettered_with_its_reason(pipe, emulat
     pipe.cli("publish", UNKNOWN_POOL, ident, "notes", "9")
     letters = wait_for(lambda: [d for d in pipe.dead_letters() if d["payload"].get("identityId") == ident],
                        what="dead letter")
-    assert letters[0]["reason"] == f"unknown pool {UNKNOWN_POOL}" and letters[0]["kind"] == "event"
+    assert letters[0]["reason"] == f"unknown pool: {UNKNOWN_POOL}" and letters[0]["kind"] == "event"
     listing = pipe.cli("dlq", "list").stdout
-    assert f"unknown pool {UNKNOWN_POOL}" in listing and ident in listing
+    assert f"unknown pool: {UNKNOWN_POOL}" in listing and ident in listing
 
 
 def test_event_for_a_pool_without_credentials_is_dead_lettered(pipe, emulator):
@@ -154,7 +154,7 @@ def test_event_for_a_pool_without_credentials_is_dead_lettered(pipe, emulator):
     pipe.cli("publish", NOCREDS_POOL, ident, "notes", "1")
     letters = wait_for(lambda: [d for d in pipe.dead_letters() if d["payload"].get("identityId") == ident],
                        what="dead letter")
-    assert letters[0]["reason"] == "pool has no push credentials"
+    assert letters[0]["reason"] == "no credentials: the pool has no push credentials"
     assert emulator.pushes_for(ident) == []
 
 

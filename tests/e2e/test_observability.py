@@ -29,24 +29,26 @@ def run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("observe")
     emu = Emulator(directory / "emu")
     pipe = Pipeline(directory, emu, f"sqlite:///{directory}/store.db", broker_db=6)
-    pipe.create_pool(POOL)
-    a, b = new_identity(), new_identity()
-    tokens = {"fcm-a": a, "ab" * 32: a, "cd" * 32: a, "dead-fcm-b": b, "fcm-b": b}
-    plats = {"fcm-a": "GCM", "ab" * 32: "APNS", "cd" * 32: "APNS_SANDBOX", "dead-fcm-b": "GCM", "fcm-b": "GCM"}
-    for tok, ident in tokens.items():
-        pipe.device(POOL, ident, plats[tok], tok)
-    pipe.start_worker("-c", "2", name="observed@%h")
-    pipe.cli("publish", POOL, a, "notes", "3")
-    pipe.cli("publish", POOL, b, "notes", "1")
-    pipe.cli("publish", POOL, a, "notes", "2")  # stale
-    client = Celery(broker=pipe.broker_url)
-    client.send_task("pushsync.ingest", args=[[{"identityPoolId": POOL, "identityId": a, "datasetName": "x/y",
-                                                "syncCount": 1}]], queue="events")  # invalid
-    wait_for(lambda: len(emu.requests()) >= 5, what="five pushes")
-    time.sleep(1.5)
-    yield pipe, emu, tokens
-    pipe.stop_workers()
-    emu.stop()
+    try:  # a set-up that fails must not leave its worker consuming for the tests after it
+        pipe.create_pool(POOL)
+        a, b = new_identity(), new_identity()
+        tokens = {"fcm-a": a, "ab" * 32: a, "cd" * 32: a, "dead-fcm-b": b, "fcm-b": b}
+        plats = {"fcm-a": "GCM", "ab" * 32: "APNS", "cd" * 32: "APNS_SANDBOX", "dead-fcm-b": "GCM", "fcm-b": "GCM"}
+        for tok, ident in tokens.items():
+            pipe.device(POOL, ident, plats[tok], tok)
+        pipe.start_worker("-c", "2", name="observed@%h")
+        pipe.cli("publish", POOL, a, "notes", "3")
+        pipe.cli("publish", POOL, b, "notes", "1")
+        pipe.cli("publish", POOL, a, "notes", "2")  # stale
+        client = Celery(broker=pipe.broker_url)
+        client.send_task("pushsync.ingest", args=[[{"identityPoolId": POOL, "identityId": a, "datasetName": "x/y",
+                                                    "syncCount": 1}]], queue="events")  # invalid
+        wait_for(lambda: len(emu.requests()) >= 5, what="five pushes")
+        time.sleep(1.5)
+        yield pipe, emu, tokens
+    finally:
+        pipe.stop_workers()
+        emu.stop()
 
 
 def _parse(text: str) -> dict[str, float]:
@@ -136,7 +138,7 @@ def test_flower_shows_the_worker_and_the_tasks_by_name(run):
             status, tasks = get("/api/tasks")
             names = {t.get("name") for t in (tasks or {}).values()}
             # the run that sent this one push (a small fan-out is sent by the ingest run itself)
-            return names if "pushsync.ingest" in names else None
+            return names if "pushsync.ingest_run" in names else None
         wait_for(seen, 30, interval=0.5, what="tasks in Flower")
         status, workers = get("/api/workers?refresh=1")
         assert status == 200 and any(re.match(r"observed@", name) for name in workers)
@@ -152,9 +154,10 @@ def test_worker_logs_are_json_lines_with_task_and_delivery_fields(run):
     assert records, "no JSON log lines"
     delivered = [r for r in records if r["message"].startswith("delivered")]
     # a small fan-out is sent by the ingest run itself; a larger one by deliver tasks
-    assert delivered and all(r["task"] in ("pushsync.deliver", "pushsync.ingest") and r["task_id"] and r["pool"] == POOL
-                             and r["platform"] in ("GCM", "APNS", "APNS_SANDBOX") for r in delivered)
+    assert delivered and all(r["task"] in ("pushsync.deliver", "pushsync.ingest_run") and r["task_id"]
+                             and r["pool"] == POOL and r["platform"] in ("GCM", "APNS", "APNS_SANDBOX")
+                             for r in delivered)
     ingested = [r for r in records if r["message"].startswith("ingested")]
-    assert ingested and all(r["task"] == "pushsync.ingest" for r in ingested)
+    assert ingested and all(r["task"] == "pushsync.ingest_run" for r in ingested)
     for tok in tokens:
         assert tok not in text

@@ -6,66 +6,11 @@ connection and refusing new ones) for several seconds while events flow.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 
 from ..conftest import PG_URL, POOL, _prepare_pg
 from .harness import Emulator, Pipeline, publish_counts, seed, tally, wait_for
-
-
-class CuttableProxy:
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.cut = False
-        self.loop = asyncio.new_event_loop()
-        self.writers: set = set()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(5)
-
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        ready.set()
-        self.loop.run_forever()
-
-    async def _handle(self, reader, writer):
-        if self.cut:
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self.writers.update({writer, up_writer})
-
-        async def pipe(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def set_cut(self, cut: bool) -> None:
-        def apply():
-            self.cut = cut
-            if cut:
-                for w in list(self.writers):
-                    w.transport.abort()
-                self.writers.clear()
-        self.loop.call_soon_threadsafe(apply)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
+from .proxy import CuttableProxy
 
 
 def test_a_store_briefly_unreachable_makes_tasks_retry_not_vanish(tmp_path):
@@ -98,7 +43,8 @@ def test_a_store_briefly_unreachable_makes_tasks_retry_not_vanish(tmp_path):
         assert t["strays"] == 0 and t["missing"] == [] and dead == []
         assert during < len(tokens)
         log = (tmp_path / "worker-0.log").read_text()
-        assert "Retry in" in log, "no task waited for the store"
+        # an ingest run defers its messages, a delivery is retried by Celery: either way, something waited
+        assert "Retry in" in log or "go again later" in log, "no task waited for the store"
     finally:
         pipe.stop_workers()
         emulator.stop()

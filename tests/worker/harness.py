@@ -113,12 +113,14 @@ class Run:
     pools: set = field(default_factory=set)  # pools created and kept across examples
     ctx: Context | None = None
     clock: Clock | None = None
+    store_scope: Callable | None = None
 
     def build(self, clock: Clock | None = None) -> Context:
         self.clock = clock
         client = redis.Redis.from_url(get_settings().broker_url)
-        self.ctx = Context(get_settings(), client, Publisher(self), session_scope=partial(
-            session_scope, engine_for(self.url)), clock=clock or time.time, senders=Senders(self))
+        self.store_scope = partial(session_scope, engine_for(self.url))
+        self.ctx = Context(get_settings(), client, Publisher(self), session_scope=self.store_scope,
+                           clock=clock or time.time, senders=Senders(self))
         return self.ctx
 
     def set(self, **changes) -> None:

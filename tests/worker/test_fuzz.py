@@ -1,6 +1,7 @@
 """Hostile input, fuzzed: malformed change events and forged task messages, as any producer or a
-Flower login can put them on the queues, go to the ingest and deliver task bodies (the code a
-worker runs, ``tests/worker/harness.py``) between valid events.
+Flower login can put them on the queues, raw bytes written straight onto ``events`` and into the
+coalescing flush set, as anything with a Redis login can, go to the ingest runs and the deliver
+task body (the code a worker runs, ``tests/worker/harness.py``) between valid events.
 
 For every message: the task body returns (no crash); every event and every batch item is
 accounted for as notified, stale, coalesced, skipped, sent or dead-lettered with a reason; the
@@ -9,6 +10,7 @@ pool, identity and platform it is addressed to."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from hypothesis import strategies as st
@@ -122,8 +124,23 @@ def _prepare(run: harness.Run) -> dict:
     return {"dev_ids": dev_ids, "world": _world_ids(run), "canaries": sorted(canaries)}
 
 
+raw_bytes = st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda n, b: b * n, st.integers(100, 3000), st.sampled_from([b"[", b"{\"a\":", b"\xff", b"\x00"])),
+    st.builds(lambda v: json.dumps(v, default=str).encode(), json_junk),
+    # kombu's envelope around bodies Python cannot read (a header byte that is not UTF-8, Lua's 0x0)
+    st.sampled_from([b'{"body": 0x0, "headers": {"task": "pushsync.ingest"}, "properties": {}}',
+                     b'{"body": "e30=", "headers": {"task": "pushsync.ingest", "x": "\xff"}, '
+                     b'"properties": {"body_encoding": "base64"}}',
+                     b'{"body": "!!", "content-type": "application/json", "headers": {"task": "pushsync.ingest"}, '
+                     b'"properties": {"body_encoding": "base64"}}']))
+raw_message = st.tuples(st.just("raw"), raw_bytes, st.just({}))
+flush_member = st.tuples(st.just("flush"), st.one_of(raw_bytes, st.text(max_size=60).map(str.encode)), st.just({}))
+
+
 def _strategies(dev_ids, world, canaries) -> dict:
-    return {"msg": st.one_of(ingest_message(dev_ids), deliver_message(dev_ids)), "target": st.sampled_from(canaries)}
+    return {"msg": st.one_of(ingest_message(dev_ids), deliver_message(dev_ids), raw_message, flush_member),
+            "target": st.sampled_from(canaries)}
 
 
 def _check_ingest(run, before_dl, args, kwargs) -> None:
@@ -137,12 +154,29 @@ def _check_ingest(run, before_dl, args, kwargs) -> None:
         assert len(_dead_letters(run, before_dl)) >= result["dead_lettered"]
 
 
+def _check_raw(run, before_dl, kind, raw: bytes) -> None:
+    """Bytes nobody wrote through pushsync: each a dead letter of its own (or, on the list, an
+    empty or a valid-looking message read as what it is), and nothing left behind in Redis."""
+    from worker import coalesce, intake
+
+    if kind == "raw":
+        run.ctx.redis.lpush("events", raw)
+    else:
+        run.ctx.redis.zadd(coalesce.FLUSH, {raw: 0})
+    run.runs()
+    c = run.ctx.redis
+    assert c.llen("events") == 0 and c.hlen(intake.INFLIGHT) == 0 and c.zcard(intake.DUE) == 0
+    assert c.zcard(coalesce.FLUSH) == 0 or kind == "raw"
+    letters = _dead_letters(run, before_dl)
+    assert len(letters) <= 1 or kind == "raw", letters
+
+
 def _check_deliver(run, before_dl, batch) -> None:
     result = run.deliver(batch)
     try:
         parsed = DeliveryBatch.from_json(batch)
     except MessageError:
-        assert result == {"dead_lettered": 1}, result
+        assert result["dead_lettered"] == 1 and result["sent"] == 0, result
         assert [k for _i, k, _r in _dead_letters(run, before_dl)] == ["message"]
     else:
         # every item sent, skipped (not the batch identity's device), stale, a duplicate of
@@ -156,8 +190,10 @@ def _example(run, counts, msg, target, dev_ids, world, canaries) -> None:
     before_dl, before_sent = _last_dead_letter(run), len(run.sent)
     if kind == "ingest":
         _check_ingest(run, before_dl, args, rest[0])
-    else:
+    elif kind == "deliver":
         _check_deliver(run, before_dl, args)
+    else:
+        _check_raw(run, before_dl, kind, args)
     run.drain()
     new = _dead_letters(run, before_dl)
     assert all(reason and reason.strip() for _id, _kind, reason in new), new
