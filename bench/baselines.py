@@ -103,17 +103,22 @@ def _time_fanout(env: Env, identities: int, events: int, rounds: int) -> dict:
     code = f"""
 import json, random, statistics, time
 from bench.env import POOL, identity
+from pushsync import contract
 from store.db import session_scope
-from worker import fanout
+from worker import plan
+from worker.pools import PoolCache
 rng = random.Random(7)
+pools = PoolCache()
 times = []
 for r in range({rounds}):
     ids = rng.sample(range({identities}), {events})
-    batch = [{{"identityPoolId": POOL, "identityId": identity(n), "datasetName": "notes", "syncCount": r + 1}}
-             for n in ids]
+    batch = [contract.event({{"identityPoolId": POOL, "identityId": identity(n), "datasetName": "notes",
+                              "syncCount": r + 1}}) for n in ids]
     t = time.perf_counter()
+    res = plan.IngestResult()
     with session_scope() as s:
-        res = fanout.ingest(s, batch, batch_size=500, enqueue=lambda p, b: None, max_events=1000)
+        plan.micro_batch(s, batch, held=set(), flushes=set(), credentials=pools.credentials, batch_size=500,
+                         redeliver_after=180, enqueued_at=None, res=res, letters=[])
     times.append((time.perf_counter() - t) * 1000)
     assert res.notified == {events} and res.devices == {events} * 5, res
 print(json.dumps({{"median_ms": round(statistics.median(times[2:]), 2), "p90_ms":

@@ -11,7 +11,6 @@ unplanned then, so an extra one is harmless.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
 import redis
@@ -33,8 +32,8 @@ def sweep(client: redis.Redis, limit: int = 1000) -> int:
     with session_scope() as session:
         keys = repo.pending(session, cutoff, limit=limit)
     if keys:
-        # LT: a flush due sooner already stays as it is
-        client.zadd(FLUSH, {k.text(): int(time.time() * 1000) for k in keys}, lt=True)
+        # due at once (score 0: whatever a host's clock says); LT: one due already stays as it is
+        client.zadd(FLUSH, dict.fromkeys((k.text() for k in keys), 0), lt=True)
         log.warning("scheduled %d coalescing flushes that the store says are owed (Redis lost them, or a "
                     "worker died between its commit and its flush)", len(keys))
     return len(keys)

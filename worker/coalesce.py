@@ -32,11 +32,13 @@ FLUSH = "pushsync:flush"
 # so the clock the caller passes decides, and the key still goes away by itself.
 KEEP_MS = 60_000
 
-# KEYS: window prefix, flush set. ARGV: now (ms), then (key text, width ms) per key, then KEEP_MS.
-# Returns per key 0 (it opened a window: the leading edge) or the open window's end (held; its
-# flush is scheduled for that end unless one is due sooner).
+# KEYS: window prefix, flush set. ARGV: now (ms; below 0: Redis's own clock, one for every host),
+# then (key text, width ms) per key, then KEEP_MS. Returns per key 0 (it opened a window: the
+# leading edge) or the open window's end (held; its flush is scheduled for that end unless one is
+# due sooner).
 _ENTER = """
 local now = tonumber(ARGV[1])
+if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
 local out = {}
 for i = 2, #ARGV - 1, 2 do
   local k, width = ARGV[i], tonumber(ARGV[i + 1])
@@ -56,16 +58,19 @@ return out
 
 
 class Windows:
-    def __init__(self, client: redis.Redis):
-        self.client = client
+    """``clock``: None for Redis's own time (production); a function for a test's clock."""
+
+    def __init__(self, client: redis.Redis, clock=None):
+        self.client, self.clock = client, clock
         self._enter = client.register_script(_ENTER)
 
-    def enter(self, widths: dict[Key, float], now: float) -> dict[Key, int]:
+    def enter(self, widths: dict[Key, float], now: float | None = None) -> dict[Key, int]:
         """Open the keys' windows (width in seconds; 0: none) in one round trip; returns the keys
         whose window was open already, each with its end (ms): their changes are held, and a flush
         is scheduled for that end (before the transaction: a crash after the commit still leaves
         one pending; an extra flush is harmless)."""
-        args: list = [int(now * 1000)]
+        now = now if now is not None else (self.clock() if self.clock else None)
+        args: list = [-1 if now is None else int(now * 1000)]
         for key, width in widths.items():
             if width > 0:
                 args += [key.text(), int(width * 1000)]

@@ -50,12 +50,15 @@ class Publisher:
         else:
             retry.schedule(self.client, "deliver", batch.to_json(), time.time() + wait)
 
-    def trigger(self) -> None:
-        """Start an ingest run (any free pool process of any worker). Losing one costs a moment."""
+    def trigger(self) -> bool:
+        """Start an ingest run (any free pool process of any worker); False if the broker refused.
+        Losing one costs a moment: the dispatcher publishes another while work waits."""
         try:
             self.app.send_task(RUN_TASK, queue=RUNS_QUEUE)
-        except Exception as exc:  # the dispatcher publishes another while work waits
+            return True
+        except Exception as exc:
             log.warning("could not start an ingest run: %s", exc)
+            return False
 
 
 @dataclass
@@ -64,7 +67,8 @@ class Context:
     redis: redis.Redis
     publish: Publisher
     session_scope: Callable = session_scope
-    clock: Callable[[], float] = time.time
+    # the test's clock; None in production, where windows, leases and due times are Redis's time
+    clock: Callable[[], float] | None = None
     pools: PoolCache = field(default_factory=PoolCache)
     loop: aio.Loop = field(default_factory=aio.Loop)
     senders: Senders | None = None
@@ -78,8 +82,13 @@ class Context:
     def __post_init__(self):
         self.senders = self.senders or Senders(self.settings)
         self.intake = self.intake or Intake(self.redis, self.settings.visibility_timeout, self.clock)
-        self.windows = self.windows or Windows(self.redis)
+        self.windows = self.windows or Windows(self.redis, self.clock)
         self.progress = self.progress or Progress(self.redis)
+
+    def now(self) -> float:
+        """Seconds since the epoch, by the test's clock when there is one (what a message's age and
+        the latency histogram are measured against)."""
+        return self.clock() if self.clock else time.time()
 
     def flush_metrics(self, rec: Recorder) -> None:
         try:

@@ -150,7 +150,7 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
             outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
                                     timeout=settings.send_timeout * 3 + 30)
         result = _record(ctx, batch, outcomes, result)
-    metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.clock())
+    metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
     return result
 
 

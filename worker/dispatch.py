@@ -30,7 +30,7 @@ GRACE = 0.01
 
 
 class Dispatcher(threading.Thread):
-    def __init__(self, intake: Intake, trigger: Callable[[], None]):
+    def __init__(self, intake: Intake, trigger: Callable[[], bool]):
         super().__init__(name="pushsync-dispatch", daemon=True)
         self.intake, self.trigger = intake, trigger
         self.stopping = threading.Event()
@@ -40,7 +40,9 @@ class Dispatcher(threading.Thread):
         """One look at Redis; returns the pause before the next one."""
         work, waiting, next_due = self.intake.status()
         if work and not waiting:
-            self.trigger()
+            if not self.trigger():  # the broker refuses: look again in a second, not in a loop
+                self.stopping.wait(1.0)
+                return PAUSE_MIN
             self.stopping.wait(GRACE)
             return PAUSE_MIN
         if work:  # a trigger waits for a free pool process

@@ -1,18 +1,35 @@
 """Reading what producers put on ``events``: kombu's JSON envelope around Celery's task message
-(protocol 2, or 1 from old clients), the body maybe in base64. Every byte of it is untrusted, so
-``read`` is total: whatever cannot be read becomes an ``Unreadable`` with the reason, never an
-exception, and the run it came in goes on without it."""
+(protocol 2, or 1 from old clients), the body maybe in base64 and compressed. Every byte of it is
+untrusted, so ``read`` is total: whatever cannot be read becomes an ``Unreadable`` with the
+reason, never an exception; and ``read_batch`` turns a run's take into typed events, one dead
+letter per thing that cannot be used, so that the run goes on with its neighbours."""
 
 from __future__ import annotations
 
 import base64
+import bz2
 import json
+import lzma
 import math
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
+from pushsync import contract
+from pushsync.contract import ChangeEvent, Key, ValidationError
+from pushsync.messages import DeadLetter
 from pushsync.queues import EVENTS_QUEUE, INGEST_TASK
-from worker.intake import InFlight
+from worker.intake import MAX_ABANDONS, MAX_MESSAGE_BYTES, InFlight, Taken
+from worker.plan import IngestResult
+
+# Tasks an older pushsync sent to ``events``; skipped (counted) rather than dead-lettered.
+OLD_TASKS = ("pushsync.flush_windows", "pushsync.prune_devices", "pushsync.trim_dead_letters",
+             "pushsync.record_queue_depths")
+# A compressed body may not unpack to more than this (a small message must not become a huge one).
+UNPACKED_MAX = 8 << 20
+# kombu's compression content types (kombu.compression), each read with a bound on what it unpacks
+_UNPACK = {"application/x-gzip": lambda: zlib.decompressobj(47), "application/x-bz2": bz2.BZ2Decompressor,
+           "application/x-lzma": lzma.LZMADecompressor}
 
 
 @dataclass
@@ -64,6 +81,8 @@ def read(taken: InFlight, now: float | None = None) -> Message | Unreadable:
         body = envelope["body"]
         if props.get("body_encoding") == "base64":
             body = base64.b64decode(body, validate=True)
+        if headers.get("compression"):
+            body = _unpack(body, headers["compression"])
         body = json.loads(body)
         if isinstance(body, dict):  # protocol 1: the task and its arguments in the body
             task, args, kwargs = body.get("task"), body.get("args", []), body.get("kwargs", {})
@@ -80,6 +99,16 @@ def read(taken: InFlight, now: float | None = None) -> Message | Unreadable:
         return Unreadable(taken.id, taken.raw, "unreadable message", f"{type(exc).__name__}: {str(exc)[:150]}")
 
 
+def _unpack(body, kind) -> bytes:
+    unpacker = _UNPACK.get(kind)
+    if unpacker is None:
+        raise ValueError(f"compression {str(kind)[:40]!r} is not one this worker reads")
+    out = unpacker().decompress(body.encode() if isinstance(body, str) else body, UNPACKED_MAX + 1)
+    if len(out) > UNPACKED_MAX:
+        raise ValueError(f"the body unpacks to more than {UNPACKED_MAX} bytes")
+    return out
+
+
 def from_arguments(mid: str, args: object, kwargs: object, now: float) -> Message:
     """The ingest task's arguments as any producer may have sent them: ``(events[, enqueued_at])``,
     or ``events=`` and ``enqueued_at=`` as keywords."""
@@ -91,3 +120,85 @@ def from_arguments(mid: str, args: object, kwargs: object, now: float) -> Messag
     # only feeds the latency histogram: a time that cannot be one is read as now
     enqueued = enqueued if 0 < enqueued <= now + 86400 else now
     return Message(mid, events, enqueued)
+
+
+@dataclass
+class Batch:
+    """What a take turned into: the events (typed), the messages they came from, the flushes, the
+    dead letters so far."""
+
+    taken: Taken
+    messages: list[Message] = field(default_factory=list)
+    events: list[ChangeEvent] = field(default_factory=list)
+    flushes: set[Key] = field(default_factory=set)
+    letters: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0
+    res: IngestResult = field(default_factory=IngestResult)
+    again: set[ChangeEvent] = field(default_factory=set)  # events of messages whose run died
+    put_back: list[str] = field(default_factory=list)  # taken past the run's events: untried
+
+    @property
+    def ids(self) -> list[str]:
+        return [t.id for t in self.taken.messages if t.id not in self.put_back]
+
+
+def read_batch(taken: Taken, *, max_events: int, batch_max: int, now: float) -> Batch:
+    """Every message and flush member read once: typed events, and a dead letter for each thing
+    that cannot be used. A take weighs messages by their size, so compressed ones can hold more
+    than the run wants: those past twice PUSHSYNC_INGEST_BATCH_MAX are put back, untried."""
+    batch = Batch(taken)
+    for t in taken.messages:
+        if len(batch.events) >= 2 * batch_max and not t.abandons:
+            batch.put_back.append(t.id)
+            continue
+        _one(batch, t, max_events, now)
+    for member in taken.flushes:
+        try:
+            batch.flushes.add(Key.from_text(member))
+        except ValueError as exc:  # not a member pushsync writes: kept to be read, and gone from the set
+            batch.letters.append(DeadLetter.message(member, "unreadable message", f"flush set: {exc}",
+                                                    field="flush_member"))
+    return batch
+
+
+def _one(batch: Batch, t: InFlight, max_events: int, now: float) -> None:
+    if t.oversize:
+        batch.letters.append(DeadLetter.message(t.raw, "unreadable message", f"{t.size} bytes; the largest "
+                                                f"message a worker reads is {MAX_MESSAGE_BYTES}"))
+        return
+    m = read(t, now)
+    if isinstance(m, Unreadable):
+        if m.task in OLD_TASKS:
+            batch.skipped += 1
+        else:
+            batch.letters.append(DeadLetter.message(m.raw, m.cause, m.why))
+        return
+    add_message(batch, t, m, max_events)
+
+
+def add_message(batch: Batch, t: InFlight, m: Message, max_events: int) -> None:
+    """A readable message's events into the batch, typed, or dead-lettered with the reason."""
+    batch.res.received += len(m.events)
+    if t.abandons >= MAX_ABANDONS:
+        why = f"taken by {t.abandons} runs that never finished (killed: out of memory, or past the time limit)"
+        batch.letters += [DeadLetter.event(e, "run never finished", why) for e in m.events]
+        batch.res.dead_lettered += len(m.events)
+    elif len(m.events) > max_events:
+        # refused whole, each event kept: replayed one by one, none is lost
+        batch.letters += [DeadLetter.event(e, "too many events", f"the message holds {len(m.events)} events; the "
+                                              f"limit is {max_events} (PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
+                          for e in m.events]
+        batch.res.invalid += len(m.events)
+        batch.res.dead_lettered += len(m.events)
+    else:
+        batch.messages.append(m)
+        for raw in m.events:
+            try:
+                batch.events.append(contract.event(raw))
+            except ValidationError as exc:
+                batch.letters.append(DeadLetter.event(raw, "invalid event", str(exc)))
+                batch.res.invalid += 1
+                batch.res.dead_lettered += 1
+                continue
+            if t.abandons:
+                batch.again.add(batch.events[-1])

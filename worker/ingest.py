@@ -22,53 +22,36 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+import time
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
-from pushsync import contract
-from pushsync.contract import ChangeEvent, Key, ValidationError
+from pushsync.contract import Key
 from pushsync.messages import DeadLetter, DeliveryBatch, exception_text
 from pushsync.queues import EVENTS_QUEUE, RUNS_QUEUE
 from store import repo
 from worker import delivery, envelope, metrics, plan
 from worker.context import Context
-from worker.envelope import Message, Unreadable, read
+from worker.envelope import Batch
 from worker.errors import DATA_ERRORS, TRANSIENT
-from worker.intake import MAX_ABANDONS, InFlight, Taken
+from worker.intake import InFlight, Taken
 from worker.plan import IngestResult
 
 log = logging.getLogger("pushsync.tasks")
 
 FLUSHES_PER_RUN = 500
-# Tasks an older pushsync sent to ``events``; skipped (counted) rather than dead-lettered.
-OLD_TASKS = ("pushsync.flush_windows", "pushsync.prune_devices", "pushsync.trim_dead_letters",
-             "pushsync.record_queue_depths")
-RAW_PARSE_MAX = 1 << 20  # a message whose runs keep dying is read for its events only below this size
-
-
-@dataclass
-class Batch:
-    """What a take turned into: the events (typed), which message each came from, the flushes,
-    and the dead letters so far."""
-
-    taken: Taken
-    messages: list[Message] = field(default_factory=list)
-    events: list[ChangeEvent] = field(default_factory=list)
-    flushes: set[Key] = field(default_factory=set)
-    letters: list[DeadLetter] = field(default_factory=list)
-    skipped: int = 0
-    res: IngestResult = field(default_factory=IngestResult)
-    again: set[ChangeEvent] = field(default_factory=set)  # events of messages whose run died
-
-    @property
-    def ids(self) -> list[str]:
-        return [m.id for m in self.taken.messages]
+# Redis may be away for a moment when a run is done: it tries this long (seconds between tries)
+# to hand its messages back or let them go before their lease decides (a run that cannot reach
+# Redis looks, from Redis, like one that died).
+REDIS_WAITS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# What a run may meet that is not the data's fault: it defers, it does not dead-letter.
+PASSING = (*TRANSIENT, redis.RedisError, SoftTimeLimitExceeded)
 
 
 def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
     try:
-        taken, readings = _take(ctx)
+        taken = ctx.intake.take(ctx.settings.ingest_batch_max, FLUSHES_PER_RUN)
     except redis.RedisError as exc:  # nothing was taken: the dispatcher starts a run again later
         log.warning("could not take ingest messages: %s", exc)
         return IngestResult()
@@ -76,19 +59,22 @@ def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
         ctx.publish.trigger()  # more waits: another process may take it while this one works
     if not taken.messages and not taken.flushes:
         return IngestResult()
-    batch = _read(ctx, taken, readings)
+    s = ctx.settings
+    batch = envelope.read_batch(taken, max_events=s.max_events_per_message, batch_max=s.ingest_batch_max,
+                                now=ctx.now())
     try:
         held = _windows(ctx, batch)
         batches = _commit(ctx, batch, set(held))
-    except TRANSIENT as exc:
+        _send(ctx, batches, batch.res, rec)
+    except PASSING as exc:  # the store or Redis away, or the run out of time: nothing lost, all later
         _defer(ctx, batch, exc)
         return batch.res
-    _send(ctx, batches, batch.res, rec)
-    try:
-        ctx.intake.ack(batch.ids, taken.lease, taken.flushes,
-                       again={k.text().encode(): end for k, end in held.items()})
-    except redis.RedisError as exc:  # their leases run out and they are taken again: duplicates, no loss
-        log.warning("could not acknowledge %d ingest messages: %s", len(batch.ids), exc)
+    _with_redis(lambda: ctx.intake.ack(batch.ids, taken.lease, taken.flushes,
+                                       again={k.text().encode(): end for k, end in held.items()}),
+                f"acknowledge {len(batch.ids)} ingest messages")
+    if batch.put_back:
+        _with_redis(lambda: ctx.intake.defer(dict.fromkeys(batch.put_back, 0.0), taken.lease, count=False),
+                    f"put back {len(batch.put_back)} messages")
     _report(batch, rec)
     return batch.res
 
@@ -97,83 +83,37 @@ def run_handed(ctx: Context, args: object, kwargs: object, rec: metrics.Recorder
     """An ingest message that Celery's own consumer handed over: a worker made to consume
     ``events`` itself (`add_consumer events`, or `celery worker -Q events` without pushsync's
     start-up), which takes messages with BRPOP and can lose one when Redis dies. Run here rather
-    than discarded as an unregistered task; a transient failure raises, for Celery's retry."""
+    than discarded as an unregistered task; a failure on the way raises, for Celery's retry."""
     log.warning("Celery's consumer handed this worker an ingest message: consume %s instead of %s "
                 "(pushsync worker -Q does that)", RUNS_QUEUE, EVENTS_QUEUE)
+    message = envelope.from_arguments("handed", args, kwargs, ctx.now())
     taken = Taken([InFlight("handed", b"", 0, 0)])
-    batch = _read(ctx, taken, {"handed": envelope.from_arguments("handed", args, kwargs, ctx.clock())})
+    batch = Batch(taken)
+    envelope.add_message(batch, taken.messages[0], message, ctx.settings.max_events_per_message)
     held = _windows(ctx, batch)
     _send(ctx, _commit(ctx, batch, set(held)), batch.res, rec)
+    ctx.intake.ack([], 0, again={k.text().encode(): end for k, end in held.items()})
     _report(batch, rec)
     return batch.res
 
 
+def _with_redis(call, what: str) -> bool:
+    """``call`` tried again over a few seconds while Redis is away."""
+    for wait in (*REDIS_WAITS, None):
+        try:
+            call()
+            return True
+        except redis.RedisError as exc:
+            if wait is None:
+                log.warning("could not %s (%s): their leases will decide", what, exc)
+                return False
+            time.sleep(wait)
+    return False
+
+
 def _windows(ctx: Context, batch: Batch) -> dict[Key, int]:
     width = ctx.settings.coalesce_window
-    return ctx.windows.enter({e.key: width for e in batch.events}, ctx.clock()) if width > 0 and batch.events else {}
-
-
-def _take(ctx: Context) -> tuple[Taken, dict[str, Message | Unreadable | None]]:
-    """Messages until the run holds about PUSHSYNC_INGEST_BATCH_MAX events, and the due flushes;
-    each message read once."""
-    taken = ctx.intake.take(ctx.settings.ingest_batch_max, FLUSHES_PER_RUN)
-    return taken, {t.id: _reading(ctx, t) for t in taken.messages}
-
-
-def _reading(ctx: Context, t) -> Message | Unreadable | None:
-    """The message read; None for one whose runs kept dying and that is too large to read again."""
-    if t.abandons >= MAX_ABANDONS and len(t.raw) > RAW_PARSE_MAX:
-        return None
-    return read(t, ctx.clock())
-
-
-def _read(ctx: Context, taken: Taken, readings: dict) -> Batch:
-    batch = Batch(taken)
-    limit = ctx.settings.max_events_per_message
-    for t in taken.messages:
-        m = readings[t.id]
-        if m is None:
-            batch.letters.append(DeadLetter.message(t.raw, "run never finished", _abandoned(t.abandons)))
-            continue
-        if isinstance(m, Unreadable):
-            if m.task in OLD_TASKS:
-                batch.skipped += 1
-            else:
-                batch.letters.append(DeadLetter.message(m.raw, m.cause, m.why))
-            continue
-        batch.res.received += len(m.events)
-        if t.abandons >= MAX_ABANDONS:
-            batch.letters += [DeadLetter.event(e, "run never finished", _abandoned(t.abandons)) for e in m.events]
-            batch.res.dead_lettered += len(m.events)
-        elif len(m.events) > limit:
-            # refused whole, each event kept: replayed one by one, none is lost
-            batch.letters += [DeadLetter.event(e, "too many events", f"the message holds {len(m.events)} events; "
-                                                  f"the limit is {limit} (PUSHSYNC_MAX_EVENTS_PER_MESSAGE)")
-                              for e in m.events]
-            batch.res.invalid += len(m.events)
-            batch.res.dead_lettered += len(m.events)
-        else:
-            batch.messages.append(m)
-            for raw in m.events:
-                try:
-                    batch.events.append(contract.event(raw))
-                    if t.abandons:
-                        batch.again.add(batch.events[-1])
-                except ValidationError as exc:
-                    batch.letters.append(DeadLetter.event(raw, "invalid event", str(exc)))
-                    batch.res.invalid += 1
-                    batch.res.dead_lettered += 1
-    for member in taken.flushes:
-        try:
-            batch.flushes.add(Key.from_text(member))
-        except ValueError as exc:  # not a member pushsync writes: kept to be read, and gone from the set
-            batch.letters.append(DeadLetter.message(member, "unreadable message", f"flush set: {exc}",
-                                                    field="flush_member"))
-    return batch
-
-
-def _abandoned(n: int) -> str:
-    return f"taken by {n} runs that never finished (killed: out of memory, or past the time limit)"
+    return ctx.windows.enter({e.key: width for e in batch.events}) if width > 0 and batch.events else {}
 
 
 def _commit(ctx: Context, batch: Batch, held: set[Key]) -> list[DeliveryBatch]:
@@ -185,7 +125,7 @@ def _commit(ctx: Context, batch: Batch, held: set[Key]) -> list[DeliveryBatch]:
                         batch.again)
             repo.add_dead_letters(session, batch.letters)
         return out
-    except TRANSIENT:
+    except PASSING:  # not the data's fault: the caller defers
         raise
     except DATA_ERRORS as exc:
         log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
@@ -243,14 +183,15 @@ def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued) -> list[De
     return out
 
 
-def _defer(ctx: Context, batch: Batch, exc: Exception) -> None:
-    """The store or Redis out of reach: every message due again after a jittered backoff, or, out
-    of tries, its events dead-lettered; flushes due again in a second. When even the dead letters
-    cannot be written, those messages wait the longest backoff and try again."""
+def _defer(ctx: Context, batch: Batch, exc: BaseException) -> None:
+    """The store or Redis out of reach, or the run out of time: every message due again after a
+    jittered backoff, its try counted, or, out of tries, its events dead-lettered; flushes due again
+    in a second. When even the dead letters cannot be written, those messages wait the longest
+    backoff and try again."""
     tries, cap = ctx.settings.ingest_tries, ctx.settings.ingest_retry_cap
-    waits = {m.id: random.uniform(0, min(cap, 2 ** m.attempts)) for m in batch.taken.messages}
+    waits = {t.id: random.uniform(0, min(cap, 2 ** t.attempts)) for t in batch.taken.messages}
     spent = [m for m in batch.messages if m.attempts + 1 >= tries]
-    if spent:
+    if spent and not isinstance(exc, SoftTimeLimitExceeded):
         why = f"{tries} tries: {exception_text(exc)}"
         try:
             with ctx.session_scope() as session:
@@ -258,15 +199,13 @@ def _defer(ctx: Context, batch: Batch, exc: Exception) -> None:
                                                 for m in spent for e in m.events])
             for m in spent:
                 waits.pop(m.id)
-            ctx.intake.ack([m.id for m in spent])
-        except (*TRANSIENT, redis.RedisError) as again:
+            ctx.intake.ack([m.id for m in spent], batch.taken.lease)
+        except PASSING as again:
             log.warning("could not dead-letter %d messages out of tries (%s): they wait and try again",
                         len(spent), again)
             waits.update({m.id: cap for m in spent})
-    try:
-        ctx.intake.defer(waits, batch.taken.lease, {f: 1.0 for f in batch.taken.flushes})
-    except redis.RedisError as again:  # their leases run out and they come back then
-        log.warning("could not defer %d ingest messages (%s)", len(waits), again)
+    _with_redis(lambda: ctx.intake.defer(waits, batch.taken.lease, dict.fromkeys(batch.taken.flushes, 1.0)),
+                f"defer {len(waits)} ingest messages")
     log.warning("%s: %d ingest messages and %d flushes go again later, %d dead-lettered", exception_text(exc),
                 len(waits), len(batch.taken.flushes), len(batch.taken.messages) - len(waits))
 

@@ -187,7 +187,8 @@ def prometheus(snap: dict) -> str:
     family("pushsync_dead_lettered_total", "counter", "Items written to the dead-letter store, by kind.",
            [({"kind": k}, n) for k, n in sorted(snap["dead_lettered"].items())])
     family("pushsync_pushes_skipped_total", "counter", "Pushes not sent at send time: the device is no longer "
-           "the batch identity's (not_owned), or a newer sync count was notified since (stale).",
+           "the batch identity's (not_owned), or a newer sync count was planned since (stale); and messages "
+           "an older pushsync sent to events, skipped (old_task).",
            [({"why": k}, n) for k, n in sorted(snap.get("skipped", {}).items())])
     if snap.get("dead_letters") is not None:
         family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])

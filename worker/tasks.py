@@ -28,7 +28,7 @@ from celery.signals import (
 from pushsync.messages import DeadLetter, DeliveryBatch, MessageError, exception_text
 from pushsync.queues import DELIVER_TASK, EVENTS_QUEUE, INGEST_TASK, RUN_TASK, RUNS_QUEUE
 from store import repo
-from worker import context, delivery, ingest, metrics
+from worker import context, delivery, envelope, ingest, metrics
 from worker.app import app
 from worker.errors import TRANSIENT
 from worker.health import stall_seconds
@@ -67,7 +67,11 @@ class PushsyncTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         """A task that fails for good (bad data, a bug, a time limit, retries exhausted) has its
-        message acknowledged all the same: keep what it carried so it can be replayed."""
+        message acknowledged all the same: keep what it carried so it can be replayed. A task that
+        carries nothing worth keeping (an ingest run) touches no store here: Celery runs this in
+        the worker's main process."""
+        if type(self).dead_letter_args is PushsyncTask.dead_letter_args:
+            return
         try:
             with context.current(app).session_scope() as session:
                 self.dead_letter_args(session, exc, args, kwargs)
@@ -99,7 +103,14 @@ def ingest_run(self, *_args, **_kwargs) -> dict:
         ctx.flush_metrics(rec)
 
 
-@app.task(name=INGEST_TASK, base=PushsyncTask, bind=True, typing=False)
+class IngestHandedTask(PushsyncTask):
+    def dead_letter_args(self, session, exc, args, kwargs):
+        events = envelope.from_arguments("handed", args, kwargs, 0).events
+        repo.add_dead_letters(session, [DeadLetter.event(e, "failed", f"{exception_text(exc)} in {self.name}")
+                                        for e in events])
+
+
+@app.task(name=INGEST_TASK, base=IngestHandedTask, bind=True, typing=False)
 def ingest_handed(self, *args, **kwargs) -> dict:
     """Only a worker made to consume ``events`` with Celery's consumer runs this (see
     ``worker.ingest.run_handed``); pushsync's workers take those messages in their runs."""

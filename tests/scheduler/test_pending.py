@@ -38,4 +38,4 @@ def test_the_sweep_schedules_a_flush_for_each_count_accepted_long_ago_and_never_
     assert pending.sweep(retry_redis) == 2
     flushes = {m.decode(): s for m, s in retry_redis.zrange(coalesce.FLUSH, 0, -1, withscores=True)}
     assert set(flushes) == {Key(POOL, IDENT, "forgotten").text(), Key(POOL, IDENT2, "due-soon").text()}
-    assert flushes[Key(POOL, IDENT2, "due-soon").text()] == 1000  # a flush due sooner stays as it was
+    assert all(due <= 1000 for due in flushes.values())  # due at once, whatever the hosts' clocks say

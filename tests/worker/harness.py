@@ -70,8 +70,9 @@ class Publisher:
     def retry(self, batch: DeliveryBatch, _wait: float) -> None:
         self.run.retries.append(batch.to_json())
 
-    def trigger(self) -> None:
+    def trigger(self) -> bool:
         self.run.triggers += 1
+        return True
 
 
 class Senders:
@@ -120,7 +121,7 @@ class Run:
         client = redis.Redis.from_url(get_settings().broker_url)
         self.store_scope = partial(session_scope, engine_for(self.url))
         self.ctx = Context(get_settings(), client, Publisher(self), session_scope=self.store_scope,
-                           clock=clock or time.time, senders=Senders(self))
+                           clock=clock, senders=Senders(self))
         return self.ctx
 
     def set(self, **changes) -> None:

@@ -91,6 +91,7 @@ def test_a_store_out_of_reach_defers_each_message_once_and_nothing_exists_twice(
     their events are dead-lettered; when even that cannot be written, they wait and try again."""
     idents = _seeded(engine, 2)
     real_scope = run.ctx.session_scope
+    monkeypatch.setattr(ingest.random, "uniform", lambda _low, high: high)  # the jitter's longest wait
     run.publish([_ev(idents[0])])
     run.publish([_ev(idents[1]), _ev(idents[1], ds="other")])
     _store_down(run, monkeypatch)
@@ -185,3 +186,68 @@ def test_a_message_celerys_own_consumer_hands_over_is_run_not_discarded(run, eng
     idents = _seeded(engine, 1)
     result = run_handed(run.ctx, ([_ev(idents[0], 3)],), {"enqueued_at": 1.0}, metrics.Recorder())
     assert result.notified == 1 and [item[3] for b in run.queued for item in b["items"]] == [3]
+
+
+def test_a_run_out_of_time_or_meeting_redis_away_defers_its_messages_and_counts_no_death(run, engine,
+                                                                                        monkeypatch):
+    """The soft time limit inside the transaction (a slow store), or Redis gone for a moment
+    after the take: the messages are deferred as a store outage's are, not dead-lettered as a
+    bug's, and not left to their lease (which would count a death against them)."""
+    import redis as redis_lib
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from worker import coalesce, plan
+
+    idents = _seeded(engine, 1)
+    run.set(coalesce_window=1.0)
+    real_plan, real_enter = plan.micro_batch, coalesce.Windows.enter
+    run.publish([_ev(idents[0], 1)])
+    monkeypatch.setattr(plan, "micro_batch", lambda *a, **k: (_ for _ in ()).throw(SoftTimeLimitExceeded()))
+    _once(run)
+    monkeypatch.setattr(plan, "micro_batch", real_plan)
+    blips = []
+
+    def redis_away_once(self, widths, now=None):
+        if not blips:
+            blips.append(1)
+            raise redis_lib.ConnectionError("Connection reset by peer")
+        return real_enter(self, widths, now)
+
+    monkeypatch.setattr(coalesce.Windows, "enter", redis_away_once)
+    run.clock.advance(run.ctx.settings.ingest_retry_cap + 1)
+    _once(run)
+    c = run.ctx.redis
+    [mid] = c.hkeys(intake.INFLIGHT)
+    assert int(c.hget(intake.ATTEMPTS, mid)) == 2 and not c.hget(intake.ABANDONS, mid)
+    assert not c.sismember(intake.LEASED, mid) and _letters(engine) == []
+    run.clock.advance(run.ctx.settings.ingest_retry_cap + 1)
+    assert _once(run)["notified"] == 1 and _nothing_left(run)
+
+
+def test_a_handed_message_that_fails_for_good_keeps_its_events(run, engine):
+    from worker.tasks import ingest_handed
+
+    ingest_handed.on_failure(RuntimeError("boom"), "t-1", ([_ev(IDENT, 4)],), {}, None)
+    [letter] = _letters(engine)
+    assert letter["kind"] == "event" and letter["payload"]["syncCount"] == 4
+    assert letter["reason"] == "failed: RuntimeError: boom in pushsync.ingest"
+
+
+def test_the_dispatcher_backs_off_while_the_broker_refuses_its_triggers():
+    import threading
+    import time as time_lib
+
+    from worker.dispatch import Dispatcher
+
+    class Busy:
+        def status(self):
+            return True, 0, None
+
+    calls = []
+    d = Dispatcher(Busy(), lambda: calls.append(1) or False)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    time_lib.sleep(2.2)
+    d.stop()
+    t.join(3)
+    assert 1 <= len(calls) <= 4, len(calls)  # once a second, not in a loop
