@@ -37,8 +37,11 @@ def run(tmp_path_factory):
         for tok, ident in tokens.items():
             pipe.device(POOL, ident, plats[tok], tok)
         pipe.start_worker("-c", "2", name="observed@%h")
+        wait_for(lambda: pipe.redis.hlen("pushsync:workers:beat"), 30, 0.2, what="the worker to start")
         pipe.cli("publish", POOL, a, "notes", "3")
         pipe.cli("publish", POOL, b, "notes", "1")
+        # after 3 was taken, not beside it in one micro-batch (where it would be coalesced, not stale)
+        wait_for(lambda: len(emu.requests()) >= 3, what="the first pushes")
         pipe.cli("publish", POOL, a, "notes", "2")  # stale
         client = Celery(broker=pipe.broker_url)
         client.send_task("pushsync.ingest", args=[[{"identityPoolId": POOL, "identityId": a, "datasetName": "x/y",
