@@ -88,12 +88,14 @@ def micro_batch(session: Session, events: list[ChangeEvent], *, held: set[Key], 
     creds = credentials(session, {e.pool for e in events} | {k.pool for k in flushes})
     eligible = _newest(_eligible(events, creds, letters, res), res)
     flushes = {k for k in flushes if creds.get(k.pool) is not None}
-    moved = repo.accept(session, eligible, lock=flushes)
+    leading = {e.key for e in eligible} - held
+    moved = repo.accept(session, eligible, lock=flushes, lead=leading)
     res.notified += len(moved)
     res.stale += len(eligible) - len(moved)
-    leading = {e.key for e in eligible} - held
-    planned = repo.plan(session, leading | flushes)
-    res.held += len(moved - planned.keys())
+    planned = {k: moved[k] for k in leading if k in moved}  # planned by accept itself
+    # what else may wait: a leading key whose own count was stale, the flushes
+    planned.update(repo.plan(session, (leading - planned.keys()) | flushes))
+    res.held += len(moved.keys() - planned.keys())
     res.window_flushed += len(planned.keys() - leading)
     resend = {e.key: e.sync_count for e in eligible if e in again and e.key not in planned and e.key not in moved}
     if resend:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import and_, case, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from pushsync.contract import ChangeEvent, Key
@@ -29,10 +29,13 @@ def _pending():
     return and_(c.sync_count.is_not(None), or_(c.planned_count.is_(None), c.planned_count < c.sync_count))
 
 
-def accept(session: Session, events: Sequence[ChangeEvent], lock: Iterable[Key] = ()) -> set[Key]:
+def accept(session: Session, events: Sequence[ChangeEvent], lock: Iterable[Key] = (),
+           lead: Iterable[Key] = ()) -> dict[Key, tuple[int, str | None]]:
     """Raise each event's dataset to the event's count where that is newer; returns the keys that
-    moved. At most one event per key (the caller keeps the newest). The origin device of the
-    count that moved is kept with it.
+    moved, each with (its count, the origin device). At most one event per key (the caller keeps
+    the newest). The origin device of the count that moved is kept with it. A key in ``lead`` (a
+    leading edge) that moves is planned in the same step: its planned count is its accepted one,
+    one row version and no second statement for the common case (what ``plan`` would do next).
 
     One statement (an INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING, sent as one
     executemany), keys in sorted order. ``lock`` names more keys (the ones a flush will plan) that
@@ -44,22 +47,27 @@ def accept(session: Session, events: Sequence[ChangeEvent], lock: Iterable[Key] 
     for e in events:
         rows[e.key] = (e.sync_count, e.origin)
     if not rows:
-        return set()
+        return {}
+    lead = set(lead)
     now = utcnow()
     stmt = insert_for(session, _TABLE)
+    planned = stmt.excluded.planned_count
     # one statement shape whatever the number of keys: a VALUES list per size would fill the cache
     stmt = stmt.on_conflict_do_update(
         index_elements=["pool_id", "identity_id", "dataset_name"],
         set_={"sync_count": stmt.excluded.sync_count, "origin_device_id": stmt.excluded.origin_device_id,
-              "updated_at": stmt.excluded.updated_at},
+              "updated_at": stmt.excluded.updated_at,
+              # a held count leaves the planned one as it is; a leading one plans itself
+              "planned_count": case((planned.is_(None), _TABLE.c.planned_count), else_=planned)},
         where=and_(stmt.excluded.sync_count.is_not(None),
                    or_(_TABLE.c.sync_count.is_(None), _TABLE.c.sync_count < stmt.excluded.sync_count)),
-    ).returning(_TABLE.c.pool_id, _TABLE.c.identity_id, _TABLE.c.dataset_name, _TABLE.c.sync_count)
+    ).returning(_TABLE.c.pool_id, _TABLE.c.identity_id, _TABLE.c.dataset_name, _TABLE.c.sync_count,
+                _TABLE.c.origin_device_id)
     values = [{"pool_id": k.pool, "identity_id": k.identity, "dataset_name": k.dataset, "sync_count": n,
-               "origin_device_id": origin, "planned_count": None, "updated_at": now}
+               "origin_device_id": origin, "planned_count": n if k in lead else None, "updated_at": now}
               for k, (n, origin) in sorted(rows.items())]
     # a fresh row inserted for a lock-only key has no count: it did not move
-    return {Key(p, i, d) for p, i, d, n in session.execute(stmt, values) if n is not None}
+    return {Key(p, i, d): (n, origin) for p, i, d, n, origin in session.execute(stmt, values) if n is not None}
 
 
 def plan(session: Session, keys: Iterable[Key]) -> dict[Key, tuple[int, str | None]]:

@@ -45,31 +45,51 @@ def test_keys_only_locked_by_accept_change_nothing_and_pending_finds_what_was_ne
         _accept(s, IDENT, "done", 4)
         repo.plan(s, [Key(POOL, IDENT, "done")])
         # a flush's key in the accept statement: its row is locked, nothing moves
-        assert repo.accept(s, [], lock=[Key(POOL, IDENT, "held"), Key(POOL, IDENT2, "new")]) == set()
+        assert repo.accept(s, [], lock=[Key(POOL, IDENT, "held"), Key(POOL, IDENT2, "new")]) == {}
         assert repo.counts(s, Key(POOL, IDENT, "held")) == (3, None)
         assert repo.counts(s, Key(POOL, IDENT2, "new")) == (None, None)
         assert repo.pending(s, utcnow() + timedelta(seconds=1)) == [Key(POOL, IDENT, "held")]
         assert repo.pending(s, utcnow() - timedelta(seconds=60)) == []
 
 
-def _race_advance(url, counts, barrier, out):
-    """Each count accepted and planned in one transaction, as an ingest run does: the counts this
-    racer planned."""
+def test_a_leading_count_is_planned_by_accept_itself_and_a_held_or_stale_one_is_not(pools):
+    """The common case in one statement: a leading edge's count that moves is planned with it; a
+    held count leaves the planned one where it was; a stale leading count plans nothing, so what
+    an earlier held count left waits for ``plan``."""
+    k, held = Key(POOL, IDENT, "lead"), Key(POOL, IDENT, "held")
+    with session_scope(pools) as s:
+        assert repo.accept(s, [ChangeEvent(*k, 5, "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b")], lead=[k]) == {
+            k: (5, "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b")}
+        assert repo.counts(s, k) == (5, 5) and repo.plan(s, [k]) == {}
+        assert repo.accept(s, [ChangeEvent(*k, 7)]) == {k: (7, None)}  # held: accepted, not planned
+        assert repo.counts(s, k) == (7, 5)
+        assert repo.accept(s, [ChangeEvent(*k, 6)], lead=[k]) == {}  # stale: nothing moves
+        assert repo.counts(s, k) == (7, 5)
+        assert repo.plan(s, [k]) == {k: (7, None)}
+        assert repo.accept(s, [ChangeEvent(*held, 2)], lead=[k]) == {held: (2, None)}  # not leading
+        assert repo.counts(s, held) == (2, None)
+
+
+def _race_advance(url, counts, leading, barrier, out):
+    """Each count accepted and planned in one transaction, as an ingest run does (``leading``: as
+    a leading edge, planned by accept itself, and ``plan`` for what else waits; else as a flush):
+    the counts this racer planned."""
     engine = engine_for(url)
     barrier.wait()
     wins = []
     k = Key(POOL, IDENT, "race")
     for n in counts:
         with session_scope(engine) as s:
-            repo.accept(s, [ChangeEvent(*k, n)])
-            wins += [count for count, _origin in repo.plan(s, [k]).values()]
+            moved = repo.accept(s, [ChangeEvent(*k, n)], lead=[k] if leading else ())
+            planned = {key: v for key, v in moved.items() if leading} or repo.plan(s, [k])
+            wins += [count for count, _origin in planned.values()]
     out.put(wins)
-
 
 
 def test_concurrent_runs_never_both_plan_the_same_count(pools, db_url):
     counts = list(range(1, 151))
-    results = run_racers(_race_advance, [(db_url, counts), (db_url, counts), (db_url, counts[::-1])])
+    results = run_racers(_race_advance, [(db_url, counts, True), (db_url, counts, False),
+                                                (db_url, counts[::-1], True)])
     all_wins = [n for wins in results for n in wins]
     assert len(all_wins) == len(set(all_wins)), "a count was planned twice"
     assert 150 in all_wins

@@ -22,10 +22,10 @@ def test_a_micro_batch_the_store_refuses_goes_again_event_by_event(run, engine, 
     idents = _seeded(engine, 2)
     real = repo.accept
 
-    def refuses_the_second(session, events, lock=()):
+    def refuses_the_second(session, events, lock=(), lead=()):
         if any(e.identity == idents[1] for e in events):  # as PostgreSQL refuses a value
             raise sqlalchemy.exc.DataError("INSERT INTO datasets ...", {}, ValueError("value refused by the store"))
-        return real(session, events, lock)
+        return real(session, events, lock, lead)
 
     monkeypatch.setattr(repo, "accept", refuses_the_second)
     result = run.ingest([_ev(i, 3) for i in idents])
@@ -44,7 +44,8 @@ def test_a_run_takes_every_waiting_message_reads_each_and_acknowledges_all(run, 
     idents = _seeded(engine, 4)
     calls = []
     real = repo.accept
-    monkeypatch.setattr(repo, "accept", lambda s, events, lock=(): calls.append(len(events)) or real(s, events, lock))
+    monkeypatch.setattr(repo, "accept", lambda s, events, lock=(), lead=(): calls.append(len(events))
+                        or real(s, events, lock, lead))
     run.publish([_ev(idents[0])], enqueued_at=1.0)
     run.publish([_ev(i) for i in idents[1:3]])
     run.publish(["junk"])
