@@ -65,16 +65,24 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+# A client gets this long to send its whole body (a slow sender holds a connection, not a thread).
+BODY_DEADLINE = 10.0
+
+
 async def read_json(request: Request):
-    """The body as JSON (None when empty), at most MAX_BODY bytes."""
+    """The body as JSON (None when empty), at most MAX_BODY bytes, within BODY_DEADLINE seconds."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes")
     data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY:
-            raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes")
+    try:
+        with anyio.fail_after(BODY_DEADLINE):
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > MAX_BODY:
+                    raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes")
+    except TimeoutError:
+        raise InvalidParameter(f"the body did not arrive within {BODY_DEADLINE:.0f} s") from None
     if not data.strip():
         return None
     try:
@@ -101,10 +109,11 @@ def endpoint(op, params: tuple[str, ...]):
     async def handle(request: Request):
         try:
             values = [CHECKS[name](request.path_params[name]) for name in params]
-            body = await read_json(request)
             header = request.headers.get("authorization")
-            result = await anyio.to_thread.run_sync(_authorised, request, op, values, body, header,
-                                                    limiter=_threads())
+            # the credential first: a body is read (and parsed) only for a caller who may send it
+            principal = await anyio.to_thread.run_sync(_authorised, request, values, header, limiter=_threads())
+            body = await read_json(request)
+            result = await anyio.to_thread.run_sync(op, principal, *values, body, limiter=_threads())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Cognito-shaped answer
             return translate(exc).response()
         status, data = result if isinstance(result, tuple) else (200, result)
@@ -112,13 +121,13 @@ def endpoint(op, params: tuple[str, ...]):
     return handle
 
 
-def _authorised(request: Request, op, values: list[str], body, header: str | None):
+def _authorised(request: Request, values: list[str], header: str | None):
     principal = authenticate(header, values[0])
     request.state.principal = principal.label
     settings = get_settings()
     limit = settings.api_key_rate if principal.kind == "key" else settings.api_identity_rate
     request.app.state.limiter.check(principal.bucket, limit)
-    return op(principal, *values, body)
+    return principal
 
 
 async def healthz(_request: Request):

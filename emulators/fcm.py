@@ -60,6 +60,11 @@ class FCMEmulator:
 
     async def token(self, request: web.Request) -> web.Response:
         self.state.saw_peer("fcm-token", request.transport.get_extra_info("peername"))
+        fault = self.state.fault_for("oauth", None)
+        if fault and fault.latency:  # a stalled token endpoint: the connection open, no answer yet
+            await asyncio.sleep(fault.latency)
+        if fault and fault.status:
+            return web.json_response({"error": fault.reason or "temporarily_unavailable"}, status=fault.status)
         form = await request.post()
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)

@@ -11,6 +11,7 @@ Control API (plain HTTP on the control port):
     GET  /stats               connections opened per service, requests per status
     POST /faults              {"service", "status", "reason", "retry_after", "count", "token",
                                "latency", "drop", "body", "headers"}: misbehave for matching requests
+                              (service "oauth": FCM's token endpoint, status and latency only)
     DELETE /faults            behave again
     POST /tokens/dead         {"token": T}: answer T as unregistered from now on
     POST /reset               forget requests, counters, faults and dead tokens
@@ -129,7 +130,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     fcm = FCMEmulator(state, token_uri)
     fcm.add_account(json.loads(Path(paths["service_account"]).read_text()))
-    fcm_runner = web.AppRunner(fcm.app(), access_log=None, handle_signals=False)
+    # a stop does not wait for requests a fault holds (a stalled token endpoint sleeps a minute)
+    fcm_runner = web.AppRunner(fcm.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await fcm_runner.setup()
 
     def counting_factory():

@@ -16,7 +16,7 @@ class Fault:
     """Misbehave for matching requests: answer ``status`` (with ``reason`` and Retry-After),
     wait ``latency`` seconds first, or ``drop`` the connection without an answer."""
 
-    service: str = "any"  # "apns", "fcm" or "any"
+    service: str = "any"  # "apns", "fcm", "oauth" (FCM's token endpoint) or "any" (apns and fcm)
     status: int | None = None
     reason: str | None = None
     retry_after: str | None = None
@@ -32,7 +32,7 @@ class Fault:
     def matches(self, service: str, token: str | None) -> bool:
         if self.count is not None and self.count <= 0:
             return False
-        if self.service not in ("any", service):
+        if self.service != service and (self.service != "any" or service == "oauth"):
             return False
         return self.token is None or self.token == token
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 class SettingsError(ValueError):
@@ -68,12 +68,22 @@ class Settings:
     # `pushsync worker --health`: a worker whose queues hold messages but that finished no task
     # for this many seconds is reported stuck
     health_stall: float = 120.0
+    # the store: the longest a statement or a lock wait may take (0: a third of the task time limit,
+    # at most 20 s); connecting gets at most 10 s
+    store_timeout: float = 0.0
 
     @property
     def redeliver_after(self) -> float:
         """Seconds after which a delivery batch that no worker settled is sent again: longer than
         a message can be held unacknowledged (the visibility timeout) plus run (the time limit)."""
         return float(self.visibility_timeout + self.task_time_limit)
+
+    @property
+    def store_statement_timeout(self) -> float:
+        """Seconds a store statement (or a wait for a row lock) may take before the store cancels
+        it: well inside the soft time limit, so that a slow store fails a task's transaction
+        (transient: retried) before Celery's time limits do."""
+        return self.store_timeout or min(20.0, self.task_time_limit / 3)
 
     def keyring(self):
         """The keys that seal and open push credentials at rest (PUSHSYNC_SECRET_KEY)."""
@@ -111,6 +121,7 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_COUNTDOWN_MAX": ("countdown_max", "float", 0.0),
     "PUSHSYNC_TASK_TIME_LIMIT": ("task_time_limit", "int", 5),
     "PUSHSYNC_VISIBILITY_TIMEOUT": ("visibility_timeout", "int", 6),
+    "PUSHSYNC_STORE_TIMEOUT": ("store_timeout", "float", 0),
     "PUSHSYNC_INACTIVE_DEVICE_DAYS": ("inactive_device_days", "float", 0.0),
     "PUSHSYNC_DEAD_LETTER_DAYS": ("dead_letter_days", "float", 0.0),
     "PUSHSYNC_PUBLISH_TIMEOUT": ("publish_timeout", "float", 0.0),
@@ -147,15 +158,35 @@ def is_placeholder(secret: str | None) -> bool:
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
 
 
+# Query parameters that carry a secret: libpq reads password= and sslpassword=, redis-py password=
+# (and sentinel_password= for Sentinel); their values are hidden like a password in the netloc.
+_SECRET_PARAMS = ("password", "passwd", "secret", "token")
+
+
+def _redact_query(query: str) -> str:
+    out = []
+    for pair in query.split("&"):
+        name, eq, _value = pair.partition("=")
+        if eq and any(word in unquote(name).lower() for word in _SECRET_PARAMS):
+            pair = f"{name}=***"
+        out.append(pair)
+    return "&".join(out)
+
+
 def redact_url(url: str) -> str:
+    """The URL without its secrets: the password in the netloc and secret query parameters."""
     if ";" in url:  # a list of sentinel:// addresses
         return ";".join(redact_url(u) for u in url.split(";"))
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart: show nothing of it that could be a secret
+        return "<unparsable URL>"
+    if parts.query:
+        parts = parts._replace(query=_redact_query(parts.query))
+    if password is not None:
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}")
+    return urlunsplit(parts)
 
 
 def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
@@ -244,6 +275,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if settings.visibility_timeout <= settings.task_time_limit:
         raise SettingsError(f"PUSHSYNC_VISIBILITY_TIMEOUT: must be longer than PUSHSYNC_TASK_TIME_LIMIT "
                             f"({settings.task_time_limit} s), or Redis re-delivers tasks that are still running")
+    if settings.store_statement_timeout >= max(1, settings.task_time_limit - 5):
+        raise SettingsError(f"PUSHSYNC_STORE_TIMEOUT: must be shorter than the soft time limit "
+                            f"({max(1, settings.task_time_limit - 5)} s, PUSHSYNC_TASK_TIME_LIMIT less 5), or a "
+                            "slow store runs tasks out of time instead of failing their transaction")
     if settings.max_token_length > 4096:
         raise SettingsError("PUSHSYNC_MAX_TOKEN_LENGTH: at most 4096 (the store's column)")
     if settings.retry_cap < settings.retry_base:

@@ -91,20 +91,35 @@ def pump_retries(client: redis.Redis, send=None, now: float | None = None, dead_
         batch = retry.claim_due(client, now=now)
         for member in batch:
             try:
-                entry = RetryEntry.from_json(member)
-                parsed = DeliveryBatch.from_json(entry.payload)
-                send(DELIVER_TASK, parsed.to_json(), queue_for(parsed.platform))
+                parsed = _parse(member)
             except MessageError as exc:
+                parsed = None
+                reason = str(exc)
+            if parsed is not None:  # a failure to send (Redis, the broker) leaves it claimed: it comes back
+                send(DELIVER_TASK, parsed.to_json(), queue_for(parsed.platform))
+            else:
                 try:
-                    dead_letter(str(exc), member)
+                    dead_letter(reason, member)
                 except Exception:  # the store is away: leave it claimed, it comes back in a minute
                     log.exception("could not dead-letter a malformed retry-set entry")
                     continue
-                log.warning("dead-lettered a malformed retry-set entry: %s", exc)
+                log.warning("dead-lettered a malformed retry-set entry: %s", reason)
             retry.done(client, member)
             moved += 1
         if len(batch) < 500:
             return moved
+
+
+def _parse(member: bytes | str) -> DeliveryBatch:
+    """A retry-set entry as a delivery batch, or MessageError: whatever the bytes are, including
+    an error of the parser itself (an entry is untrusted; one that crashed the pump would stop
+    every retry of the deployment)."""
+    try:
+        return DeliveryBatch.from_json(RetryEntry.from_json(member).payload)
+    except MessageError:
+        raise
+    except Exception as exc:  # RecursionError, MemoryError of a huge entry, a bug: the entry's fault
+        raise MessageError(f"retry-set entry could not be read ({type(exc).__name__})") from None
 
 
 def _dead_letter(reason: str, member: bytes | str) -> None:
@@ -145,6 +160,8 @@ class PushsyncScheduler(beat.Scheduler):
             except (redis.RedisError, KombuOperationalError, OSError) as exc:
                 # what was claimed but not sent comes back to the retry set after CLAIM_TIMEOUT
                 log.warning("retry pump failed, will try again: %s", exc)
+            except Exception:  # anything else must not end the scheduler (a restart loop pumps nothing)
+                log.exception("retry pump failed unexpectedly, will try again")
             self._next_pump = time.monotonic() + PUMP_INTERVAL
         if time.monotonic() >= self._next_sweep:
             self._sweep_outbox()

@@ -1,5 +1,6 @@
 """Engines and sessions. SQLite gets WAL and a busy timeout so the CLI, workers and the
-scheduler can write at once; PostgreSQL is used as is."""
+scheduler can write at once; PostgreSQL gets a bound on every wait (connect, statements, locks,
+a peer gone from the network)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,28 @@ def _private_sqlite_file(url: str) -> None:
             os.chmod(name, stat.S_IMODE(mode) & 0o700)
 
 
-def make_engine(url: str) -> Engine:
+# What the store may take, when the caller does not say (the settings' store_statement_timeout)
+DEFAULT_TIMEOUT = 20.0
+
+
+def _pg_bounds(timeout: float) -> dict:
+    """libpq's bounds: connecting (the whole start-up, not only TCP), TCP keepalives and
+    TCP_USER_TIMEOUT (a peer that vanished from the network: unanswered data or probes end the
+    connection instead of a wait of many minutes), and the server's statement, lock and idle-in-
+    transaction timeouts. A store that accepts and never answers is bounded by the task's soft time
+    limit, which interrupts psycopg's wait (it waits in short steps)."""
+    ms = int(timeout * 1000)
+    bounds = {"connect_timeout": max(2, min(10, int(timeout))) if ms > 0 else 10, "keepalives": 1,
+              "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": max(ms, 10_000)}
+    if ms > 0:  # 0: no bound on statements (migrations, which may rebuild a large table)
+        # a lock wait ends first (half the bound), so that it fails as what it is
+        bounds["options"] = (f"-c statement_timeout={ms} -c lock_timeout={ms // 2} "
+                             f"-c idle_in_transaction_session_timeout={max(ms * 3, 60_000)}")
+    return bounds
+
+
+def make_engine(url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
     if url.startswith("sqlite"):
         _private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
@@ -66,19 +88,20 @@ def make_engine(url: str) -> Engine:
     # No server-side prepared statements: after five runs psycopg prepares a statement and
     # PostgreSQL may settle on a generic plan made while a table was small, which turns the
     # token lookups of a bulk import into sequential scans.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         connect_args={"prepare_threshold": None})
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=timeout,
+                         connect_args={"prepare_threshold": None, **_pg_bounds(timeout)})
 
 
 @lru_cache(maxsize=8)
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
+def engine_for(url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
+    return make_engine(url, timeout)
 
 
 def get_engine() -> Engine:
     from pushsync.settings import get_settings
 
-    return engine_for(get_settings().database_url)
+    settings = get_settings()
+    return engine_for(settings.database_url, settings.store_statement_timeout)
 
 
 @lru_cache(maxsize=16)

@@ -8,10 +8,13 @@ new connections as abuse, so a task never opens its own. The worker's context ho
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from worker.errors import Stalled
 
 T = TypeVar("T")
 
@@ -32,5 +35,12 @@ class Loop:
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the process's loop and wait for its result (at most ``timeout``)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.get()).result(timeout)
+        """Run a coroutine on the process's loop and wait for its result (at most ``timeout``).
+        Past the bound the coroutine is cancelled and ``Stalled`` raised: a transient failure,
+        retried like a refused connection, never a dead letter of its own."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.get())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Stalled(f"the send did not finish within {timeout:.0f} s") from None

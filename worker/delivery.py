@@ -224,6 +224,13 @@ def deliver_message(ctx: Context, raw: Any, rec: metrics.Recorder) -> DeliveryRe
         rec.add("dead_lettered", "message")
         log.warning("dead-lettered a delivery message that does not parse: %s", exc)
         return DeliveryResult(dead_lettered=1)
+    if batch.attempt > ctx.settings.max_attempts:  # sent again by the outbox past its tries: never finished
+        with ctx.session_scope() as session:
+            n = dead_letter_batch(session, batch, "retries exhausted",
+                                  f"no run of it finished in {batch.attempt - 1} attempts")
+            repo.settle_outbox(session, batch.id)
+        rec.add("dead_lettered", "delivery", n=n)
+        return DeliveryResult(dead_lettered=n)
     result = deliver(ctx, batch, rec)
     log_delivery(batch, result)
     return result

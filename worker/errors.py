@@ -11,7 +11,12 @@ import redis.exceptions
 import sqlalchemy.exc
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+
+class Stalled(TimeoutError):
+    """A dependency did not answer within its bound (it stopped answering without closing)."""
+
+
 # (OperationalError covers a lost connection, a refused one and SQLite's "database is locked".)
-TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+TRANSIENT = (Stalled, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
              redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KombuOperationalError)
 DATA_ERRORS = (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)

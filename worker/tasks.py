@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
     task_postrun,
@@ -66,11 +66,20 @@ class PushsyncTask(Task):
         """Keep what a failed task carried; tasks that carry something worth replaying override it."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        """A task that fails for good (bad data, a bug, a time limit, retries exhausted) has its
-        message acknowledged all the same: keep what it carried so it can be replayed. A task that
-        carries nothing worth keeping (an ingest run) touches no store here: Celery runs this in
-        the worker's main process."""
+        """A task that fails for good (bad data, a bug, retries exhausted) has its message
+        acknowledged all the same: keep what it carried so it can be replayed. A task that carries
+        nothing worth keeping (an ingest run) touches no store here.
+
+        After the hard time limit Celery runs this in the worker's main process, which must never
+        wait on the store (the store is most likely why the task ran out of time, and a main process
+        that waits consumes nothing and answers no ping): nothing is written then. A delivery's
+        batch stays in the outbox and is sent again by the scheduler; a handed ingest message is
+        requeued (``acks_on_timeout``)."""
         if type(self).dead_letter_args is PushsyncTask.dead_letter_args:
+            return
+        if isinstance(exc, TimeLimitExceeded):
+            log.warning("%s[%s] ran past its hard time limit; left to come back (outbox or queue), "
+                        "nothing written from the main process", self.name, task_id)
             return
         try:
             with context.current(app).session_scope() as session:
@@ -104,6 +113,8 @@ def ingest_run(self, *_args, **_kwargs) -> dict:
 
 
 class IngestHandedTask(PushsyncTask):
+    acks_on_timeout = False  # its events live only in the message: back to the queue, not acknowledged
+
     def dead_letter_args(self, session, exc, args, kwargs):
         events = envelope.from_arguments("handed", args, kwargs, 0).events
         repo.add_dead_letters(session, [DeadLetter.event(e, "failed", f"{exception_text(exc)} in {self.name}")

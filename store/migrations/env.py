@@ -8,7 +8,7 @@ config = context.config
 
 def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
-    engine = engine_for(url)
+    engine = engine_for(url, 0)  # no statement timeout: a migration may rebuild a table
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=Base.metadata,
                           render_as_batch=connection.dialect.name == "sqlite")

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Outbox, utcnow
@@ -34,17 +34,24 @@ def reschedule_outbox(session: Session, batch_id: str | None, batch: dict, due_a
 
 
 def take_due_outbox(session: Session, now: datetime, next_due: datetime, platforms: Sequence[str],
-                    limit: int = 500) -> list[tuple[str, dict]]:
-    """Rows of these platforms due by ``now``: returned, and made due again at ``next_due``."""
-    rows = session.execute(select(Outbox.id, Outbox.payload).where(Outbox.due_at <= now,
-                                                                   Outbox.platform.in_(list(platforms)))
+                    overdue_before: datetime | None = None, limit: int = 500) -> list[tuple[str, dict]]:
+    """Rows due by ``now`` of these platforms, and of any platform if written before
+    ``overdue_before``: returned, and made due again at ``next_due``."""
+    which = Outbox.platform.in_(list(platforms))
+    if overdue_before is not None:
+        which = or_(which, Outbox.created_at < overdue_before)
+    rows = session.execute(select(Outbox.id, Outbox.payload).where(Outbox.due_at <= now, which)
                            .order_by(Outbox.due_at).limit(limit)).all()
     for chunk in chunks([r[0] for r in rows], 500):
         session.execute(update(Outbox).where(Outbox.id.in_(chunk)).values(due_at=next_due))
     return [(i, json.loads(p)) for i, p in rows]
 
 
-def defer_outbox(session: Session, platforms: Sequence[str], now: datetime, next_due: datetime) -> int:
-    """Push back the due rows of these platforms (their queue is not empty: not lost, waiting)."""
-    return session.execute(update(Outbox).where(Outbox.due_at <= now, Outbox.platform.in_(list(platforms)))
-                           .values(due_at=next_due)).rowcount
+def defer_outbox(session: Session, platforms: Sequence[str], now: datetime, next_due: datetime,
+                 overdue_before: datetime | None = None) -> int:
+    """Push back the due rows of these platforms (their queue is not empty: not lost, waiting),
+    except those written before ``overdue_before``: no backlog explains a wait that long."""
+    which = [Outbox.due_at <= now, Outbox.platform.in_(list(platforms))]
+    if overdue_before is not None:
+        which.append(Outbox.created_at >= overdue_before)
+    return session.execute(update(Outbox).where(*which).values(due_at=next_due)).rowcount

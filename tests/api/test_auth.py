@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from store.db import engine_for, session_scope
 from store.models import Device
 from tests.conftest import IDENT, POOL, POOL2
-from tests.e2e.harness import new_identity
+from tests.e2e.harness import new_identity, wait_for
 
 from .conftest import identity_token, make_key
 from .harness import ApiServer, error_type, paths
@@ -160,3 +160,50 @@ def test_rate_limits_answer_429_with_retry_after_per_key_and_per_identity(limite
     assert codes == [200, 200, 429, 429]
     time.sleep(1.1)
     assert limited.call("POST", reg, body, second).status_code == 200
+
+
+def test_a_body_is_not_read_before_the_credential_is_checked(api):
+    """A client that announces a 1 MiB body and sends none of it, without a valid credential, is
+    answered at once (403, the body never read): no attacker can make the API read and parse
+    megabytes for free. The connection is closed for it, not kept waiting for the body."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        path = f"/identitypools/{POOL}/events"
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"Authorization: Bearer psk_0123456789abcdef_{'A' * 43}\r\n"
+                      f"Content-Length: {1024 * 1024 - 10}\r\n\r\n").encode())
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+        assert time.monotonic() - started < 2
+
+
+def test_with_the_default_key_cache_a_revoked_key_and_a_replaced_secret_stop_working_within_seconds(pipe, secrets):
+    """The other API tests turn the cache off; this one runs the default (5 s): a key and a
+    signing secret are served from the cache, then the key is revoked and the secret replaced,
+    and within the cache's time both are refused (not for as long as the API runs)."""
+    env = {k: v for k, v in pipe.env.items() if k != "PUSHSYNC_API_KEY_CACHE"}
+    server = ApiServer(pipe.dir, env)
+    try:
+        key = make_key(pipe, POOL, "admin")
+        conf = paths(POOL, IDENT)["configuration"]
+        ident = new_identity()
+        old_token = identity_token(secrets, identity=ident)
+        reg = paths(POOL, ident)["register"]
+        assert server.call("GET", conf, cred=key).status_code == 200  # both now cached
+        device = {"Platform": "GCM", "Token": f"fcm-c-{ident[-8:]}"}
+        assert server.call("POST", reg, device, old_token).status_code == 200
+        pipe.cli("apikey", "revoke", key.split("_")[1])
+        secrets[POOL] = pipe.cli("token-secret", POOL).stdout.strip()  # the tests after this one sign with it
+        changed = time.monotonic()
+        assert server.call("GET", conf, cred=key).status_code == 200  # still cached: the default is 5 s
+
+        def both_refused():
+            return (server.call("GET", conf, cred=key).status_code == 403
+                    and server.call("POST", reg, GCM, old_token).status_code == 403)
+        wait_for(both_refused, 10, 0.25, what="the revoked key and the old secret refused")
+        assert time.monotonic() - changed <= 7.5
+    finally:
+        server.stop()

@@ -63,15 +63,21 @@ class SentinelCluster:
         return None
 
     def _ready(self) -> bool:
+        """Every sentinel knows the other two and sees the replica in sync (its own view, from the
+        replica's INFO: a sentinel whose last INFO predates the first sync finds no good replica
+        to promote when the master dies a moment later)."""
         try:
-            s = self.sentinel(0)
-            replicas = s.sentinel_slaves(self.MASTER)
-            others = s.sentinel_sentinels(self.MASTER)
             link = redis.Redis(port=self.ports["b"]).info("replication").get("master_link_status")
+            for i in range(3):
+                s = self.sentinel(i)
+                if len(s.sentinel_sentinels(self.MASTER)) < 2:
+                    return False
+                if not any(("is_slave" in r or "slave" in str(r.get("flags")))
+                           and str(r.get("master-link-status")) == "ok" for r in s.sentinel_slaves(self.MASTER)):
+                    return False
         except redis.RedisError:
             return False
-        return len(others) >= 2 and any(r.get("is_slave") or "slave" in str(r.get("flags")) for r in replicas) \
-            and link == "up"
+        return link == "up"
 
     def kill_master(self) -> str:
         """SIGKILL the current master (a crash: no flush, connections cut); returns its name."""

@@ -14,6 +14,7 @@ import redis
 
 from ..conftest import POOL
 from .harness import Pipeline, RedisServer, seed, tally, wait_for
+from .producers import start_producer
 
 PRODUCER = """
 import json, sys, time
@@ -40,12 +41,8 @@ def test_a_redis_restart_mid_publish_loses_no_event(tmp_path, own_emulator):
     try:
         pipe.create_pool(POOL)
         tokens = seed(pipe, POOL, 300, 1, dataset="notes")
-        events = [{"identityPoolId": POOL, "identityId": ident, "datasetName": "notes", "syncCount": 1}
-                  for ident in sorted(set(tokens.values()))]
-        producer = subprocess.Popen([sys.executable, "-c", PRODUCER], env=pipe.env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        producer.stdin.write(json.dumps(events))
-        producer.stdin.close()
+        events = sorted(set(tokens.values()))
+        producer = start_producer(pipe, PRODUCER, POOL, events)
         client = redis.Redis.from_url(server.url)
         wait_for(lambda: client.llen("events") >= 30, timeout=60, what="events on the queue")
         server.kill()

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -20,6 +19,7 @@ import redis
 
 from ..conftest import POOL
 from .harness import Pipeline, RedisServer, new_identity, publish_counts, seed, tally, wait_for
+from .producers import start_producer
 
 # Short limits so that recovery after a worker's death shows within the test: a task may run
 # 10 s at most, and a message un-acked for 15 s goes back to the queue.
@@ -244,12 +244,8 @@ def test_redis_sigkilled_again_and_again_under_single_event_load_loses_no_acknow
         tokens = seed(pipe, POOL, 200 * KILLS, 1, dataset="notes")
         pipe.start_worker("-c", "2")
         pipe.start_scheduler()
-        events = [{"identityPoolId": POOL, "identityId": ident, "datasetName": "notes", "syncCount": 1}
-                  for ident in sorted(set(tokens.values()))]
-        producer = subprocess.Popen([sys.executable, "-c", SINGLE_PRODUCER], env=pipe.env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        producer.stdin.write(json.dumps(events))
-        producer.stdin.close()
+        events = sorted(set(tokens.values()))
+        producer = start_producer(pipe, SINGLE_PRODUCER, POOL, events, stderr=subprocess.DEVNULL)
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(producer.stdout), daemon=True)
         reader.start()

@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from ..conftest import POOL
 from .harness import Pipeline, new_identity, seed, tally, wait_for
@@ -58,8 +59,9 @@ class _Producer(threading.Thread):
 @pytest.mark.parametrize("min_replicas", [0, 1], ids=["async", "min-replicas-to-write-1"])
 def test_master_sigkilled_under_load_fails_over_and_pushes_resume(tmp_path, own_emulator, min_replicas):
     cluster = SentinelCluster(tmp_path / "ha", min_replicas_to_write=min_replicas)
-    pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_url=cluster.url,
-                    extra_env=ENV)
+    db = 2 if min_replicas else 0  # every Redis call of ours must follow the URL's database, not only Celery's
+    url = cluster.url.replace(";", f"/{db};", 1) if db else cluster.url
+    pipe = Pipeline(tmp_path, own_emulator, f"sqlite:///{tmp_path}/store.db", broker_url=url, extra_env=ENV)
     try:
         pipe.create_pool(POOL)
         tokens = seed(pipe, POOL, 500, 1, dataset="notes")
@@ -95,6 +97,10 @@ def test_master_sigkilled_under_load_fails_over_and_pushes_resume(tmp_path, own_
         assert tally(own_emulator.requests(), tokens, "notes", 1)["strays"] == 0
         assert all(i not in after for i in lost), "an event acknowledged by the new master was lost"
         assert worker.poll() is None and scheduler.poll() is None
+        if db:  # nothing in database 0; the heartbeats and the scheduler's lock in the URL's
+            assert redis.Redis(port=cluster.master_port()).dbsize() == 0
+            ours = {k.decode() for k in redis.Redis(port=cluster.master_port(), db=db).keys()}
+            assert {"pushsync:workers:beat", "pushsync:scheduler:lock"} <= ours, sorted(ours)[:20]
         _report(failover, producer, lost, tally(own_emulator.requests(), tokens, "notes", 1))
     finally:
         pipe.stop_workers()

@@ -40,6 +40,21 @@ def test_redacted_view_hides_passwords():
     assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
 
 
+def test_passwords_in_a_urls_query_string_are_hidden_too():
+    """libpq and redis-py both take a password from the query string: the start-up line (the
+    redacted settings) and every error that quotes a URL must not show it."""
+    s = load_settings({"PUSHSYNC_BROKER_URL": "redis://redis:6379/0?password=s3cret&socket_timeout=5",
+                       "PUSHSYNC_DATABASE_URL": "postgresql://app@db/pushsync?sslmode=require&password=hun%20ter2"
+                                                "&sslpassword=k3y"})
+    shown = str(s.redacted())
+    assert "s3cret" not in shown and "hun%20ter2" not in shown and "k3y" not in shown
+    assert "redis://redis:6379/0?password=***&socket_timeout=5" in shown
+    assert "postgresql://app@db/pushsync?sslmode=require&password=***&sslpassword=***" in shown
+    assert redact_url("sentinel://:pw@a:26379;sentinel://b:26379?sentinel_password=x") == (
+        "sentinel://:***@a:26379;sentinel://b:26379?sentinel_password=***")
+    assert redact_url("redis://[::1:6379?password=s3cret") == "<unparsable URL>"
+
+
 def test_urls_lose_trailing_slash():
     assert load_settings({"PUSHSYNC_FCM_URL": "https://127.0.0.1:9443/"}).fcm_url == "https://127.0.0.1:9443"
 

@@ -55,6 +55,9 @@ def test_pump_moves_only_due_entries_once(client):
     json.dumps({"kind": "deliver", "payload": {**retry_batch("GCM", 1, attempt=-5)}}).encode(),
     json.dumps({"kind": "ingest", "payload": [[]]}).encode(),  # a kind no version writes any more
     b"[" * 5000 + b"]" * 5000,  # nested past the recursion limit
+    # nested past the limit inside a well-formed entry, and deep enough for json but not for the checks
+    b'{"kind": "deliver", "payload": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    json.dumps({"kind": "deliver", "payload": {**retry_batch("GCM", 1), "pool": [[[[["x"]]]]]}}).encode(),
 ])
 def test_a_malformed_retry_entry_is_dead_lettered_and_the_pump_goes_on(client, member):
     now = time.time()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 from sqlalchemy import text
 
+from pushsync.contract import ChangeEvent, Key
 from pushsync.messages import DeliveryBatch, Item
 from pushsync.settings import Settings
 from store import repo
@@ -13,6 +17,7 @@ from worker.pools import PoolCache
 from worker.senders.base import Kind, Outcome
 
 from ..conftest import IDENT, IDENT2, POOL, POOL2, notified
+from .conftest import _letters, _seeded, repo_device
 
 SETTINGS = Settings(retry_base=0.1, retry_cap=1.0, max_attempts=3)
 
@@ -76,3 +81,23 @@ def test_record_dead_letters_per_push_when_tries_run_out_and_never_deactivates_o
     assert result.retry_batch is None and result.dead_lettered == 2
     assert sorted((d["payload"]["datasetName"], d["reason"].split(" (")[0], d["attempts"]) for d in letters) == [
         ("contacts", "retries exhausted: UNAVAILABLE", 3), ("photos", "permanent error: DeviceTokenNotForTopic", 3)]
+
+
+def test_a_batch_sent_again_by_the_outbox_past_its_tries_is_dead_lettered_not_sent(run, engine):
+    """The outbox re-sends a batch whose runs never finished (each time one attempt more): past
+    max_attempts it ends as dead letters with the reason, its outbox row settled, nothing pushed."""
+    [ident] = _seeded(engine, 1)
+    dev = repo_device(engine, ident)
+    with session_scope(engine) as s:
+        repo.accept(s, [ChangeEvent(POOL, ident, "notes", 4)], lead=[Key(POOL, ident, "notes")])
+    bid = str(uuid.uuid4())
+    batch = {"pool": POOL, "platform": "GCM", "items": [[dev, ident, "notes", 4]],
+             "attempt": run.ctx.settings.max_attempts + 1, "id": bid}
+    with session_scope(engine) as s:
+        repo.add_outbox(s, [(bid, "GCM", batch)], due_at=datetime.now(UTC))
+    result = run.deliver(batch)
+    assert (result["dead_lettered"], result["sent"]) == (1, 0) and run.sent == []
+    [letter] = _letters(engine)
+    assert letter["reason"].startswith("retries exhausted: no run of it finished in")
+    with session_scope(engine) as s:
+        assert repo.take_due_outbox(s, datetime.now(UTC), datetime.now(UTC), ["GCM"]) == []

@@ -86,6 +86,28 @@ def test_odd_apns_answers_are_each_their_own_pushs_outcome(emulator):
     assert emulator.stats()["connections"].get("apns-production") == 1
 
 
+def test_a_wrong_apns_key_id_or_team_id_is_a_permanent_error_of_the_pool_not_a_retry(emulator):
+    """APNs refuses the provider token, the sender signs a fresh one and tries once more; refused
+    again, the push is a permanent failure with the reason (its dead letter carries the hint),
+    not eight retries. A refusal the fresh token mends (an expired one) is still just a retry."""
+    info = emulator.info
+
+    def sender(**wrong):
+        opts = {"key": Path(info["apns_key"]).read_text(), "key_id": info["apns_key_id"],
+                "team_id": info["apns_team_id"], **wrong}
+        return _in_loop(lambda: APNsSender(**opts, topic=info["apns_topic"], url=info["apns_production_url"],
+                                           ca_file=info["ca_file"], connections=1, timeout=5))
+
+    for wrong in ({"key_id": "WRONGKEY01"}, {"team_id": "WRONGTEAM1"}):
+        [o] = _send(sender(**wrong), [_request(uuid.uuid4().hex * 2)])
+        assert (o.kind, o.reason, o.status) == (Kind.PERMANENT, "InvalidProviderToken", 403), wrong
+    # one refusal, then the fresh token is accepted: the push goes through on the second try
+    token = uuid.uuid4().hex * 2
+    emulator.fault(service="apns", token=token, status=403, reason="ExpiredProviderToken", count=1)
+    [o] = _send(sender(), [_request(token)])
+    assert o.kind is Kind.OK
+
+
 FCM_CASES = [
     (500, "[]", {}, (Kind.RETRY, "HTTP 500")),
     (400, '{"error": "a string"}', {}, (Kind.PERMANENT, "HTTP 400")),
@@ -133,3 +155,115 @@ def test_an_apns_connection_keeps_no_record_of_answered_pushes(emulator):
         assert connection.request_streams == {} and connection.request_statuses == {}
     finally:
         LOOP.run(sender.close(), timeout=10)
+
+
+def test_a_stalled_oauth_endpoint_costs_a_batch_its_send_timeout_and_the_next_nothing(emulator):
+    """FCM's token endpoint accepts the connection and does not answer (google-auth alone would
+    wait 120 s): the batch's pushes come back as retries within the sender's timeout, a batch
+    right after it does not wait again, and once the endpoint answers the pushes go through."""
+    import time
+
+    from worker.senders import fcm
+
+    info = emulator.info
+    emulator.fault(service="oauth", latency=60)
+    sender = _in_loop(lambda: FCMSender(json.loads(Path(info["service_account"]).read_text()),
+                                        fcm_url=info["fcm_url"], ca_file=info["ca_file"], connections=2, timeout=1))
+    try:
+        started = time.monotonic()
+        first = LOOP.run(sender.send([_request(f"fcm-{uuid.uuid4().hex}") for _ in range(3)]), timeout=30)
+        took = time.monotonic() - started
+        assert all(o.kind is Kind.RETRY and o.reason.startswith("oauth:") for o in first), first
+        assert took < 4, f"the stalled endpoint held the batch {took:.1f} s"
+        started = time.monotonic()
+        second = LOOP.run(sender.send([_request(f"fcm-{uuid.uuid4().hex}")]), timeout=30)
+        assert second[0].kind is Kind.RETRY and time.monotonic() - started < 0.5  # failed fast
+        emulator.clear_faults()
+        time.sleep(fcm.AUTH_FAIL_FAST)
+        [ok] = LOOP.run(sender.send([_request(f"fcm-{uuid.uuid4().hex}")]), timeout=30)
+        assert ok.kind is Kind.OK, ok
+    finally:
+        emulator.clear_faults()
+        LOOP.run(sender.close(), timeout=10)
+
+
+def test_a_send_past_its_bound_is_cancelled_and_transient():
+    """The worker's wait on its sending loop: past the bound the coroutine is cancelled (it does
+    not go on holding connections) and the error is one the tasks retry, not a dead letter."""
+    import asyncio
+
+    from worker.errors import TRANSIENT, Stalled
+
+    cancelled = []
+
+    async def hangs():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    with pytest.raises(Stalled) as err:
+        LOOP.run(hangs(), timeout=0.2)
+    assert isinstance(err.value, TRANSIENT)
+    LOOP.run(asyncio.sleep(0.05), timeout=5)
+    assert cancelled == [True]
+
+
+def _noting_close(sender, closed: list, version):
+    """The sender, noting in ``closed`` when its close runs (not when it is scheduled)."""
+    real_close = sender.close
+
+    async def close():
+        closed.append(version)
+        await real_close()
+    sender.close = close
+    return sender
+
+
+def test_batches_that_find_a_pools_credentials_changed_build_one_sender_and_lose_no_push(emulator, monkeypatch):
+    """Eight batches of one pool meet new credentials at once (as eight inline threads do): one new
+    sender is built, every push is accepted (none comes back as a retry because a sender was
+    closed under it), and the old sender is closed after the grace period, not leaked."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from emulators.options import pushsync_env
+    from pushsync.settings import load_settings
+    from store.repo import PoolCredentials
+    from worker.senders import cache
+
+    info = emulator.info
+    settings = load_settings({**pushsync_env(info), "PUSHSYNC_DATABASE_URL": "sqlite://"})
+    account = json.loads(Path(info["service_account"]).read_text())
+    v1 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def creds(at):
+        return PoolCredentials("us-east-1:ab", at, account, account["project_id"], None, None, None, None)
+
+    built, closed = [], []
+    real_build = cache._build_sender
+
+    def counting(c, platform, s):
+        built.append(c.updated_at)
+        return _noting_close(real_build(c, platform, s), closed, c.updated_at)
+
+    monkeypatch.setattr(cache, "_build_sender", counting)
+    monkeypatch.setattr(cache, "CLOSE_GRACE", 0.5)
+    senders = cache.Senders(settings)
+    batch = lambda: [_request(f"fcm-{uuid.uuid4().hex}") for _ in range(20)]  # noqa: E731
+    assert all(o.kind is Kind.OK for o in LOOP.run(senders.send(creds(v1), "GCM", batch()), timeout=30))
+
+    async def eight_at_once():
+        v2 = creds(v1 + timedelta(minutes=1))
+        return await asyncio.gather(*(senders.send(v2, "GCM", batch()) for _ in range(8)))
+
+    try:
+        results = LOOP.run(eight_at_once(), timeout=60)
+        assert built == [v1, v1 + timedelta(minutes=1)]
+        assert all(o.kind is Kind.OK for outcomes in results for o in outcomes), results
+        assert closed == []  # the old one still serves what it has in flight
+        LOOP.run(asyncio.sleep(1.0), timeout=5)
+        assert closed == [v1]
+    finally:
+        LOOP.run(senders.close(), timeout=10)

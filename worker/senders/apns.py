@@ -49,6 +49,8 @@ JWT_ERRORS = {"ExpiredProviderToken", "InvalidProviderToken"}
 POOL_CONFIG_ERRORS = {
     "DeviceTokenNotForTopic": "the pool's --apns-topic is not the bundle id these devices registered with",
     "TopicDisallowed": "the pool's APNs key may not push to its --apns-topic",
+    "InvalidProviderToken": "APNs refused a freshly signed provider token: the pool's --apns-key-id or "
+                            "--apns-team-id does not belong to its --apns-key",
 }
 # An answer that could not be read: set by the protocol below, retried like a 5xx.
 MALFORMED = "MalformedResponse"
@@ -200,6 +202,10 @@ class APNsSender(Sender):
                 self._token.renew(refused_at=sent_at)
                 note = self.request(req)  # a new apns-id for the second try
                 continue
+            if status == 403 and reason == "InvalidProviderToken":
+                # refused again with a token signed after the first refusal: not the token's age
+                # but the pool's key id or team id, which no retry mends
+                return Outcome(req.device_id, Kind.PERMANENT, reason=reason, status=status)
             return classify(req.device_id, status, reason, result.timestamp, retry_after)
         raise AssertionError("unreachable")
 

@@ -107,11 +107,25 @@ def _remove(path: str) -> None:
 
 class _VerifyingSession(requests.Session):
     """requests lets REQUESTS_CA_BUNDLE from the environment override a session's own
-    ``verify`` (psf/requests#3829); pass it with every request so that ours holds."""
+    ``verify`` (psf/requests#3829); pass it with every request so that ours holds. And
+    google-auth asks for 120 s per token request: ``timeout`` bounds it (connect and each read)."""
+
+    timeout: float = 10.0
 
     def request(self, *args, **kwargs):
         kwargs.setdefault("verify", self.verify)
+        asked = kwargs.get("timeout")
+        kwargs["timeout"] = self.timeout if not isinstance(asked, (int, float)) else min(asked, self.timeout)
         return super().request(*args, **kwargs)
+
+
+# After the token endpoint failed, this many seconds in which the sender fails at once instead of
+# asking again (the batches retry through the retry set, with backoff).
+AUTH_FAIL_FAST = 5.0
+
+
+class OAuthUnavailable(Exception):
+    """The OAuth token could not be had: every push waiting on it is a retry, not a failure."""
 
 
 class FCMSender(Sender):
@@ -119,6 +133,7 @@ class FCMSender(Sender):
         self._credentials = service_account.Credentials.from_service_account_info(account, scopes=SCOPES)
         self._token_session = _VerifyingSession()
         self._token_session.verify = _ca_bundle(ca_file)
+        self._token_session.timeout = timeout
         self._fcm = FCMNotification(credentials=self._credentials, project_id=account["project_id"])
         self._url = f"{fcm_url}/v1/projects/{account['project_id']}/messages:send"
         self._ssl = tls_context(ca_file)
@@ -128,6 +143,7 @@ class FCMSender(Sender):
         self._auth: str | None = None
         self._auth_expires = 0.0
         self._auth_lock = asyncio.Lock()
+        self._auth_failed: tuple[float, str] | None = None  # (until, why): the endpoint just failed
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -140,7 +156,19 @@ class FCMSender(Sender):
         async with self._auth_lock:
             if self._auth and self._auth != stale and time.time() < self._auth_expires:
                 return self._auth
-            await asyncio.get_running_loop().run_in_executor(None, self._refresh)
+            if self._auth_failed and time.time() < self._auth_failed[0]:
+                # the endpoint failed a moment ago: the batches queued behind it do not each wait
+                # for it again (a stalled endpoint would hold every one for the whole timeout)
+                raise OAuthUnavailable(self._auth_failed[1])
+            refresh = asyncio.get_running_loop().run_in_executor(None, self._refresh)
+            try:
+                # the session's own timeout bounds each request; this bounds google-auth's retries
+                await asyncio.wait_for(refresh, self._timeout * 2)
+            except Exception as exc:
+                why = "token endpoint did not answer in time" if isinstance(exc, TimeoutError) else str(exc)[:200]
+                self._auth_failed = (time.time() + AUTH_FAIL_FAST, why)
+                raise OAuthUnavailable(why) from None
+            self._auth_failed = None
             token, expiry = self._credentials.token, self._credentials.expiry
             # refresh a minute before Google says the token ends
             self._auth_expires = (expiry.timestamp() if expiry else time.time() + 3000) - 60
@@ -160,6 +188,12 @@ class FCMSender(Sender):
         )
 
     async def send_one(self, req: PushRequest) -> Outcome:
+        try:
+            return await self._send_one(req)
+        except OAuthUnavailable as exc:
+            return Outcome(req.device_id, Kind.RETRY, reason=f"oauth: {exc}")
+
+    async def _send_one(self, req: PushRequest) -> Outcome:
         body = self.message(req)
         auth = await self._authorization()
         for attempt in (1, 2):
@@ -188,7 +222,7 @@ class FCMSender(Sender):
     async def prepare(self, requests: list[PushRequest]) -> list[Outcome] | None:
         try:
             await self._authorization()
-        except Exception as exc:  # the token endpoint refused or is unreachable
+        except Exception as exc:  # the token endpoint refused, is unreachable or does not answer
             return [Outcome(r.device_id, Kind.RETRY, reason=f"oauth: {str(exc)[:200]}") for r in requests]
         return None
 

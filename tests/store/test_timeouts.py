@@ -1,0 +1,96 @@
+"""Every wait on the store is bounded (store/db.py): a statement that runs too long, a lock that is
+not given up, a server that accepts a connection and never answers. Each ends within its bound as
+an error the tasks treat as transient (retried later), never as a wait without end. PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import text
+
+from pushsync.settings import SettingsError, load_settings
+from store.db import make_engine
+from worker.errors import TRANSIENT
+
+from ..conftest import PG_URL, _prepare_pg
+
+
+@pytest.fixture
+def bounded():
+    _prepare_pg()
+    engine = make_engine(PG_URL, timeout=1.0)
+    yield engine
+    engine.dispose()
+
+
+def _fails_within(seconds: float, call) -> BaseException:
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError) as err:
+        call()
+    took = time.monotonic() - started
+    assert took < seconds, f"took {took:.1f} s"
+    assert isinstance(err.value, TRANSIENT)
+    return err.value
+
+
+def test_a_statement_past_the_bound_is_cancelled_by_the_store(bounded):
+    def slow():
+        with bounded.connect() as conn:
+            conn.execute(text("SELECT pg_sleep(10)"))
+    assert "statement timeout" in str(_fails_within(4, slow))
+    with bounded.connect() as conn:  # the pool's connection is still good for the next statement
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_lock_that_is_not_given_up_fails_the_waiter_within_the_bound(bounded):
+    holder = make_engine(PG_URL, timeout=0)
+    try:
+        with holder.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(727272)"))
+
+            def waits():
+                with bounded.connect() as other:
+                    other.execute(text("SELECT pg_advisory_lock(727272)"))
+            assert "lock timeout" in str(_fails_within(4, waits))
+            conn.execute(text("SELECT pg_advisory_unlock(727272)"))
+    finally:
+        holder.dispose()
+
+
+def test_a_server_that_accepts_and_never_answers_fails_the_connect_within_the_bound():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_stay_silent():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/pushsync_test", timeout=2.0)
+    try:
+        _fails_within(6, lambda: engine.connect().close())
+        assert held, "the connection was accepted: the bound is on the start-up, not only on TCP"
+    finally:
+        stop.set()
+        engine.dispose()
+        for s in held:
+            s.close()
+        listener.close()
+
+
+def test_the_store_timeout_is_checked_against_the_time_limits_at_start():
+    assert load_settings({}).store_statement_timeout == 20.0
+    assert load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "15"}).store_statement_timeout == 5.0
+    assert load_settings({"PUSHSYNC_STORE_TIMEOUT": "30"}).store_statement_timeout == 30.0
+    with pytest.raises(SettingsError, match="PUSHSYNC_STORE_TIMEOUT: must be shorter than the soft time limit"):
+        load_settings({"PUSHSYNC_STORE_TIMEOUT": "55"})
