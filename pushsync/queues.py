@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(1, settings.task_time_limit - 5),
+        task_soft_time_limit=settings.soft_time_limit,
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

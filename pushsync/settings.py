@@ -68,8 +68,8 @@ class Settings:
     # `pushsync worker --health`: a worker whose queues hold messages but that finished no task
     # for this many seconds is reported stuck
     health_stall: float = 120.0
-    # the store: the longest a statement or a lock wait may take (0: a third of the task time limit,
-    # at most 20 s); connecting gets at most 10 s
+    # the store: the longest a statement may take (0: half the soft time limit, at most 20 s); a
+    # lock wait gets half of it, connecting at most 10 s
     store_timeout: float = 0.0
 
     @property
@@ -83,7 +83,11 @@ class Settings:
         """Seconds a store statement (or a wait for a row lock) may take before the store cancels
         it: well inside the soft time limit, so that a slow store fails a task's transaction
         (transient: retried) before Celery's time limits do."""
-        return self.store_timeout or min(20.0, self.task_time_limit / 3)
+        return self.store_timeout or min(20.0, self.soft_time_limit / 2)
+
+    @property
+    def soft_time_limit(self) -> int:  # seconds: SoftTimeLimitExceeded is raised in the task
+        return max(1, self.task_time_limit - 5)
 
     def keyring(self):
         """The keys that seal and open push credentials at rest (PUSHSYNC_SECRET_KEY)."""
@@ -158,8 +162,7 @@ def is_placeholder(secret: str | None) -> bool:
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
 
 
-# Query parameters that carry a secret: libpq reads password= and sslpassword=, redis-py password=
-# (and sentinel_password= for Sentinel); their values are hidden like a password in the netloc.
+# Query parameters with a secret (libpq's password=, sslpassword=; redis-py's password=, sentinel_password=)
 _SECRET_PARAMS = ("password", "passwd", "secret", "token")
 
 
@@ -275,9 +278,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if settings.visibility_timeout <= settings.task_time_limit:
         raise SettingsError(f"PUSHSYNC_VISIBILITY_TIMEOUT: must be longer than PUSHSYNC_TASK_TIME_LIMIT "
                             f"({settings.task_time_limit} s), or Redis re-delivers tasks that are still running")
-    if settings.store_statement_timeout >= max(1, settings.task_time_limit - 5):
+    if settings.store_statement_timeout >= settings.soft_time_limit:
         raise SettingsError(f"PUSHSYNC_STORE_TIMEOUT: must be shorter than the soft time limit "
-                            f"({max(1, settings.task_time_limit - 5)} s, PUSHSYNC_TASK_TIME_LIMIT less 5), or a "
+                            f"({settings.soft_time_limit} s, PUSHSYNC_TASK_TIME_LIMIT less 5), or a "
                             "slow store runs tasks out of time instead of failing their transaction")
     if settings.max_token_length > 4096:
         raise SettingsError("PUSHSYNC_MAX_TOKEN_LENGTH: at most 4096 (the store's column)")

@@ -91,6 +91,7 @@ def test_a_server_that_accepts_and_never_answers_fails_the_connect_within_the_bo
 def test_the_store_timeout_is_checked_against_the_time_limits_at_start():
     assert load_settings({}).store_statement_timeout == 20.0
     assert load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "15"}).store_statement_timeout == 5.0
+    assert load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "5"}).store_statement_timeout == 0.5  # the shortest limit
     assert load_settings({"PUSHSYNC_STORE_TIMEOUT": "30"}).store_statement_timeout == 30.0
     with pytest.raises(SettingsError, match="PUSHSYNC_STORE_TIMEOUT: must be shorter than the soft time limit"):
         load_settings({"PUSHSYNC_STORE_TIMEOUT": "55"})
