@@ -93,15 +93,39 @@ def make_engine(url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
 
 
 @lru_cache(maxsize=8)
-def engine_for(url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
+def engine_for(url: str) -> Engine:
+    """One engine per URL in a process (two engines on one SQLite file would each hold their own
+    connections and locks), bounded by the settings' store timeout."""
+    from pushsync.settings import SettingsError, get_settings
+
+    try:
+        timeout = get_settings().store_statement_timeout
+    except SettingsError:  # the caller meets the settings' error where it reads them
+        timeout = DEFAULT_TIMEOUT
     return make_engine(url, timeout)
+
+
+@contextmanager
+def unbounded(conn) -> Iterator[None]:
+    """No statement or lock timeout on this connection while the block runs (a migration may
+    rebuild a table); the bounds come back after it (RESET: to the connection's start-up values)."""
+    pg = conn.dialect.name == "postgresql"
+    if pg:
+        conn.exec_driver_sql("SET statement_timeout = 0")
+        conn.exec_driver_sql("SET lock_timeout = 0")
+    try:
+        yield
+    finally:
+        if pg:
+            conn.exec_driver_sql("RESET statement_timeout")
+            conn.exec_driver_sql("RESET lock_timeout")
+            conn.commit()
 
 
 def get_engine() -> Engine:
     from pushsync.settings import get_settings
 
-    settings = get_settings()
-    return engine_for(settings.database_url, settings.store_statement_timeout)
+    return engine_for(get_settings().database_url)
 
 
 @lru_cache(maxsize=16)

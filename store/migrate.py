@@ -27,5 +27,5 @@ def current(database_url: str) -> str | None:
 
     from store.db import engine_for
 
-    with engine_for(database_url, 0).connect() as conn:
+    with engine_for(database_url).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

@@ -135,10 +135,9 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         creds, targets = load(session, batch, ctx.pools)
     requests = plan(batch, targets, result)
     outcomes: list[Outcome] = []
-    if requests and (creds is None or not creds.has(batch.platform)):
-        why = "unknown pool" if creds is None else "no credentials"
-        detail = batch.pool if creds is None else creds.error or f"the pool has no {_service(batch.platform)} " \
-                                                                 "credentials"
+    unsendable = _unsendable(batch, creds, settings.max_attempts) if requests else None
+    if unsendable:
+        why, detail = unsendable
         sending = {r.key for r in requests}
         with ctx.session_scope() as session:
             result.dead_lettered += repo.add_dead_letters(session, [
@@ -224,13 +223,6 @@ def deliver_message(ctx: Context, raw: Any, rec: metrics.Recorder) -> DeliveryRe
         rec.add("dead_lettered", "message")
         log.warning("dead-lettered a delivery message that does not parse: %s", exc)
         return DeliveryResult(dead_lettered=1)
-    if batch.attempt > ctx.settings.max_attempts:  # sent again by the outbox past its tries: never finished
-        with ctx.session_scope() as session:
-            n = dead_letter_batch(session, batch, "retries exhausted",
-                                  f"no run of it finished in {batch.attempt - 1} attempts")
-            repo.settle_outbox(session, batch.id)
-        rec.add("dead_lettered", "delivery", n=n)
-        return DeliveryResult(dead_lettered=n)
     result = deliver(ctx, batch, rec)
     log_delivery(batch, result)
     return result
@@ -247,6 +239,17 @@ def log_delivery(batch: DeliveryBatch, result: DeliveryResult) -> None:
              result.sent, len(batch.items), batch.attempt, result.retried, result.deactivated,
              result.dead_lettered, result.skipped, result.stale,
              extra={"pool": batch.pool, "platform": batch.platform})
+
+
+def _unsendable(batch: DeliveryBatch, creds, max_attempts: int) -> tuple[str, str] | None:
+    """Why this batch's pushes (already checked at send time) are dead-lettered instead of sent."""
+    if creds is None:
+        return "unknown pool", batch.pool
+    if not creds.has(batch.platform):
+        return "no credentials", creds.error or f"the pool has no {_service(batch.platform)} credentials"
+    if batch.attempt > max_attempts:  # sent again by the outbox past its tries: no run of it finished
+        return "retries exhausted", f"no run of it finished in {batch.attempt - 1} attempts"
+    return None
 
 
 def _service(platform: str) -> str:

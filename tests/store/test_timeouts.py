@@ -95,3 +95,17 @@ def test_the_store_timeout_is_checked_against_the_time_limits_at_start():
     assert load_settings({"PUSHSYNC_STORE_TIMEOUT": "30"}).store_statement_timeout == 30.0
     with pytest.raises(SettingsError, match="PUSHSYNC_STORE_TIMEOUT: must be shorter than the soft time limit"):
         load_settings({"PUSHSYNC_STORE_TIMEOUT": "55"})
+
+
+def test_the_processes_engine_is_bounded_and_a_migration_leaves_it_so():
+    """Migrations run without a statement bound (one may rebuild a table) on the process's own
+    engine; the connection gets its bounds back afterwards, for what the process does next."""
+    from store.db import engine_for
+    from store.migrate import upgrade
+
+    _prepare_pg()
+    upgrade(PG_URL)  # on this process's engine for the URL
+    engine = engine_for(PG_URL)
+    with engine.connect() as conn:  # the pooled connection the migration ran on
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "20s"
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "10s"
