@@ -33,11 +33,19 @@ def log_setup() -> None:
         logging.getLogger(noisy).disabled = True
 
 
+MAX_CONNECTIONS = 4096
+
+
 def serve(host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
     log_setup()
     # uvicorn's own access log would be a second, plain-text line per request: ours is JSON
+    from api.protocol import DeadlineProtocol
+
+    # past MAX_CONNECTIONS open connections and requests, uvicorn answers 503 at once instead of
+    # taking more than it can serve; each request's head has a deadline (api.protocol)
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, access_log=False,
-                log_config=None, lifespan="off", timeout_graceful_shutdown=5, server_header=False)
+                log_config=None, lifespan="off", timeout_graceful_shutdown=5, server_header=False,
+                http=DeadlineProtocol, limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5)
     return 0
