@@ -41,8 +41,10 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets a deadline of its own
+        # the next request on this connection gets a deadline of its own, unless it is a pipelined
+        # one whose head has arrived already and that uvicorn has just started (self.cycle is it)
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm()
 
     def connection_lost(self, exc) -> None:
         self._disarm()
