@@ -110,13 +110,15 @@ def unbounded(conn) -> Iterator[None]:
     """No statement or lock timeout on this connection while the block runs (a migration may
     rebuild a table); the bounds come back after it (RESET: to the connection's start-up values)."""
     pg = conn.dialect.name == "postgresql"
-    if pg:
+    if pg:  # committed at once: the session keeps them, the block's own transaction starts clean
         conn.exec_driver_sql("SET statement_timeout = 0")
         conn.exec_driver_sql("SET lock_timeout = 0")
+        conn.commit()
     try:
         yield
     finally:
         if pg:
+            conn.rollback()  # what a failed block left (an aborted transaction would refuse the RESET)
             conn.exec_driver_sql("RESET statement_timeout")
             conn.exec_driver_sql("RESET lock_timeout")
             conn.commit()

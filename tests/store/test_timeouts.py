@@ -109,3 +109,17 @@ def test_the_processes_engine_is_bounded_and_a_migration_leaves_it_so():
     with engine.connect() as conn:  # the pooled connection the migration ran on
         assert conn.execute(text("SHOW statement_timeout")).scalar() == "20s"
         assert conn.execute(text("SHOW lock_timeout")).scalar() == "10s"
+
+
+def test_a_block_that_fails_without_a_bound_gives_its_connection_back_bounded():
+    """The error of a failed migration is the one that surfaces (not a refused RESET), and the
+    connection is bounded again afterwards."""
+    from store.db import engine_for, unbounded
+
+    _prepare_pg()
+    engine = engine_for(PG_URL)
+    with engine.connect() as conn:
+        with pytest.raises(sqlalchemy.exc.ProgrammingError, match="no_such_table"), unbounded(conn):
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "0"
+            conn.execute(text("SELECT * FROM no_such_table"))
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "20s"
