@@ -146,8 +146,9 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
             repo.settle_outbox(session, batch.id)
     else:
         if requests:
+            # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
             outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
-                                    timeout=settings.send_timeout * 3 + 30)
+                                    timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
         result = _record(ctx, batch, outcomes, result)
     metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
     return result

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from celery import Task
-from celery.exceptions import Reject, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import (
     celeryd_after_setup,
     task_postrun,
@@ -89,6 +89,10 @@ class PushsyncTask(Task):
 
 
 class DeliverTask(PushsyncTask):
+    # the soft time limit in a delivery is a slow dependency, not the batch's fault: retried (with
+    # backoff, bounded like the rest) instead of dead-lettered
+    autoretry_for = (*TRANSIENT, SoftTimeLimitExceeded)
+
     def dead_letter_args(self, session, exc, args, kwargs):
         raw = args[0] if args else None
         detail = f"{exception_text(exc)} in {self.name}"
