@@ -46,8 +46,8 @@ def _pg_bounds(timeout: float) -> dict:
     """libpq's bounds: connecting (the whole start-up, not only TCP), TCP keepalives and
     TCP_USER_TIMEOUT (a peer that vanished from the network: unanswered data or probes end the
     connection instead of a wait of many minutes), and the server's statement, lock and idle-in-
-    transaction timeouts. A store that accepts and never answers is bounded by the task's soft time
-    limit, which interrupts psycopg's wait (it waits in short steps)."""
+    transaction timeouts. A store that accepts and never answers is bounded on this side
+    (``client_bound``)."""
     ms = int(timeout * 1000)
     bounds = {"connect_timeout": max(2, min(10, int(timeout))) if ms > 0 else 10, "keepalives": 1,
               "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
@@ -57,6 +57,39 @@ def _pg_bounds(timeout: float) -> dict:
         bounds["options"] = (f"-c statement_timeout={ms} -c lock_timeout={ms // 2} "
                              f"-c idle_in_transaction_session_timeout={max(ms * 3, 60_000)}")
     return bounds
+
+
+def client_bound(timeout: float) -> float | None:
+    """How long a round trip to PostgreSQL may wait on this side: past the server's own statement
+    timeout (which, when the server answers at all, ends a slow statement first and says why), and
+    for a server that never answers (frozen, or behind a link that swallows packets: its kernel, or
+    a proxy's, still acknowledges them, so neither keepalives nor TCP_USER_TIMEOUT see anything)."""
+    return timeout * 1.25 + 1 if timeout > 0 else None
+
+
+@lru_cache(maxsize=1)
+def _bounded_connection_class():
+    import psycopg
+    from psycopg import errors
+
+    class BoundedConnection(psycopg.Connection):
+        """psycopg's connection with a deadline on every wait (a statement, a commit, a rollback);
+        past it the connection is closed (its state is unknown) and the caller gets an
+        OperationalError, which SQLAlchemy takes as a disconnect and the tasks as transient."""
+
+        wait_timeout: float | None = None
+
+        def wait(self, gen, interval=0.1, timeout=None):
+            bound = timeout if timeout is not None else self.wait_timeout
+            try:
+                return super().wait(gen, interval, bound)
+            except errors._WaitTimeout:
+                if timeout is not None:  # psycopg's own bounded wait: its own answer
+                    raise
+                self.pgconn.finish()
+                raise psycopg.OperationalError(f"the store did not answer within {bound:g} s") from None
+
+    return BoundedConnection
 
 
 def make_engine(url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
@@ -88,8 +121,17 @@ def make_engine(url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
     # No server-side prepared statements: after five runs psycopg prepares a statement and
     # PostgreSQL may settle on a generic plan made while a table was small, which turns the
     # token lookups of a bulk import into sequential scans.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=timeout,
-                         connect_args={"prepare_threshold": None, **_pg_bounds(timeout)})
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=timeout,
+                           connect_args={"prepare_threshold": None, **_pg_bounds(timeout)})
+    connection_class, wait = _bounded_connection_class(), client_bound(timeout)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect, _record, cargs, cparams):
+        conn = connection_class.connect(*cargs, **cparams)
+        conn.wait_timeout = wait
+        return conn
+
+    return engine
 
 
 @lru_cache(maxsize=8)
@@ -114,10 +156,13 @@ def unbounded(conn) -> Iterator[None]:
         conn.exec_driver_sql("SET statement_timeout = 0")
         conn.exec_driver_sql("SET lock_timeout = 0")
         conn.commit()
+        driver = conn.connection.driver_connection
+        bound, driver.wait_timeout = driver.wait_timeout, None
     try:
         yield
     finally:
         if pg:
+            driver.wait_timeout = bound
             conn.rollback()  # what a failed block left (an aborted transaction would refuse the RESET)
             conn.exec_driver_sql("RESET statement_timeout")
             conn.exec_driver_sql("RESET lock_timeout")

@@ -1,4 +1,4 @@
-"""A TCP proxy for fault tests: the store behind it can be cut off or slowed down."""
+"""A TCP proxy for fault tests: what is behind it can be cut off, slowed down or blackholed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import threading
 
 class CuttableProxy:
     """A TCP proxy to a local port that the test can cut (every connection closed, new ones
-    refused) or slow down (each chunk forwarded ``delay`` seconds late)."""
+    refused), slow down (each chunk forwarded ``delay`` seconds late) or blackhole: nothing is
+    forwarded either way and nothing is closed; new connections are accepted and left silent, as
+    a partitioned or frozen server's are (this side's kernel still acknowledges what is sent, so
+    keepalives and TCP_USER_TIMEOUT see a live peer). When the blackhole ends, what was held goes
+    on as after a healed partition."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -16,6 +20,8 @@ class CuttableProxy:
         self.delay = 0.0
         self.loop = asyncio.new_event_loop()
         self.writers: set = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
@@ -32,6 +38,12 @@ class CuttableProxy:
         if self.cut:
             writer.close()
             return
+        self.writers.add(writer)
+        try:
+            await self.flowing.wait()
+        except asyncio.CancelledError:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -44,9 +56,10 @@ class CuttableProxy:
                 while data := await src.read(65536):
                     if self.delay:
                         await asyncio.sleep(self.delay)
+                    await self.flowing.wait()
                     dst.write(data)
                     await dst.drain()
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError, asyncio.CancelledError):
                 pass
             finally:
                 dst.close()
@@ -62,5 +75,13 @@ class CuttableProxy:
                 self.writers.clear()
         self.loop.call_soon_threadsafe(apply)
 
+    def blackhole(self, on: bool) -> None:
+        self.loop.call_soon_threadsafe(self.flowing.clear if on else self.flowing.set)
+
     def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        def stop():
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_later(0.05, self.loop.stop)
+        self.loop.call_soon_threadsafe(stop)
+        self.thread.join(5)

@@ -123,3 +123,53 @@ def test_a_block_that_fails_without_a_bound_gives_its_connection_back_bounded():
             assert conn.execute(text("SHOW statement_timeout")).scalar() == "0"
             conn.execute(text("SELECT * FROM no_such_table"))
         assert conn.execute(text("SHOW statement_timeout")).scalar() == "20s"
+
+
+def test_a_store_that_stops_answering_mid_connection_fails_the_statement_within_the_bound():
+    """A pooled connection whose server goes silent (blackholed: nothing answers, nothing closes,
+    this side's TCP sees a live peer): the statement, and the rollback after it, end within the
+    client's bound as a transient error, not at a task's time limit; once the server answers
+    again the engine serves from a fresh connection."""
+    from store.db import client_bound
+    from tests.e2e.proxy import CuttableProxy
+
+    _prepare_pg()
+    proxy = CuttableProxy(5432)
+    engine = make_engine(f"postgresql://postgres@127.0.0.1:{proxy.port}/pushsync_test", timeout=1.0)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        proxy.blackhole(True)
+        time.sleep(0.2)
+
+        def stalls():
+            with engine.begin() as conn:  # the pooled connection; the failed block rolls back
+                conn.execute(text("SELECT 1"))
+        # the pool's pre-ping meets the silence first (the client bound), then the new connection
+        # it opens (the connect timeout, 2 s)
+        err = _fails_within(client_bound(1.0) + 2 + 1.5, stalls)
+        assert "did not answer" in str(err) or "timeout" in str(err)
+        proxy.blackhole(False)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 2")).scalar() == 2
+    finally:
+        proxy.blackhole(False)
+        engine.dispose()
+        proxy.close()
+
+
+def test_a_block_without_a_statement_bound_has_no_client_bound_either():
+    """A migration may wait on a long statement: the client-side deadline is lifted with the
+    server's, and comes back after the block."""
+    from store.db import unbounded
+
+    _prepare_pg()
+    engine = make_engine(PG_URL, timeout=0.5)
+    try:
+        with engine.connect() as conn:
+            with unbounded(conn):
+                conn.execute(text("SELECT pg_sleep(1.5)"))  # past both bounds of the engine
+            with pytest.raises(sqlalchemy.exc.OperationalError):
+                conn.execute(text("SELECT pg_sleep(3)"))
+    finally:
+        engine.dispose()
