@@ -19,7 +19,7 @@ lint: install
 
 # The fast tier for a developer's loop (a few minutes): lint, and the tests that need no process of
 # pushsync's own (Redis and PostgreSQL, as `make test`), the properties with fewer examples.
-FAST := tests/test_layout.py tests/worker tests/store tests/scheduler tests/pushsync/test_contract.py \
+FAST := tests/test_layout.py tests/worker tests/store tests/scheduler tests/pushsync/test_contract.py tests/pushsync/test_broker.py \
 	tests/pushsync/test_messages.py tests/pushsync/test_settings.py
 check: lint
 	bash scripts/services.sh

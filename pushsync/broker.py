@@ -18,6 +18,14 @@ from pushsync.settings import get_settings
 
 # how long one sentinel may take to answer: a dead one must not hold up asking the next
 SENTINEL_TIMEOUT = 1.0
+# Every connection to Redis, the project's own and kombu's: a command waits at most REDIS_TIMEOUT
+# for its answer (the longest block the project asks for is a second, dispatch.IDLE_WAIT), a
+# connect at most REDIS_CONNECT_TIMEOUT; TCP keepalives, and a PING before reusing a connection
+# idle for HEALTH_CHECK seconds (kombu also drops a consumer's BRPOP connection whose answer is
+# that overdue). A Redis that stops answering is then an error within seconds, not a wait.
+REDIS_TIMEOUT, REDIS_CONNECT_TIMEOUT, HEALTH_CHECK = 5.0, 3.0, 10
+BOUNDS = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+          "socket_keepalive": True, "health_check_interval": HEALTH_CHECK}
 
 
 def broker_url(settings) -> str:
@@ -38,19 +46,21 @@ def broker_url(settings) -> str:
 
 
 def transport_options(settings) -> dict:
-    """What kombu needs besides the URL: the master's name, and sentinel timeouts."""
+    """What kombu needs besides the URL: the bounds on its connections and, with Sentinel, the
+    master's name and the sentinels' timeouts."""
     if not is_sentinel(settings.broker_url):
-        return {}
-    return {"master_name": settings.sentinel_master,
+        return dict(BOUNDS)
+    return {**BOUNDS, "master_name": settings.sentinel_master,
             "sentinel_kwargs": {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}}
 
 
 def redis_client(settings=None, **kwargs):
-    """A ``redis.Redis`` on the broker's Redis (its master, with Sentinel); keyword arguments go to
-    the connections (``socket_timeout=...``)."""
+    """A ``redis.Redis`` on the broker's Redis (its master, with Sentinel), bounded (``BOUNDS``);
+    keyword arguments go to the connections and win (``socket_timeout=...``)."""
     import redis
     from redis.sentinel import Sentinel
 
+    kwargs = {**BOUNDS, **kwargs}
     if settings is None:
         settings = get_settings()
     url = broker_url(settings)
