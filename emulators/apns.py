@@ -158,7 +158,9 @@ class APNsProtocol(asyncio.Protocol):
                  "token": token, "headers": {k: v for k, v in headers.items() if k != "authorization"},
                  # which provider token signed it, without keeping the token itself
                  "auth_id": hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:12]}
-        if fault and fault.drop:
+        if fault and fault.stall:
+            await self.state.stalled(fault)
+        if fault and (fault.drop or fault.stall):
             self._drop(entry, body)
             return
         status, reason, payload = self._validate(headers, body, token)

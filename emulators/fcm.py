@@ -63,6 +63,10 @@ class FCMEmulator:
         fault = self.state.fault_for("oauth", None)
         if fault and fault.latency:  # a stalled token endpoint: the connection open, no answer yet
             await asyncio.sleep(fault.latency)
+        if fault and fault.stall:
+            await self.state.stalled(fault)
+            request.transport.abort()
+            raise ConnectionResetError("stalled by fault rule")
         if fault and fault.status:
             return web.json_response({"error": fault.reason or "temporarily_unavailable"}, status=fault.status)
         form = await request.post()
@@ -102,7 +106,9 @@ class FCMEmulator:
         fault = self.state.fault_for("fcm", token)
         if fault and fault.latency:
             await asyncio.sleep(fault.latency)
-        if fault and fault.drop:
+        if fault and fault.stall:
+            await self.state.stalled(fault)
+        if fault and (fault.drop or fault.stall):
             self.state.record({**entry, "status": 0, "reason": "dropped"})
             request.transport.abort()
             raise ConnectionResetError("dropped by fault rule")

@@ -10,8 +10,9 @@ Control API (plain HTTP on the control port):
     GET  /requests            every request received, oldest first (tokens in full: test data)
     GET  /stats               connections opened per service, requests per status
     POST /faults              {"service", "status", "reason", "retry_after", "count", "token",
-                               "latency", "drop", "body", "headers"}: misbehave for matching requests
-                              (service "oauth": FCM's token endpoint, status and latency only)
+                               "latency", "drop", "stall", "body", "headers"}: misbehave for matching
+                              requests (service "oauth": FCM's token endpoint, status, latency and
+                              stall only; stall: unanswered while the rule stands, then dropped)
     DELETE /faults            behave again
     POST /tokens/dead         {"token": T}: answer T as unregistered from now on
     POST /reset               forget requests, counters, faults and dead tokens

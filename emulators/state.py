@@ -14,7 +14,9 @@ from typing import Any
 @dataclass
 class Fault:
     """Misbehave for matching requests: answer ``status`` (with ``reason`` and Retry-After),
-    wait ``latency`` seconds first, or ``drop`` the connection without an answer."""
+    wait ``latency`` seconds first, ``drop`` the connection without an answer, or ``stall``: hold
+    the request unanswered for as long as the rule stands, then drop it (a partitioned or frozen
+    service: the requests of the stall get no answer, those after it are served)."""
 
     service: str = "any"  # "apns", "fcm", "oauth" (FCM's token endpoint) or "any" (apns and fcm)
     status: int | None = None
@@ -24,6 +26,7 @@ class Fault:
     token: str | None = None
     latency: float = 0.0
     drop: bool = False
+    stall: bool = False
     # answer with this raw body (and these extra headers) instead of a well-formed one:
     # malformed upstream answers, for the senders' robustness tests
     body: str | None = None
@@ -60,6 +63,13 @@ class State:
                     f.count -= 1
                 return f
         return None
+
+    async def stalled(self, fault: Fault) -> None:
+        """Return once ``fault`` is no longer a rule (DELETE /faults, POST /reset)."""
+        import asyncio
+
+        while any(f is fault for f in self.faults):
+            await asyncio.sleep(0.05)
 
     def is_dead(self, token: str) -> bool:
         # "dead..." is hexadecimal too, so the same prefix works for APNs and FCM demo tokens

@@ -23,7 +23,7 @@ SENTINEL_TIMEOUT = 1.0
 # connect at most REDIS_CONNECT_TIMEOUT; TCP keepalives, and a PING before reusing a connection
 # idle for HEALTH_CHECK seconds (kombu also drops a consumer's BRPOP connection whose answer is
 # that overdue). A Redis that stops answering is then an error within seconds, not a wait.
-REDIS_TIMEOUT, REDIS_CONNECT_TIMEOUT, HEALTH_CHECK = 5.0, 3.0, 10
+REDIS_TIMEOUT, REDIS_CONNECT_TIMEOUT, HEALTH_CHECK = 5.0, 3.0, 5
 BOUNDS = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
           "socket_keepalive": True, "health_check_interval": HEALTH_CHECK}
 

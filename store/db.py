@@ -169,6 +169,31 @@ def unbounded(conn) -> Iterator[None]:
             conn.commit()
 
 
+# how long `pushsync stats` and the metrics exporter wait for the store before they call it down
+# (a Prometheus scrape gives up after 10 s)
+PROBE_TIMEOUT = 2.0
+
+
+@lru_cache(maxsize=8)
+def _probe_engine(url: str) -> Engine:
+    return make_engine(url, PROBE_TIMEOUT)
+
+
+def probe(url: str) -> str | None:
+    """None if the store answers a ``SELECT 1`` within a few seconds, else why not, in one line
+    (connect 2 s, the answer about 3.5 s: an operator's view must not hang with the store)."""
+    from sqlalchemy import text
+
+    try:
+        with _probe_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # anything: the store is not answering as it should
+        from pushsync.messages import exception_text
+
+        return exception_text(exc)
+
+
 def get_engine() -> Engine:
     from pushsync.settings import get_settings
 

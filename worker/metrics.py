@@ -134,6 +134,9 @@ def summary_lines(snap: dict) -> list[str]:
     if "workers" in snap:
         lines.append(f"workers:       {snap['workers']['alive']} alive, {snap['workers']['stuck']} stuck; "
                      f"scheduler lock {'held' if snap.get('scheduler_lock_held') else 'NOT HELD'}")
+    if "store" in snap:
+        lines.append("store:         " + ("answering" if snap["store"]["up"]
+                                          else f"NOT ANSWERING ({snap['store']['error']})"))
     dead = snap["dead_letters"] if snap["dead_letters"] is not None else "unknown (store)"
     lines.append(f"dead letters:  {dead} in the store; written so far: "
                  + (", ".join(f"{k} {v}" for k, v in sorted(snap["dead_lettered"].items())) or "none"))
@@ -192,6 +195,10 @@ def prometheus(snap: dict) -> str:
            [({"why": k}, n) for k, n in sorted(snap.get("skipped", {}).items())])
     if snap.get("dead_letters") is not None:
         family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])
+    if "store" in snap:
+        family("pushsync_store_up", "gauge", "1 if the store answered a query within a few seconds at this scrape, "
+               "else 0 (workers defer their events meanwhile; nothing is lost, nothing is pushed).",
+               [({}, int(snap["store"]["up"]))])
     if "workers" in snap:
         family("pushsync_workers_alive", "gauge", "Workers whose heartbeat is recent (PUSHSYNC_HEALTH_STALL).",
                [({}, snap["workers"]["alive"])])

@@ -70,16 +70,21 @@ def _snapshot() -> dict:
     from pushsync.queues import QUEUES
     from scheduler.beat import LOCK_KEY
     from store import repo
+    from store.db import probe
     from worker.health import census, stall_seconds
     from worker.metrics import snapshot
 
     client = broker.redis_client(socket_connect_timeout=3)
-    try:
-        with session() as s:
-            dead = repo.count_dead_letters(s)
-    except Exception:  # the store may not be migrated yet; the rest is still worth showing
-        dead = None
+    down = probe(get_settings().database_url)  # bounded: a silent store is reported, not waited on
+    dead = None
+    if down is None:
+        try:
+            with session() as s:
+                dead = repo.count_dead_letters(s)
+        except Exception:  # the store may not be migrated yet; the rest is still worth showing
+            pass
     snap = snapshot(client, QUEUES, dead)
+    snap["store"] = {"up": down is None, "error": down}
     snap["workers"] = census(client, stall_seconds(get_settings()))
     snap["scheduler_lock_held"] = int(bool(client.exists(LOCK_KEY)))
     return snap

@@ -12,7 +12,9 @@ class CuttableProxy:
     forwarded either way and nothing is closed; new connections are accepted and left silent, as
     a partitioned or frozen server's are (this side's kernel still acknowledges what is sent, so
     keepalives and TCP_USER_TIMEOUT see a live peer). When the blackhole ends, what was held goes
-    on as after a healed partition."""
+    on as after a healed partition, or, with ``forget``, the connections made before stay silent
+    for good while new ones flow (an address that moved, a NAT entry lost: only the client's own
+    timeouts end the old ones)."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -20,7 +22,7 @@ class CuttableProxy:
         self.delay = 0.0
         self.loop = asyncio.new_event_loop()
         self.writers: set = set()
-        self.flowing = asyncio.Event()
+        self.flowing = asyncio.Event()  # new connections, and the ones made since the last forget
         self.flowing.set()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -39,8 +41,9 @@ class CuttableProxy:
             writer.close()
             return
         self.writers.add(writer)
+        flowing = self.flowing  # this connection's: a forgetting heal replaces it with a new one
         try:
-            await self.flowing.wait()
+            await flowing.wait()
         except asyncio.CancelledError:
             writer.close()
             return
@@ -56,7 +59,7 @@ class CuttableProxy:
                 while data := await src.read(65536):
                     if self.delay:
                         await asyncio.sleep(self.delay)
-                    await self.flowing.wait()
+                    await flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError, asyncio.CancelledError):
@@ -64,7 +67,10 @@ class CuttableProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except asyncio.CancelledError:  # the proxy closes
+            pass
 
     def set_cut(self, cut: bool) -> None:
         def apply():
@@ -75,8 +81,16 @@ class CuttableProxy:
                 self.writers.clear()
         self.loop.call_soon_threadsafe(apply)
 
-    def blackhole(self, on: bool) -> None:
-        self.loop.call_soon_threadsafe(self.flowing.clear if on else self.flowing.set)
+    def blackhole(self, on: bool, forget: bool = False) -> None:
+        def apply():
+            if on:
+                self.flowing.clear()
+            elif forget:  # the old event stays clear: what waits on it waits for good
+                self.flowing = asyncio.Event()
+                self.flowing.set()
+            else:
+                self.flowing.set()
+        self.loop.call_soon_threadsafe(apply)
 
     def close(self):
         def stop():
