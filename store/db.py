@@ -64,7 +64,9 @@ def client_bound(timeout: float) -> float | None:
     timeout (which, when the server answers at all, ends a slow statement first and says why), and
     for a server that never answers (frozen, or behind a link that swallows packets: its kernel, or
     a proxy's, still acknowledges them, so neither keepalives nor TCP_USER_TIMEOUT see anything)."""
-    return timeout * 1.25 + 1 if timeout > 0 else None
+    # at most 1.5 x the timeout: under the soft time limit, which the settings keep at least
+    # 1 / 0.6 times the store timeout
+    return timeout * 1.25 + min(1.0, timeout / 4) if timeout > 0 else None
 
 
 @lru_cache(maxsize=1)

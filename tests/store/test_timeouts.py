@@ -93,8 +93,16 @@ def test_the_store_timeout_is_checked_against_the_time_limits_at_start():
     assert load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "15"}).store_statement_timeout == 5.0
     assert load_settings({"PUSHSYNC_TASK_TIME_LIMIT": "5"}).store_statement_timeout == 0.5  # the shortest limit
     assert load_settings({"PUSHSYNC_STORE_TIMEOUT": "30"}).store_statement_timeout == 30.0
-    with pytest.raises(SettingsError, match="PUSHSYNC_STORE_TIMEOUT: must be shorter than the soft time limit"):
-        load_settings({"PUSHSYNC_STORE_TIMEOUT": "55"})
+    with pytest.raises(SettingsError, match="PUSHSYNC_STORE_TIMEOUT: must be at most 60 % of the soft time limit"):
+        load_settings({"PUSHSYNC_STORE_TIMEOUT": "34"})
+    from store.db import client_bound
+
+    for limit in (5, 10, 15, 60, 600):  # the client-side bound ends before the soft limit, whatever is allowed
+        s = load_settings({"PUSHSYNC_TASK_TIME_LIMIT": str(limit), "PUSHSYNC_VISIBILITY_TIMEOUT": str(limit + 60)})
+        at_most = load_settings({"PUSHSYNC_TASK_TIME_LIMIT": str(limit), "PUSHSYNC_VISIBILITY_TIMEOUT": str(limit + 60),
+                                 "PUSHSYNC_STORE_TIMEOUT": str(0.6 * s.soft_time_limit)})
+        assert client_bound(s.store_statement_timeout) < s.soft_time_limit
+        assert client_bound(at_most.store_statement_timeout) < s.soft_time_limit
 
 
 def test_the_processes_engine_is_bounded_and_a_migration_leaves_it_so():
