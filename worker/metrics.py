@@ -168,6 +168,22 @@ def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
+def _states(snap: dict, family) -> None:
+    """The gauges of what is up: the store, the workers, the scheduler's lock."""
+    if "store" in snap:
+        family("pushsync_store_up", "gauge", "1 if the store answered a query within a few seconds at this scrape, "
+               "else 0 (workers defer their events meanwhile; nothing is lost, nothing is pushed).",
+               [({}, int(snap["store"]["up"]))])
+    if "workers" in snap:
+        family("pushsync_workers_alive", "gauge", "Workers whose heartbeat is recent (PUSHSYNC_HEALTH_STALL).",
+               [({}, snap["workers"]["alive"])])
+        family("pushsync_workers_stuck", "gauge", "Live workers whose queues hold messages but that finished "
+               "no task for PUSHSYNC_HEALTH_STALL seconds.", [({}, snap["workers"]["stuck"])])
+    if "scheduler_lock_held" in snap:
+        family("pushsync_scheduler_lock_held", "gauge", "1 while a scheduler holds its Redis lock (it renews "
+               "it every few seconds), 0 when none does.", [({}, snap["scheduler_lock_held"])])
+
+
 def prometheus(snap: dict) -> str:
     lines: list[str] = []
 
@@ -195,18 +211,7 @@ def prometheus(snap: dict) -> str:
            [({"why": k}, n) for k, n in sorted(snap.get("skipped", {}).items())])
     if snap.get("dead_letters") is not None:
         family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])
-    if "store" in snap:
-        family("pushsync_store_up", "gauge", "1 if the store answered a query within a few seconds at this scrape, "
-               "else 0 (workers defer their events meanwhile; nothing is lost, nothing is pushed).",
-               [({}, int(snap["store"]["up"]))])
-    if "workers" in snap:
-        family("pushsync_workers_alive", "gauge", "Workers whose heartbeat is recent (PUSHSYNC_HEALTH_STALL).",
-               [({}, snap["workers"]["alive"])])
-        family("pushsync_workers_stuck", "gauge", "Live workers whose queues hold messages but that finished "
-               "no task for PUSHSYNC_HEALTH_STALL seconds.", [({}, snap["workers"]["stuck"])])
-    if "scheduler_lock_held" in snap:
-        family("pushsync_scheduler_lock_held", "gauge", "1 while a scheduler holds its Redis lock (it renews "
-               "it every few seconds), 0 when none does.", [({}, snap["scheduler_lock_held"])])
+    _states(snap, family)
     family("pushsync_queue_depth", "gauge", "Messages waiting, per queue (retry: in the retry set).",
            [({"queue": q}, n) for q, n in sorted(snap["queues"].items())])
     lines.append("# HELP pushsync_push_latency_seconds Time from event enqueued to push accepted by FCM or APNs.")

@@ -22,6 +22,7 @@ import time
 from ..conftest import PG_URL, POOL, _prepare_pg
 from .harness import REDIS_HOST, Pipeline, new_identity, publish_counts, wait_for
 from .proxy import CuttableProxy
+from .test_newest_count import _devices
 
 LIMITS = {"PUSHSYNC_TASK_TIME_LIMIT": "15", "PUSHSYNC_VISIBILITY_TIMEOUT": "30", "PUSHSYNC_SEND_TIMEOUT": "3"}
 BLACKHOLE = 20.0  # seconds: longer than the task time limit
@@ -48,16 +49,6 @@ def _produce(env: dict, identities: list[str], seconds: float, log) -> subproces
     proc.stdin.write(json.dumps({"ids": identities, "pool": POOL, "seconds": seconds, "rate": RATE}))
     proc.stdin.close()
     return proc
-
-
-def _devices(pipe: Pipeline, n: int, tag: str) -> dict[str, str]:
-    """n identities with one FCM device each: token -> identity."""
-    tokens = {}
-    for i in range(n):
-        ident = new_identity()
-        tokens[f"fcm-{tag}-{i}"] = ident
-        pipe.device(POOL, ident, "GCM", f"fcm-{tag}-{i}")
-    return tokens
 
 
 def _newest(requests: list[dict]) -> dict[str, int]:
