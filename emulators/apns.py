@@ -8,6 +8,7 @@ the headers and body that pushsync's contract requires of a background push.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import re
@@ -16,8 +17,10 @@ import uuid
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -28,6 +31,9 @@ _HEX = re.compile(r"[0-9a-f]+")
 MAX_PAYLOAD = 4096
 DEFAULT_REASONS = {400: "BadRequest", 403: "ExpiredProviderToken", 410: "Unregistered", 413: "PayloadTooLarge",
                    429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}
+
+
+MAX_STREAMS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 
 
 class KeyRing:
@@ -55,7 +61,17 @@ class APNsProtocol(asyncio.Protocol):
         self.state.connections[f"apns-{self.host}"] += 1
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
                                                                          header_encoding="utf-8"))
+        self.max_streams = self.state.apns_max_streams
+        if self.max_streams is not None:  # in the first SETTINGS, as APNs sends it
+            self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+                **dict(self.conn.local_settings.items()), MAX_STREAMS: self.max_streams})
         self.conn.initiate_connection()
+        if self.max_streams is not None:
+            # h2 would end the connection over a stream past the limit; APNs refuses that stream
+            # alone (REFUSED_STREAM, below), which a client that has not read the setting yet meets
+            self.conn.local_settings._settings[MAX_STREAMS] = collections.deque([2 ** 31 - 1])
+        self.last_stream: int | None = None  # set by a GOAWAY: later streams go unprocessed
+        self.acked = False  # the client has acknowledged our settings: it must keep them from then on
         self._flush()
 
     def _flush(self):
@@ -71,9 +87,16 @@ class APNsProtocol(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
+                if self.max_streams is not None and self.conn.open_inbound_streams > self.max_streams:
+                    self.conn.reset_stream(ev.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+                    self.state.apns_refused["after settings" if self.acked else "before settings"] += 1
+                    continue
                 self.streams[ev.stream_id] = {"headers": dict(ev.headers), "body": bytearray()}
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                self.acked = True
             elif isinstance(ev, h2.events.DataReceived):
-                self.streams.setdefault(ev.stream_id, {"headers": {}, "body": bytearray()})["body"] += ev.data
+                if ev.stream_id in self.streams:
+                    self.streams[ev.stream_id]["body"] += ev.data
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 stream = self.streams.pop(ev.stream_id, None)
@@ -151,7 +174,12 @@ class APNsProtocol(asyncio.Protocol):
         body = bytes(stream["body"])
         token = headers.get(":path", "").rsplit("/", 1)[-1]
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
+        if self.last_stream is not None and stream_id > self.last_stream:
+            return  # after our GOAWAY: not processed, the client sends it again elsewhere
         fault = self.state.fault_for("apns", token)
+        if fault and fault.goaway:
+            self._goaway(stream_id, token)
+            return
         if fault and fault.latency:
             await asyncio.sleep(fault.latency)
         entry = {"service": "apns", "host": self.host, "authority": headers.get(":authority") or headers.get("host"),
@@ -178,6 +206,13 @@ class APNsProtocol(asyncio.Protocol):
                      data=payload.get("data") if isinstance(payload, dict) else None)
         self.state.record(entry)
         self._send(stream_id, status, reason, apns_id, extra)
+
+    def _goaway(self, stream_id: int, token: str) -> None:
+        self.last_stream = stream_id - 2
+        self.state.record({"service": "apns", "host": self.host, "token": token, "status": 0, "reason": "goaway"})
+        self.conn.close_connection(error_code=0, last_stream_id=self.last_stream)
+        self._flush()
+        asyncio.get_running_loop().call_later(0.5, self.transport.close)
 
     def _drop(self, entry: dict, body: bytes) -> None:
         """Cut the connection without an answer, recording what the push carried."""

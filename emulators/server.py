@@ -10,10 +10,13 @@ Control API (plain HTTP on the control port):
     GET  /requests            every request received, oldest first (tokens in full: test data)
     GET  /stats               connections opened per service, requests per status
     POST /faults              {"service", "status", "reason", "retry_after", "count", "token",
-                               "latency", "drop", "stall", "body", "headers"}: misbehave for matching
+                               "latency", "drop", "stall", "goaway", "body", "headers"}: misbehave for matching
                               requests (service "oauth": FCM's token endpoint, status, latency and
                               stall only; stall: unanswered while the rule stands, then dropped)
     DELETE /faults            behave again
+    POST /apns/settings       {"max_concurrent_streams": N or null}: APNs connections opened from now on
+                              allow N streams at once, a stream past it refused (GET /stats:
+                              apns_refused_streams, before and after the client acknowledged it)
     POST /tokens/dead         {"token": T}: answer T as unregistered from now on
     POST /reset               forget requests, counters, faults and dead tokens
 """
@@ -66,6 +69,14 @@ def control_app(state: State) -> web.Application:
         state.faults.clear()
         return web.json_response({"faults": 0})
 
+    async def apns_settings(r):
+        body = await r.json()
+        streams = body.get("max_concurrent_streams") if isinstance(body, dict) else None
+        if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
+            return web.json_response({"error": "max_concurrent_streams: a positive integer or null"}, status=400)
+        state.apns_max_streams = streams
+        return web.json_response({"max_concurrent_streams": streams})
+
     async def dead(r):
         state.dead_tokens.add((await r.json())["token"])
         return web.json_response({"dead_tokens": len(state.dead_tokens)})
@@ -78,6 +89,7 @@ def control_app(state: State) -> web.Application:
     app.router.add_get("/requests", requests)
     app.router.add_get("/stats", stats)
     app.router.add_post("/faults", add_fault)
+    app.router.add_post("/apns/settings", apns_settings)
     app.router.add_delete("/faults", clear_faults)
     app.router.add_post("/tokens/dead", dead)
     app.router.add_post("/reset", reset)

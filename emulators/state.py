@@ -27,6 +27,9 @@ class Fault:
     latency: float = 0.0
     drop: bool = False
     stall: bool = False
+    # APNs: answer GOAWAY to this request, leaving it and every later stream of its connection
+    # unprocessed (last stream id: the one before it), and close the connection a moment later
+    goaway: bool = False
     # answer with this raw body (and these extra headers) instead of a well-formed one:
     # malformed upstream answers, for the senders' robustness tests
     body: str | None = None
@@ -52,6 +55,10 @@ class State:
     oauth_issued: int = 0
     # HTTP/1.1 peers (host, port) seen per FCM endpoint: one entry per client connection
     peers: dict[str, set] = field(default_factory=dict)
+    # APNs: SETTINGS_MAX_CONCURRENT_STREAMS for new connections (None: h2's default, 100), and the
+    # streams refused past it, before and after the client acknowledged the setting
+    apns_max_streams: int | None = None
+    apns_refused: Counter = field(default_factory=Counter)
 
     def saw_peer(self, what: str, peer) -> None:
         self.peers.setdefault(what, set()).add(tuple(peer) if peer else None)
@@ -96,7 +103,8 @@ class State:
         conns = dict(self.connections)
         conns.update({f"{what}-peers": len(p) for what, p in self.peers.items()})
         return {"connections": conns, "requests": dict(by_status),
-                "oauth_tokens_issued": self.oauth_issued, "faults": [f.__dict__ for f in self.faults]}
+                "oauth_tokens_issued": self.oauth_issued, "faults": [f.__dict__ for f in self.faults],
+                "apns_refused_streams": dict(self.apns_refused)}
 
     def reset(self) -> None:
         self.requests.clear()
@@ -105,3 +113,5 @@ class State:
         self.dead_tokens.clear()
         self.oauth_issued = 0
         self.peers.clear()
+        self.apns_max_streams = None
+        self.apns_refused.clear()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from pushsync.redact import redact_url
 
 
 class SettingsError(ValueError):
@@ -71,6 +73,8 @@ class Settings:
     # the store: the longest a statement may take (0: half the soft time limit, at most 20 s); a
     # lock wait gets half of it, connecting at most 10 s
     store_timeout: float = 0.0
+    # how APNs pushes travel: "aioapns" (hyper-h2 on asyncio) or "curl" (libcurl's multi interface)
+    apns_transport: str = "aioapns"
 
     @property
     def redeliver_after(self) -> float:
@@ -105,6 +109,8 @@ class Settings:
             out["secret_key"] = f"*** ({len(self.secret_key.replace(',', ' ').split())} keys)"
         return out
 
+
+TRANSPORTS = ("aioapns", "curl")
 
 # variable name -> (field, kind, lower bound for numbers)
 _VARS: dict[str, tuple[str, str, float | None]] = {
@@ -150,6 +156,7 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_SENTINEL_MASTER": ("sentinel_master", "name", None),
     "PUSHSYNC_BROKER_PASSWORD": ("broker_password", "password", None),
     "PUSHSYNC_HEALTH_STALL": ("health_stall", "float", 1.0),
+    "PUSHSYNC_APNS_TRANSPORT": ("apns_transport", "transport", None),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up
@@ -160,36 +167,6 @@ def is_placeholder(secret: str | None) -> bool:
     return bool(secret) and any(mark in secret.lower() for mark in PLACEHOLDER_MARKS)
 
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
-
-
-# Query parameters with a secret (libpq's password=, sslpassword=; redis-py's password=, sentinel_password=)
-_SECRET_PARAMS = ("password", "passwd", "secret", "token")
-
-
-def _redact_query(query: str) -> str:
-    out = []
-    for pair in query.split("&"):
-        name, eq, _value = pair.partition("=")
-        if eq and any(word in unquote(name).lower() for word in _SECRET_PARAMS):
-            pair = f"{name}=***"
-        out.append(pair)
-    return "&".join(out)
-
-
-def redact_url(url: str) -> str:
-    """The URL without its secrets: the password in the netloc and secret query parameters."""
-    if ";" in url:  # a list of sentinel:// addresses
-        return ";".join(redact_url(u) for u in url.split(";"))
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL we can take apart: show nothing of it that could be a secret
-        return "<unparsable URL>"
-    if parts.query:
-        parts = parts._replace(query=_redact_query(parts.query))
-    if password is not None:
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}")
-    return urlunsplit(parts)
 
 
 def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
@@ -221,6 +198,10 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
     if kind == "name":
         if not raw or any(c.isspace() for c in raw):
             raise SettingsError(f"{name}: expected a name without spaces, got {raw!r}")
+        return raw
+    if kind == "transport":
+        if raw not in TRANSPORTS:
+            raise SettingsError(f"{name}: expected one of {', '.join(TRANSPORTS)}, got {raw!r}")
         return raw
     if kind == "file":
         if not os.path.isfile(raw):

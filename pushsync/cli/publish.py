@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pushsync.cli.common import CommandError
-from pushsync.settings import get_settings, redact_url
+from pushsync.redact import redact_url
+from pushsync.settings import get_settings
 
 
 def publish(args) -> int:

@@ -39,6 +39,22 @@ def _counts(pushes, token):
 
 
 def test_each_platform_reaches_its_endpoint_with_the_contract_payload(pipe, emulator):
+    _each_platform(pipe, emulator)
+
+
+def test_the_curl_transport_sends_apns_the_same_requests(tmp_path, emulator):
+    """PUSHSYNC_APNS_TRANSPORT=curl through a real worker: the same hosts, headers and payloads."""
+    curl = Pipeline(tmp_path, emulator, f"sqlite:///{tmp_path}/store.db", broker_db=14,
+                    extra_env={"PUSHSYNC_APNS_TRANSPORT": "curl"})
+    try:
+        curl.create_pool(POOL)
+        curl.start_worker("-c", "1")
+        _each_platform(curl, emulator)
+    finally:
+        curl.stop_workers()
+
+
+def _each_platform(pipe: Pipeline, emulator) -> None:
     ident = new_identity()
     pipe.device(POOL, ident, "GCM", "fcm-token-aaa", datasets=("contacts",))
     pipe.device(POOL, ident, "APNS", "AAAA0001", datasets=("contacts",))

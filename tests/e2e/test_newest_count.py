@@ -229,7 +229,9 @@ def test_a_worker_killed_holding_a_windows_flush_leaves_it_to_another(tmp_path, 
     """A run takes a due flush (its lease) and its worker is SIGKILLed before the flush's
     transaction commits: once the lease runs out the flush is due again, another worker's run
     takes it, and the held count arrives."""
-    env = {"PUSHSYNC_TASK_TIME_LIMIT": "5", "PUSHSYNC_VISIBILITY_TIMEOUT": "8"}
+    # a 3 s window: the second event's producer takes most of a second to start, and the test must
+    # see its flush scheduled before the window ends
+    env = {"PUSHSYNC_TASK_TIME_LIMIT": "5", "PUSHSYNC_VISIBILITY_TIMEOUT": "8", "PUSHSYNC_COALESCE_WINDOW": "3"}
     db = tmp_path / "store.db"
     pipe = Pipeline(tmp_path, emulator, f"sqlite:///{db}", broker_db=5, extra_env=env)
     try:

@@ -140,3 +140,10 @@ def test_the_broker_password_goes_into_the_first_address_and_is_never_shown(url,
     assert "p@ss" not in str(s.redacted())
     with pytest.raises(SettingsError, match="PUSHSYNC_BROKER_PASSWORD"):
         load_settings({"PUSHSYNC_BROKER_PASSWORD": "change-me-please"})
+
+
+def test_the_apns_transport_is_one_of_the_two():
+    assert load_settings({}).apns_transport == "aioapns"
+    assert load_settings({"PUSHSYNC_APNS_TRANSPORT": "curl"}).apns_transport == "curl"
+    with pytest.raises(SettingsError, match="PUSHSYNC_APNS_TRANSPORT: expected one of aioapns, curl, got 'hyper'"):
+        load_settings({"PUSHSYNC_APNS_TRANSPORT": "hyper"})

@@ -64,15 +64,21 @@ APNS_CASES = [
 ]
 
 
-def test_odd_apns_answers_are_each_their_own_pushs_outcome(emulator):
+TRANSPORTS = ("aioapns", "curl")  # PUSHSYNC_APNS_TRANSPORT: every APNs test here runs on both
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_odd_apns_answers_are_each_their_own_pushs_outcome(emulator, transport):
     info = emulator.info
+    emulator.reset()  # the connection count below is this test's
     odd = [uuid.uuid4().hex * 2 for _ in APNS_CASES]
     normal = [uuid.uuid4().hex * 2 for _ in range(3)]
     for token, (status, body, headers, _want) in zip(odd, APNS_CASES, strict=True):
         emulator.fault(service="apns", token=token, status=status, body=body, headers=headers)
     sender = _in_loop(lambda: APNsSender(
         key=Path(info["apns_key"]).read_text(), key_id=info["apns_key_id"], team_id=info["apns_team_id"],
-        topic=info["apns_topic"], url=info["apns_production_url"], ca_file=info["ca_file"], connections=1, timeout=5))
+        topic=info["apns_topic"], url=info["apns_production_url"], ca_file=info["ca_file"], connections=1, timeout=5,
+        transport=transport))
     requests = [_request(t) for t in [*normal[:2], *odd, normal[2]]]
     outcomes = _send(sender, requests)
     assert [o.key for o in outcomes] == [r.key for r in requests]
@@ -86,7 +92,8 @@ def test_odd_apns_answers_are_each_their_own_pushs_outcome(emulator):
     assert emulator.stats()["connections"].get("apns-production") == 1
 
 
-def test_a_wrong_apns_key_id_or_team_id_is_a_permanent_error_of_the_pool_not_a_retry(emulator):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_wrong_apns_key_id_or_team_id_is_a_permanent_error_of_the_pool_not_a_retry(emulator, transport):
     """APNs refuses the provider token, the sender signs a fresh one and tries once more; refused
     again, the push is a permanent failure with the reason (its dead letter carries the hint),
     not eight retries. A refusal the fresh token mends (an expired one) is still just a retry."""
@@ -96,7 +103,7 @@ def test_a_wrong_apns_key_id_or_team_id_is_a_permanent_error_of_the_pool_not_a_r
         opts = {"key": Path(info["apns_key"]).read_text(), "key_id": info["apns_key_id"],
                 "team_id": info["apns_team_id"], **wrong}
         return _in_loop(lambda: APNsSender(**opts, topic=info["apns_topic"], url=info["apns_production_url"],
-                                           ca_file=info["ca_file"], connections=1, timeout=5))
+                                           ca_file=info["ca_file"], connections=1, timeout=5, transport=transport))
 
     for wrong in ({"key_id": "WRONGKEY01"}, {"team_id": "WRONGTEAM1"}):
         [o] = _send(sender(**wrong), [_request(uuid.uuid4().hex * 2)])

@@ -15,6 +15,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -163,15 +164,25 @@ async def _quiet(_request, _result) -> None:
 
 
 class APNsSender(Sender):
-    """One pool's key, one APNs host (production or sandbox)."""
+    """One pool's key, one APNs host (production or sandbox), over aioapns or libcurl
+    (``transport``, PUSHSYNC_APNS_TRANSPORT): the same requests, the same tables, the same outcomes."""
 
     def __init__(self, *, key: str, key_id: str, team_id: str, topic: str, url: str, ca_file: str | None,
-                 connections: int, timeout: float):
+                 connections: int, timeout: float, transport: str = "aioapns"):
         self.topic = topic
         self._timeout = timeout
+        self._token = ProviderToken(key, key_id, team_id)
+        self._curl = None
+        if transport == "curl":
+            from worker.senders.curl import CurlClient
+
+            self._curl = CurlClient(ca_file=ca_file, max_connections=connections)
+            self._base = url.rstrip("/") + "/3/device/"
+            self._static = [f"apns-topic: {topic}", "apns-push-type: background",
+                            f"apns-priority: {PRIORITY_BACKGROUND}", "content-type: application/json"]
+            return
         self._client = APNs(key=key, key_id=key_id, team_id=team_id, topic=topic, max_connections=connections,
                             max_connection_attempts=3, ssl_context=tls_context(ca_file, ["h2"]), err_func=_quiet)
-        self._token = ProviderToken(key, key_id, team_id)
         self._protocol = protocol_for(url, self._token)
         self._client.pool.protocol_class = self._protocol
 
@@ -186,28 +197,72 @@ class APNsSender(Sender):
         )
 
     async def send_one(self, req: PushRequest) -> Outcome:
-        note = self.request(req)
         for attempt in (1, 2):
             sent_at = time.time()
-            try:
-                result = await asyncio.wait_for(self._client.send_notification(note), self._timeout)
-            except TimeoutError:
-                return Outcome(req.device_id, Kind.RETRY, reason="timeout")
-            except Exception as exc:  # connection refused, dropped, TLS failure, max attempts
-                return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
-            status = int(result.status) if str(result.status).isdigit() else 0
-            reason = result.description if isinstance(result.description, str) else ""
-            retry_after = parse_retry_after(self._protocol.retry_after.pop(note.notification_id, None))
+            answer = await (self._exchange_curl(req) if self._curl is not None else self._exchange(req))
+            if isinstance(answer, Outcome):
+                return answer
+            status, reason, timestamp, retry_after = answer
             if status == 403 and reason in JWT_ERRORS and attempt == 1:
                 self._token.renew(refused_at=sent_at)
-                note = self.request(req)  # a new apns-id for the second try
-                continue
+                continue  # a new apns-id for the second try
             if status == 403 and reason == "InvalidProviderToken":
                 # refused again with a token signed after the first refusal: not the token's age
                 # but the pool's key id or team id, which no retry mends
                 return Outcome(req.device_id, Kind.PERMANENT, reason=reason, status=status)
-            return classify(req.device_id, status, reason, result.timestamp, retry_after)
+            return classify(req.device_id, status, reason, timestamp, retry_after)
         raise AssertionError("unreachable")
 
+    async def _exchange(self, req: PushRequest) -> Outcome | tuple[int, str, object, float | None]:
+        """One push over aioapns: (status, reason, timestamp, Retry-After), or the outcome of no answer."""
+        note = self.request(req)
+        try:
+            result = await asyncio.wait_for(self._client.send_notification(note), self._timeout)
+        except TimeoutError:
+            return Outcome(req.device_id, Kind.RETRY, reason="timeout")
+        except Exception as exc:  # connection refused, dropped, TLS failure, max attempts
+            return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+        status = int(result.status) if str(result.status).isdigit() else 0
+        reason = result.description if isinstance(result.description, str) else ""
+        return status, reason, result.timestamp, parse_retry_after(self._protocol.retry_after.pop(
+            note.notification_id, None))
+
+    async def _exchange_curl(self, req: PushRequest) -> Outcome | tuple[int, str, object, float | None]:
+        """One push over libcurl; a request the server did not process (GOAWAY, a refused stream)
+        goes once more, on whatever connection libcurl has then."""
+        from worker.senders.curl import TransportError
+
+        headers = [*self._static, f"authorization: {self._token.get_header()}", f"apns-id: {uuid.uuid4()}",
+                   f"apns-expiration: {int(time.time()) + EXPIRATION_SECONDS}",
+                   f"apns-collapse-id: {collapse_id(req.dataset)}"]
+        body = json.dumps({"aps": {"content-available": 1}, "data": req.data}, separators=(",", ":")).encode()
+        for again in (False, True):
+            try:
+                answer = await self._curl.post(self._base + req.token, headers, body, self._timeout)
+                break
+            except TransportError as exc:
+                if exc.unprocessed and not again:
+                    continue
+                return Outcome(req.device_id, Kind.RETRY, reason=exc.reason)
+        if answer.status == 200:
+            return 200, "", None, None
+        reason, timestamp = _error_body(answer.body)
+        return answer.status, reason, timestamp, parse_retry_after(answer.headers.get("retry-after"))
+
     async def close(self) -> None:
-        self._client.pool.close()
+        if self._curl is not None:
+            await self._curl.close()
+        else:
+            self._client.pool.close()
+
+
+def _error_body(raw: bytes) -> tuple[str, object]:
+    """(reason, timestamp) of an APNs error body; MALFORMED for one that is not a JSON object
+    with a reason (as the aioapns protocol above makes it)."""
+    try:
+        body = json.loads(raw.decode())
+    except (ValueError, UnicodeDecodeError):
+        return MALFORMED, None
+    if not isinstance(body, dict) or not isinstance(body.get("reason"), str) or not body["reason"]:
+        return MALFORMED, None
+    return body["reason"], body.get("timestamp")

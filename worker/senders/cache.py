@@ -25,7 +25,8 @@ def _build_sender(creds: PoolCredentials, platform: str, settings: Settings) -> 
     url = {"APNS": settings.apns_production_url, "APNS_SANDBOX": settings.apns_sandbox_url}[platform]
     return APNsSender(key=creds.apns_key, key_id=creds.apns_key_id, team_id=creds.apns_team_id,
                       topic=creds.apns_topic, url=url, ca_file=settings.ca_file,
-                      connections=settings.apns_connections, timeout=settings.send_timeout)
+                      connections=settings.apns_connections, timeout=settings.send_timeout,
+                      transport=settings.apns_transport)
 
 
 class Senders:

@@ -1,0 +1,35 @@
+"""URLs without their secrets, for logs and error messages: the password in the netloc and
+the query parameters that carry one."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+# Query parameters with a secret (libpq's password=, sslpassword=; redis-py's password=, sentinel_password=)
+_SECRET_PARAMS = ("password", "passwd", "secret", "token")
+
+
+def _redact_query(query: str) -> str:
+    out = []
+    for pair in query.split("&"):
+        name, eq, _value = pair.partition("=")
+        if eq and any(word in unquote(name).lower() for word in _SECRET_PARAMS):
+            pair = f"{name}=***"
+        out.append(pair)
+    return "&".join(out)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its secrets: the password in the netloc and secret query parameters."""
+    if ";" in url:  # a list of sentinel:// addresses
+        return ";".join(redact_url(u) for u in url.split(";"))
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart: show nothing of it that could be a secret
+        return "<unparsable URL>"
+    if parts.query:
+        parts = parts._replace(query=_redact_query(parts.query))
+    if password is not None:
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}")
+    return urlunsplit(parts)

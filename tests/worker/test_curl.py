@@ -1,0 +1,160 @@
+"""The APNs transports over the real protocol (the emulator's HTTP/2 with TLS and JWT), for what
+a transport must do beyond answers: one connection per (credentials, host), the server's limit on
+concurrent streams, GOAWAY, a per-request timeout, and a connection that stops answering. Each runs
+on both transports (PUSHSYNC_APNS_TRANSPORT); where aioapns, the reference, does less, the test says
+what it does instead, so a change in either shows up here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from worker.senders.apns import APNsSender
+from worker.senders.base import Kind
+
+from ..e2e.harness import Emulator
+from ..e2e.proxy import CuttableProxy
+from .test_sender_answers import LOOP, TRANSPORTS, _request
+
+HOST = "apns-production"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    emu = Emulator(tmp_path_factory.mktemp("transports"))
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def fresh(emulator):
+    emulator.reset()
+    yield emulator
+    emulator.reset()
+
+
+def _sender(emulator, transport: str, url: str | None = None, timeout: float = 5, connections: int = 1):
+    info = emulator.info
+
+    async def make():
+        return APNsSender(key=Path(info["apns_key"]).read_text(), key_id=info["apns_key_id"],
+                          team_id=info["apns_team_id"], topic=info["apns_topic"],
+                          url=url or info["apns_production_url"], ca_file=info["ca_file"], connections=connections,
+                          timeout=timeout, transport=transport)
+    return LOOP.run(make(), timeout=10)
+
+
+def _tokens(n: int) -> list[str]:
+    return [uuid.uuid4().hex * 2 for _ in range(n)]
+
+
+def _accepted(emulator) -> Counter:
+    return Counter(r["token"] for r in emulator.requests() if r["status"] == 200)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_many_pushes_at_once_share_one_connection(fresh, transport):
+    """90 pushes at once, fewer than the streams the server allows on one connection (100)."""
+    sender = _sender(fresh, transport, connections=4)
+    try:
+        outcomes = LOOP.run(sender.send([_request(t) for t in _tokens(90)]), timeout=60)
+        assert all(o.kind is Kind.OK for o in outcomes), (Counter(o.reason for o in outcomes), fresh.stats())
+        if transport == "curl":  # multiplexed: a second connection only when the first one's streams are full
+            assert fresh.stats()["connections"][HOST] == 1
+        else:  # aioapns opens up to its max_connections when pushes queue up
+            assert 1 <= fresh.stats()["connections"][HOST] <= 4
+    finally:
+        LOOP.run(sender.close(), timeout=10)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_servers_limit_on_concurrent_streams_is_honoured(fresh, transport):
+    """APNs lowers SETTINGS_MAX_CONCURRENT_STREAMS, to 1 at times, and refuses a stream past it
+    (REFUSED_STREAM: not processed). libcurl's transport sends a fresh connection's first push alone
+    (its answer comes after the server's SETTINGS), then keeps to the limit: every push accepted,
+    none refused. aioapns sends a burst before it has read the setting; when a stream of it is
+    refused (about one run in six here) the pushes behind it wait out their timeout and come back
+    as retries, which the batch path sends again: slower, nothing lost."""
+    fresh._call("POST", "/apns/settings", {"max_concurrent_streams": 1})
+    sender = _sender(fresh, transport, timeout=2)
+    try:
+        outcomes = LOOP.run(sender.send([_request(t) for t in _tokens(40)]), timeout=60)
+        refused = fresh.stats()["apns_refused_streams"]
+        assert refused.get("after settings", 0) == 0, refused
+        assert fresh.stats()["connections"][HOST] == 1
+        assert max(_accepted(fresh).values()) == 1
+        if transport == "curl":
+            assert [o.kind for o in outcomes] == [Kind.OK] * 40, (Counter(o.reason for o in outcomes), refused)
+            assert refused == {}
+        else:
+            assert all(o.kind in (Kind.OK, Kind.RETRY) for o in outcomes), Counter(o.reason for o in outcomes)
+    finally:
+        LOOP.run(sender.close(), timeout=10)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_goaway_sends_the_unprocessed_pushes_again_on_a_new_connection(fresh, transport):
+    """The server answers one push of a batch with GOAWAY (its last stream id the one before):
+    that push and every later one on the connection went unprocessed. libcurl's transport sends
+    them again on a new connection, once, as successes; aioapns makes them retries (the batch
+    path sends them later). Either way no push is accepted twice."""
+    tokens = _tokens(30)
+    fresh.fault(service="apns", token=tokens[10], goaway=True, count=1)
+    sender = _sender(fresh, transport)
+    try:
+        outcomes = LOOP.run(sender.send([_request(t) for t in tokens]), timeout=60)
+        accepted = _accepted(fresh)
+        assert max(accepted.values()) == 1  # nothing processed twice
+        ok = {t for t, o in zip(tokens, outcomes, strict=True) if o.kind is Kind.OK}
+        assert ok == set(accepted)  # an OK is an accepted push, a retry one that was not
+        if transport == "curl":
+            assert ok == set(tokens), [o.reason for o in outcomes if o.kind is not Kind.OK]
+            assert fresh.stats()["connections"][HOST] == 2
+        else:
+            assert all(o.kind in (Kind.OK, Kind.RETRY) for o in outcomes)
+    finally:
+        LOOP.run(sender.close(), timeout=10)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_push_past_its_timeout_is_a_retry_and_the_others_go_on(fresh, transport):
+    slow, others = _tokens(1)[0], _tokens(5)
+    fresh.fault(service="apns", token=slow, stall=True)
+    sender = _sender(fresh, transport, timeout=1)
+    try:
+        started = time.monotonic()
+        outcomes = LOOP.run(sender.send([_request(t) for t in [slow, *others]]), timeout=30)
+        assert time.monotonic() - started < 3
+        assert (outcomes[0].kind, outcomes[0].reason) == (Kind.RETRY, "timeout")
+        assert all(o.kind is Kind.OK for o in outcomes[1:])
+    finally:
+        fresh.clear_faults()
+        LOOP.run(sender.close(), timeout=10)
+
+
+def test_a_connection_that_stops_answering_is_left_for_a_new_one(fresh):
+    """Behind a proxy that blackholes it for good (an address that moved: the old connection
+    never answers again, new ones do): the first push times out, the next one goes through on a
+    new connection instead of timing out on the dead one. (aioapns keeps the dead connection: it
+    is not run here; its pushes time out until the pool's connection breaks.)"""
+    port = int(fresh.info["apns_production_url"].rsplit(":", 1)[1])
+    proxy = CuttableProxy(port)
+    sender = _sender(fresh, "curl", url=f"https://127.0.0.1:{proxy.port}", timeout=1)
+    try:
+        [first] = LOOP.run(sender.send([_request(_tokens(1)[0])]), timeout=30)
+        assert first.kind is Kind.OK
+        proxy.blackhole(True)
+        [lost] = LOOP.run(sender.send([_request(_tokens(1)[0])]), timeout=30)
+        assert (lost.kind, lost.reason) == (Kind.RETRY, "timeout")
+        proxy.blackhole(False, forget=True)
+        [after] = LOOP.run(sender.send([_request(_tokens(1)[0])]), timeout=30)
+        assert after.kind is Kind.OK, after
+        assert sender._curl.retirements == 1
+        assert fresh.stats()["connections"][HOST] == 2
+    finally:
+        LOOP.run(sender.close(), timeout=10)
+        proxy.close()
