@@ -10,7 +10,16 @@ from store.db import session_scope
 from worker import ingest, intake, metrics
 
 from ..conftest import IDENT, POOL
+from ..e2e.harness import Emulator
 from . import harness
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The emulators in a process of their own, one per test module (the sender tests)."""
+    emu = Emulator(tmp_path_factory.mktemp("emulator"))
+    yield emu
+    emu.stop()
 
 FCM_ONLY = {"type": "service_account", "project_id": "p", "private_key": "k", "client_email": "e",
             "token_uri": "https://t"}

@@ -16,18 +16,10 @@ import pytest
 from worker.senders.apns import APNsSender
 from worker.senders.base import Kind
 
-from ..e2e.harness import Emulator
 from ..e2e.proxy import CuttableProxy
 from .test_sender_answers import LOOP, TRANSPORTS, _request
 
 HOST = "apns-production"
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = Emulator(tmp_path_factory.mktemp("transports"))
-    yield emu
-    emu.stop()
 
 
 @pytest.fixture

@@ -15,16 +15,7 @@ from worker.senders.apns import MALFORMED, APNsSender
 from worker.senders.base import MAX_RETRY_AFTER, Kind, PushRequest
 from worker.senders.fcm import FCMSender
 
-from ..e2e.harness import Emulator
-
 LOOP = aio.Loop()  # the sending loop, as a worker's context holds it
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    emu = Emulator(tmp_path_factory.mktemp("answers"))
-    yield emu
-    emu.stop()
 
 
 def _request(token: str) -> PushRequest:
