@@ -15,7 +15,6 @@ import json
 import math
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -232,7 +231,8 @@ class APNsSender(Sender):
         goes once more, on whatever connection libcurl has then."""
         from worker.senders.curl import TransportError
 
-        headers = [*self._static, f"authorization: {self._token.get_header()}", f"apns-id: {uuid.uuid4()}",
+        # no apns-id: APNs makes one (nothing here reads it back)
+        headers = [*self._static, f"authorization: {self._token.get_header()}",
                    f"apns-expiration: {int(time.time()) + EXPIRATION_SECONDS}",
                    f"apns-collapse-id: {collapse_id(req.dataset)}"]
         body = json.dumps({"aps": {"content-available": 1}, "data": req.data}, separators=(",", ":")).encode()

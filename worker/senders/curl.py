@@ -51,8 +51,13 @@ class TransportError(Exception):
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: dict[str, str]  # lower-case names; the last value of a repeated header
+    head: list[bytes]  # the raw header lines, read only when asked (a 200 needs none)
     body: bytes
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; the last value of a repeated header."""
+        return _headers(self.head)
 
 
 class _Multi:
@@ -118,7 +123,7 @@ class _Multi:
             if error is not None:
                 future.set_exception(error)
             else:
-                future.set_result(Answer(handle.getinfo(pycurl.RESPONSE_CODE), _headers(head), body.getvalue()))
+                future.set_result(Answer(handle.getinfo(pycurl.RESPONSE_CODE), head, body.getvalue()))
         self.on_done(self, handle, error)
 
     def add(self, handle: pycurl.Curl, future: asyncio.Future, out: BytesIO, head: list[bytes]) -> None:
@@ -170,8 +175,7 @@ class CurlClient:
             self._retired.append(multi)
             self._current = self._new_multi()
             self.retirements += 1
-        handle.reset()
-        if len(self._free) < FREE_HANDLES and not self._closed:
+        if len(self._free) < FREE_HANDLES and not self._closed:  # kept with its options: each post sets its own
             self._free.append(handle)
         else:
             handle.close()
@@ -186,16 +190,14 @@ class CurlClient:
     async def post(self, url: str, headers: list[str], body: bytes, timeout: float) -> Answer:
         if self._closed:
             raise TransportError("connection: client closed")
-        handle = self._free.pop() if self._free else pycurl.Curl()
+        handle = self._free.pop() if self._free else self._new_handle()
         out, head = BytesIO(), []
-        for option, value in ((pycurl.URL, url), (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS),
-                              (pycurl.PIPEWAIT, 1), (pycurl.POST, 1), (pycurl.POSTFIELDS, body),
-                              (pycurl.HTTPHEADER, headers), (pycurl.WRITEFUNCTION, out.write),
-                              (pycurl.HEADERFUNCTION, head.append), (pycurl.TIMEOUT_MS, max(1, int(timeout * 1000))),
-                              (pycurl.NOSIGNAL, 1)):
-            handle.setopt(option, value)
-        if self._ca_file:
-            handle.setopt(pycurl.CAINFO, self._ca_file)
+        handle.setopt(pycurl.URL, url)
+        handle.setopt(pycurl.POSTFIELDS, body)
+        handle.setopt(pycurl.HTTPHEADER, headers)
+        handle.setopt(pycurl.WRITEFUNCTION, out.write)
+        handle.setopt(pycurl.HEADERFUNCTION, head.append)
+        handle.setopt(pycurl.TIMEOUT_MS, max(1, int(timeout * 1000)))
         multi, first = await self._multi_for_next()
         future = self._loop.create_future()
         multi.add(handle, future, out, head)
@@ -207,6 +209,17 @@ class CurlClient:
         finally:
             if first and not multi.warm.done():
                 multi.warm.set_result(None)
+
+    def _new_handle(self) -> pycurl.Curl:
+        """An easy handle with what every request shares set once."""
+        handle = pycurl.Curl()
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
+        handle.setopt(pycurl.PIPEWAIT, 1)
+        handle.setopt(pycurl.POST, 1)
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        if self._ca_file:
+            handle.setopt(pycurl.CAINFO, self._ca_file)
+        return handle
 
     async def _multi_for_next(self) -> tuple[_Multi, bool]:
         """The multi handle a request goes to, and whether it is that handle's first. A fresh
