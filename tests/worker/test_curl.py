@@ -150,3 +150,19 @@ def test_a_connection_that_stops_answering_is_left_for_a_new_one(fresh):
     finally:
         LOOP.run(sender.close(), timeout=10)
         proxy.close()
+
+
+
+def test_an_answer_body_is_read_up_to_its_bound_and_no_further():
+    """The write callback keeps at most MAX_BODY bytes of an answer; the chunk that would pass it
+    is refused (0: libcurl ends the transfer with CURLE_WRITE_ERROR, which the sender makes a
+    retry). (The emulator cannot send a body past HTTP/2's flow-control window to test it whole.)"""
+    from io import BytesIO
+
+    from worker.senders.curl import MAX_BODY, _bounded
+
+    out = BytesIO()
+    write = _bounded(out)
+    assert write(b"x" * (MAX_BODY - 10)) is None and write(b"y" * 10) is None  # exactly the bound: kept
+    assert write(b"z") == 0  # one byte past it: refused
+    assert out.getvalue() == b"x" * (MAX_BODY - 10) + b"y" * 10

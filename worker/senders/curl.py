@@ -34,6 +34,9 @@ E_HTTP2_STREAM = 92  # CURLE_HTTP2_STREAM, which pycurl 7.49 does not name
 # any answer): safe to send once more
 _UNPROCESSED = {E_HTTP2_STREAM, pycurl.E_HTTP2, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING}
 FREE_HANDLES = 256
+# The longest answer body read (APNs error bodies are a few dozen bytes, FCM's under 1 KiB): a body
+# past it ends the request as a transport error, a retry, instead of filling memory.
+MAX_BODY = 64 << 10
 
 
 class TransportError(Exception):
@@ -195,7 +198,7 @@ class CurlClient:
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.POSTFIELDS, body)
         handle.setopt(pycurl.HTTPHEADER, headers)
-        handle.setopt(pycurl.WRITEFUNCTION, out.write)
+        handle.setopt(pycurl.WRITEFUNCTION, _bounded(out))
         handle.setopt(pycurl.HEADERFUNCTION, head.append)
         handle.setopt(pycurl.TIMEOUT_MS, max(1, int(timeout * 1000)))
         multi, first = await self._multi_for_next()
@@ -246,6 +249,15 @@ class CurlClient:
         for handle in self._free:
             handle.close()
         self._free.clear()
+
+
+def _bounded(out: BytesIO):
+    def write(chunk: bytes) -> int | None:
+        if out.tell() + len(chunk) > MAX_BODY:
+            return 0  # not what was given: libcurl aborts the transfer (CURLE_WRITE_ERROR)
+        out.write(chunk)
+        return None
+    return write
 
 
 def _headers(lines: list[bytes]) -> dict[str, str]:
