@@ -23,6 +23,7 @@ from aioapns import APNs, NotificationRequest, PushType
 from aioapns.connection import APNsTLSClientProtocol, AuthorizationHeaderProvider
 
 from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id, parse_retry_after, tls_context
+from worker.senders.curl import CurlClient, TransportError
 
 # Error table: (HTTP status, reason) -> outcome kind.
 # https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns
@@ -173,8 +174,6 @@ class APNsSender(Sender):
         self._token = ProviderToken(key, key_id, team_id)
         self._curl = None
         if transport == "curl":
-            from worker.senders.curl import CurlClient
-
             self._curl = CurlClient(ca_file=ca_file, max_connections=connections)
             self._base = url.rstrip("/") + "/3/device/"
             self._static = [f"apns-topic: {topic}", "apns-push-type: background",
@@ -229,8 +228,6 @@ class APNsSender(Sender):
     async def _exchange_curl(self, req: PushRequest) -> Outcome | tuple[int, str, object, float | None]:
         """One push over libcurl; a request the server did not process (GOAWAY, a refused stream)
         goes once more, on whatever connection libcurl has then."""
-        from worker.senders.curl import TransportError
-
         # no apns-id: APNs makes one (nothing here reads it back)
         headers = [*self._static, f"authorization: {self._token.get_header()}",
                    f"apns-expiration: {int(time.time()) + EXPIRATION_SECONDS}",
