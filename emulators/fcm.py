@@ -4,6 +4,7 @@ The token endpoint takes a JWT-bearer grant (RFC 7523) signed with the service a
 RSA key, as google-auth sends it, and checks its signature, issuer, audience and scope. The
 send endpoint takes only tokens it issued, and answers errors in the shape of the v1 API:
 {"error": {"code", "message", "status", "details": [{"@type": ...FcmError, "errorCode"}]}}.
+Both endpoints speak HTTP/2 and HTTP/1.1, chosen by ALPN, as Google's do (emulators/h2http.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
 import time
 
@@ -58,6 +60,11 @@ class FCMEmulator:
         app.router.add_post("/v1/projects/{project}/messages:send", self.send)
         return app
 
+    def routes(self) -> list:
+        """The same endpoints for the HTTP/2 side (emulators/h2http.py)."""
+        return [("POST", re.compile(r"/token"), self.token),
+                ("POST", re.compile(r"/v1/projects/(?P<project>[^/]+)/messages:send"), self.send)]
+
     async def token(self, request: web.Request) -> web.Response:
         self.state.saw_peer("fcm-token", request.transport.get_extra_info("peername"))
         fault = self.state.fault_for("oauth", None)
@@ -100,18 +107,12 @@ class FCMEmulator:
         token = message.get("token") if isinstance(message, dict) else None
         auth = request.headers.get("Authorization", "")
         entry = {"service": "fcm", "host": None, "authority": request.host, "project": project, "token": token,
+                 "http": "2" if request.version[0] == 2 else "1.1",
                  "auth_id": hashlib.sha256(auth.encode()).hexdigest()[:12],
                  "headers": {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"},
                  "body": message, "data": message.get("data") if isinstance(message, dict) else None}
         fault = self.state.fault_for("fcm", token)
-        if fault and fault.latency:
-            await asyncio.sleep(fault.latency)
-        if fault and fault.stall:
-            await self.state.stalled(fault)
-        if fault and (fault.drop or fault.stall):
-            self.state.record({**entry, "status": 0, "reason": "dropped"})
-            request.transport.abort()
-            raise ConnectionResetError("dropped by fault rule")
+        await self._unanswered(request, entry, fault)
         response = self._check(request, project, message, token)
         if response is None and fault and fault.body is not None:
             response = web.Response(status=fault.status or 400, body=fault.body.encode(),
@@ -134,6 +135,25 @@ class FCMEmulator:
             reason = err["details"][0]["errorCode"] if err["details"] else err["status"]
         self.state.record({**entry, "status": response.status, "reason": reason})
         return response
+
+    async def _unanswered(self, request, entry: dict, fault) -> None:
+        """The fault rules that leave a message without an answer: GOAWAY, latency, drop, stall."""
+        if fault and fault.goaway:
+            self.state.record({**entry, "status": 0, "reason": "goaway"})
+            goaway = getattr(request, "goaway", None)  # an HTTP/2 request's (emulators/h2http.py)
+            if goaway is not None:
+                goaway()
+            else:  # HTTP/1.1 has no GOAWAY: the connection ends
+                request.transport.abort()
+            raise ConnectionResetError("goaway by fault rule")
+        if fault and fault.latency:
+            await asyncio.sleep(fault.latency)
+        if fault and fault.stall:
+            await self.state.stalled(fault)
+        if fault and (fault.drop or fault.stall):
+            self.state.record({**entry, "status": 0, "reason": "dropped"})
+            request.transport.abort()
+            raise ConnectionResetError("dropped by fault rule")
 
     def _check(self, request: web.Request, project: str, message, token) -> web.Response | None:
         auth = request.headers.get("Authorization", "")

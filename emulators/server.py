@@ -36,6 +36,7 @@ from aiohttp import web
 from emulators.apns import APNsProtocol, KeyRing
 from emulators.certs import DEMO_KEY_ID, DEMO_TEAM_ID, DEMO_TOPIC, ensure_material
 from emulators.fcm import FCMEmulator
+from emulators.h2http import ALPNSwitch
 from emulators.state import Fault, State
 
 
@@ -124,6 +125,24 @@ async def _apns_servers(args: argparse.Namespace, state: State, keys: KeyRing, p
     return servers, ports
 
 
+async def _fcm_server(state: State, token_uri: str, paths: dict, sock: socket.socket, servers: list) -> web.AppRunner:
+    """FCM's send and token endpoints on one TLS port, HTTP/2 or HTTP/1.1 by ALPN."""
+    fcm = FCMEmulator(state, token_uri)
+    fcm.add_account(json.loads(Path(paths["service_account"]).read_text()))
+    # a stop does not wait for requests a fault holds (a stalled token endpoint sleeps a minute)
+    fcm_runner = web.AppRunner(fcm.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await fcm_runner.setup()
+    routes = fcm.routes()
+
+    def counting_factory():
+        state.connections["fcm"] += 1
+        return ALPNSwitch(routes, fcm_runner.server)
+
+    loop = asyncio.get_running_loop()
+    servers.append(await loop.create_server(counting_factory, sock=sock, ssl=_tls(paths, ["h2", "http/1.1"])))
+    return fcm_runner
+
+
 async def serve(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -141,17 +160,7 @@ async def serve(args: argparse.Namespace) -> None:
     keys.add(DEMO_KEY_ID, DEMO_TEAM_ID, Path(paths["apns_key"]).read_bytes(), {DEMO_TOPIC})
     servers, ports = await _apns_servers(args, state, keys, paths)
 
-    fcm = FCMEmulator(state, token_uri)
-    fcm.add_account(json.loads(Path(paths["service_account"]).read_text()))
-    # a stop does not wait for requests a fault holds (a stalled token endpoint sleeps a minute)
-    fcm_runner = web.AppRunner(fcm.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await fcm_runner.setup()
-
-    def counting_factory():
-        state.connections["fcm"] += 1
-        return fcm_runner.server()
-
-    servers.append(await loop.create_server(counting_factory, sock=fcm_sock, ssl=_tls(paths)))
+    fcm_runner = await _fcm_server(state, token_uri, paths, fcm_sock, servers)
     control_runner = web.AppRunner(control_app(state), access_log=None, handle_signals=False)
     await control_runner.setup()
     control_sock = _bind(host, args.control_port)

@@ -27,8 +27,9 @@ class Fault:
     latency: float = 0.0
     drop: bool = False
     stall: bool = False
-    # APNs: answer GOAWAY to this request, leaving it and every later stream of its connection
-    # unprocessed (last stream id: the one before it), and close the connection a moment later
+    # HTTP/2 (APNs, FCM): answer GOAWAY to this request, leaving it and every later stream of its
+    # connection unprocessed (last stream id: the one before it), and close the connection a moment
+    # later; FCM over HTTP/1.1: the connection dropped
     goaway: bool = False
     # answer with this raw body (and these extra headers) instead of a well-formed one:
     # malformed upstream answers, for the senders' robustness tests

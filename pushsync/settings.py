@@ -73,8 +73,10 @@ class Settings:
     # the store: the longest a statement may take (0: half the soft time limit, at most 20 s); a
     # lock wait gets half of it, connecting at most 10 s
     store_timeout: float = 0.0
-    # how APNs pushes travel: "aioapns" (hyper-h2 on asyncio) or "curl" (libcurl's multi interface)
+    # how pushes travel: APNs "aioapns" (hyper-h2 on asyncio), FCM "aiohttp" (HTTP/1.1), or for
+    # either "curl" (libcurl's multi interface, HTTP/2 multiplexed)
     apns_transport: str = "aioapns"
+    fcm_transport: str = "aiohttp"
 
     @property
     def redeliver_after(self) -> float:
@@ -110,7 +112,8 @@ class Settings:
         return out
 
 
-TRANSPORTS = ("aioapns", "curl")
+# the transports each platform's sender can use (PUSHSYNC_*_TRANSPORT)
+TRANSPORTS = {"PUSHSYNC_APNS_TRANSPORT": ("aioapns", "curl"), "PUSHSYNC_FCM_TRANSPORT": ("aiohttp", "curl")}
 
 # variable name -> (field, kind, lower bound for numbers)
 _VARS: dict[str, tuple[str, str, float | None]] = {
@@ -157,6 +160,7 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_BROKER_PASSWORD": ("broker_password", "password", None),
     "PUSHSYNC_HEALTH_STALL": ("health_stall", "float", 1.0),
     "PUSHSYNC_APNS_TRANSPORT": ("apns_transport", "transport", None),
+    "PUSHSYNC_FCM_TRANSPORT": ("fcm_transport", "transport", None),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up
@@ -200,8 +204,8 @@ def _parse(name: str, kind: str, low: float | None, raw: str) -> object:
             raise SettingsError(f"{name}: expected a name without spaces, got {raw!r}")
         return raw
     if kind == "transport":
-        if raw not in TRANSPORTS:
-            raise SettingsError(f"{name}: expected one of {', '.join(TRANSPORTS)}, got {raw!r}")
+        if raw not in TRANSPORTS[name]:
+            raise SettingsError(f"{name}: expected one of {', '.join(TRANSPORTS[name])}, got {raw!r}")
         return raw
     if kind == "file":
         if not os.path.isfile(raw):

@@ -42,19 +42,20 @@ def test_each_platform_reaches_its_endpoint_with_the_contract_payload(pipe, emul
     _each_platform(pipe, emulator)
 
 
-def test_the_curl_transport_sends_apns_the_same_requests(tmp_path, emulator):
-    """PUSHSYNC_APNS_TRANSPORT=curl through a real worker: the same hosts, headers and payloads."""
+def test_the_curl_transport_sends_the_same_requests(tmp_path, emulator):
+    """PUSHSYNC_APNS_TRANSPORT=curl and PUSHSYNC_FCM_TRANSPORT=curl through a real worker: the same
+    hosts, headers and payloads; FCM's over HTTP/2."""
     curl = Pipeline(tmp_path, emulator, f"sqlite:///{tmp_path}/store.db", broker_db=14,
-                    extra_env={"PUSHSYNC_APNS_TRANSPORT": "curl"})
+                    extra_env={"PUSHSYNC_APNS_TRANSPORT": "curl", "PUSHSYNC_FCM_TRANSPORT": "curl"})
     try:
         curl.create_pool(POOL)
         curl.start_worker("-c", "1")
-        _each_platform(curl, emulator)
+        _each_platform(curl, emulator, fcm_http="2")
     finally:
         curl.stop_workers()
 
 
-def _each_platform(pipe: Pipeline, emulator) -> None:
+def _each_platform(pipe: Pipeline, emulator, fcm_http: str = "1.1") -> None:
     ident = new_identity()
     pipe.device(POOL, ident, "GCM", "fcm-token-aaa", datasets=("contacts",))
     pipe.device(POOL, ident, "APNS", "AAAA0001", datasets=("contacts",))
@@ -68,7 +69,7 @@ def _each_platform(pipe: Pipeline, emulator) -> None:
             "syncCount": "42"}
     by_service = {(r["service"], r["host"]): r for r in pushes}
     fcm = by_service[("fcm", None)]
-    assert fcm["status"] == 200 and fcm["token"] == "fcm-token-aaa"
+    assert fcm["status"] == 200 and fcm["token"] == "fcm-token-aaa" and fcm["http"] == fcm_http
     assert fcm["body"]["data"] == five
     assert fcm["body"]["android"]["collapse_key"] == "contacts"
     assert "notification" not in fcm["body"]

@@ -147,3 +147,10 @@ def test_the_apns_transport_is_one_of_the_two():
     assert load_settings({"PUSHSYNC_APNS_TRANSPORT": "curl"}).apns_transport == "curl"
     with pytest.raises(SettingsError, match="PUSHSYNC_APNS_TRANSPORT: expected one of aioapns, curl, got 'hyper'"):
         load_settings({"PUSHSYNC_APNS_TRANSPORT": "hyper"})
+
+
+def test_the_fcm_transport_is_one_of_the_two():
+    assert load_settings({}).fcm_transport == "aiohttp"
+    assert load_settings({"PUSHSYNC_FCM_TRANSPORT": "curl"}).fcm_transport == "curl"
+    with pytest.raises(SettingsError, match="PUSHSYNC_FCM_TRANSPORT: expected one of aiohttp, curl, got 'aioapns'"):
+        load_settings({"PUSHSYNC_FCM_TRANSPORT": "aioapns"})

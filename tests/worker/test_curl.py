@@ -1,4 +1,4 @@
-"""The APNs transports over the real protocol (the emulator's HTTP/2 with TLS and JWT), for what
+"""The transports over the real protocols (the emulators: HTTP/2 with TLS and JWT, FCM's HTTP v1), for what
 a transport must do beyond answers: one connection per (credentials, host), the server's limit on
 concurrent streams, GOAWAY, a per-request timeout, and a connection that stops answering. Each runs
 on both transports (PUSHSYNC_APNS_TRANSPORT); where aioapns, the reference, does less, the test says
@@ -6,6 +6,7 @@ what it does instead, so a change in either shows up here."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
@@ -15,9 +16,10 @@ import pytest
 
 from worker.senders.apns import APNsSender
 from worker.senders.base import Kind
+from worker.senders.fcm import FCMSender
 
 from ..e2e.proxy import CuttableProxy
-from .test_sender_answers import LOOP, TRANSPORTS, _request
+from .test_sender_answers import FCM_TRANSPORTS, LOOP, TRANSPORTS, _request
 
 HOST = "apns-production"
 
@@ -166,3 +168,76 @@ def test_an_answer_body_is_read_up_to_its_bound_and_no_further():
     assert write(b"x" * (MAX_BODY - 10)) is None and write(b"y" * 10) is None  # exactly the bound: kept
     assert write(b"z") == 0  # one byte past it: refused
     assert out.getvalue() == b"x" * (MAX_BODY - 10) + b"y" * 10
+
+
+# FCM HTTP v1 over both transports (PUSHSYNC_FCM_TRANSPORT): the emulator offers h2 and http/1.1 by
+# ALPN, as Google's endpoint does; aiohttp speaks HTTP/1.1, libcurl HTTP/2.
+
+
+def _fcm_sender(emulator, transport: str, timeout: float = 5, connections: int = 4):
+    info = emulator.info
+
+    async def make():
+        return FCMSender(json.loads(Path(info["service_account"]).read_text()), fcm_url=info["fcm_url"],
+                         ca_file=info["ca_file"], connections=connections, timeout=timeout, transport=transport)
+    return LOOP.run(make(), timeout=10)
+
+
+def _fcm_tokens(n: int) -> list[str]:
+    return [f"fcm-{uuid.uuid4().hex}" for _ in range(n)]
+
+
+@pytest.mark.parametrize("transport", FCM_TRANSPORTS)
+def test_fcm_messages_at_once_share_one_http2_connection(fresh, transport):
+    sender = _fcm_sender(fresh, transport)
+    try:
+        outcomes = LOOP.run(sender.send([_request(t) for t in _fcm_tokens(60)]), timeout=60)
+        assert all(o.kind is Kind.OK for o in outcomes), Counter(o.reason for o in outcomes)
+        sent = [r for r in fresh.requests() if r["service"] == "fcm"]
+        peers = fresh.stats()["connections"]["fcm-send-peers"]
+        if transport == "curl":
+            assert {r["http"] for r in sent} == {"2"} and peers == 1
+        else:  # a pool of HTTP/1.1 connections, one message at a time on each
+            assert {r["http"] for r in sent} == {"1.1"} and 1 <= peers <= 4
+    finally:
+        LOOP.run(sender.close(), timeout=10)
+
+
+@pytest.mark.parametrize("transport", FCM_TRANSPORTS)
+def test_an_expired_oauth_token_is_fetched_again_once_and_the_message_goes(fresh, transport):
+    """401 without an FcmError: the access token expired; a new one, then the same message again."""
+    token = _fcm_tokens(1)[0]
+    fresh.fault(service="fcm", token=token, status=401, count=1)
+    sender = _fcm_sender(fresh, transport)
+    try:
+        [o] = LOOP.run(sender.send([_request(token)]), timeout=30)
+        assert o.kind is Kind.OK, o
+        assert fresh.stats()["oauth_tokens_issued"] == 2
+        assert _accepted(fresh)[token] == 1
+    finally:
+        LOOP.run(sender.close(), timeout=10)
+
+
+@pytest.mark.parametrize("transport", FCM_TRANSPORTS)
+def test_an_fcm_goaway_or_stall_loses_no_message_and_sends_none_twice(fresh, transport):
+    """A GOAWAY in the middle of a batch (over HTTP/1.1 the connection drops instead) and one message
+    that stalls past its timeout: the unprocessed ones go again on a new connection over libcurl (which
+    resends a request a GOAWAY left unprocessed itself; the sender's own second try is for the errors
+    it gives up on), aiohttp makes them retries; the stalled one is a retry on both; nothing is
+    accepted twice."""
+    tokens = _fcm_tokens(30)
+    fresh.fault(service="fcm", token=tokens[10], goaway=True, count=1)
+    fresh.fault(service="fcm", token=tokens[20], stall=True)
+    sender = _fcm_sender(fresh, transport, timeout=1, connections=1)
+    try:
+        outcomes = LOOP.run(sender.send([_request(t) for t in tokens]), timeout=60)
+        accepted = _accepted(fresh)
+        assert max(accepted.values()) == 1
+        ok = {t for t, o in zip(tokens, outcomes, strict=True) if o.kind is Kind.OK}
+        assert ok == set(accepted) and tokens[20] not in ok
+        assert all(o.kind in (Kind.OK, Kind.RETRY) for o in outcomes)
+        if transport == "curl":
+            assert ok == set(tokens) - {tokens[20]}, [o.reason for o in outcomes if o.kind is not Kind.OK]
+    finally:
+        fresh.clear_faults()
+        LOOP.run(sender.close(), timeout=10)

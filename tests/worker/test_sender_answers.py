@@ -56,6 +56,7 @@ APNS_CASES = [
 
 
 TRANSPORTS = ("aioapns", "curl")  # PUSHSYNC_APNS_TRANSPORT: every APNs test here runs on both
+FCM_TRANSPORTS = ("aiohttp", "curl")  # PUSHSYNC_FCM_TRANSPORT: and every FCM test
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -118,14 +119,16 @@ FCM_CASES = [
 ]
 
 
-def test_odd_fcm_answers_are_each_their_own_pushs_outcome(emulator):
+@pytest.mark.parametrize("transport", FCM_TRANSPORTS)
+def test_odd_fcm_answers_are_each_their_own_pushs_outcome(emulator, transport):
     info = emulator.info
     odd = [f"fcm-odd-{uuid.uuid4().hex}" for _ in FCM_CASES]
     normal = [f"fcm-ok-{uuid.uuid4().hex}" for _ in range(3)]
     for token, (status, body, headers, _want) in zip(odd, FCM_CASES, strict=True):
         emulator.fault(service="fcm", token=token, status=status, body=body, headers=headers)
     sender = _in_loop(lambda: FCMSender(json.loads(Path(info["service_account"]).read_text()),
-                                        fcm_url=info["fcm_url"], ca_file=info["ca_file"], connections=2, timeout=5))
+                                        fcm_url=info["fcm_url"], ca_file=info["ca_file"], connections=2, timeout=5,
+                                        transport=transport))
     requests = [_request(t) for t in [*normal[:2], *odd, normal[2]]]
     outcomes = _send(sender, requests)
     got = {r.token: o for r, o in zip(requests, outcomes, strict=True)}
@@ -155,7 +158,8 @@ def test_an_apns_connection_keeps_no_record_of_answered_pushes(emulator):
         LOOP.run(sender.close(), timeout=10)
 
 
-def test_a_stalled_oauth_endpoint_costs_a_batch_its_send_timeout_and_the_next_nothing(emulator):
+@pytest.mark.parametrize("transport", FCM_TRANSPORTS)
+def test_a_stalled_oauth_endpoint_costs_a_batch_its_send_timeout_and_the_next_nothing(emulator, transport):
     """FCM's token endpoint accepts the connection and does not answer (google-auth alone would
     wait 120 s): the batch's pushes come back as retries within the sender's timeout, a batch
     right after it does not wait again, and once the endpoint answers the pushes go through."""
@@ -166,7 +170,8 @@ def test_a_stalled_oauth_endpoint_costs_a_batch_its_send_timeout_and_the_next_no
     info = emulator.info
     emulator.fault(service="oauth", latency=60)
     sender = _in_loop(lambda: FCMSender(json.loads(Path(info["service_account"]).read_text()),
-                                        fcm_url=info["fcm_url"], ca_file=info["ca_file"], connections=2, timeout=1))
+                                        fcm_url=info["fcm_url"], ca_file=info["ca_file"], connections=2, timeout=1,
+                                        transport=transport))
     try:
         started = time.monotonic()
         first = LOOP.run(sender.send([_request(f"fcm-{uuid.uuid4().hex}") for _ in range(3)]), timeout=30)

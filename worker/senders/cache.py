@@ -20,7 +20,8 @@ CLOSE_GRACE = 30.0
 def _build_sender(creds: PoolCredentials, platform: str, settings: Settings) -> Sender:
     if platform == "GCM":
         return FCMSender(creds.fcm_service_account, fcm_url=settings.fcm_url, ca_file=settings.ca_file,
-                         connections=settings.fcm_connections, timeout=settings.send_timeout)
+                         connections=settings.fcm_connections, timeout=settings.send_timeout,
+                         transport=settings.fcm_transport)
     # each platform names its host exactly; DeliveryBatch refuses any other platform name
     url = {"APNS": settings.apns_production_url, "APNS_SANDBOX": settings.apns_sandbox_url}[platform]
     return APNsSender(key=creds.apns_key, key_id=creds.apns_key_id, team_id=creds.apns_team_id,

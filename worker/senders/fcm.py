@@ -2,8 +2,8 @@
 
 Only public APIs of the libraries: google-auth's service-account credentials give the OAuth2
 token (fetched from the file's ``token_uri``, refreshed through a requests session that trusts
-PUSHSYNC_CA_FILE), pyfcm's ``parse_payload`` builds the message, and the HTTP requests go
-through one aiohttp session per worker process so that connections are pooled and reused.
+PUSHSYNC_CA_FILE), pyfcm's ``parse_payload`` builds the message, and the messages go through one
+aiohttp session per sender (pooled HTTP/1.1 connections, reused) or one libcurl client (HTTP/2).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from google.oauth2 import service_account
 from pyfcm import FCMNotification
 
 from worker.senders.base import Kind, Outcome, PushRequest, Sender, parse_retry_after, tls_context
+from worker.senders.curl import CurlClient, TransportError
 
 # Error table: (HTTP status, FcmError errorCode) -> outcome kind.
 # https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
@@ -129,7 +130,12 @@ class OAuthUnavailable(Exception):
 
 
 class FCMSender(Sender):
-    def __init__(self, account: dict, *, fcm_url: str, ca_file: str | None, connections: int, timeout: float):
+    """One service account's sender, over aiohttp (HTTP/1.1, a pool of ``connections``) or libcurl
+    (HTTP/2, multiplexed on one connection, more only when its streams are full): ``transport``,
+    PUSHSYNC_FCM_TRANSPORT. The same messages, the same tables, the same outcomes."""
+
+    def __init__(self, account: dict, *, fcm_url: str, ca_file: str | None, connections: int, timeout: float,
+                 transport: str = "aiohttp"):
         self._credentials = service_account.Credentials.from_service_account_info(account, scopes=SCOPES)
         self._token_session = _VerifyingSession()
         self._token_session.verify = _ca_bundle(ca_file)
@@ -140,6 +146,7 @@ class FCMSender(Sender):
         self._connections = connections
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._curl = CurlClient(ca_file=ca_file, max_connections=connections) if transport == "curl" else None
         self._auth: str | None = None
         self._auth_expires = 0.0
         self._auth_lock = asyncio.Lock()
@@ -197,13 +204,10 @@ class FCMSender(Sender):
         body = self.message(req)
         auth = await self._authorization()
         for attempt in (1, 2):
-            try:
-                async with self._http().post(self._url, data=body, headers={
-                        "Authorization": auth, "Content-Type": "application/json"}) as resp:
-                    text = await resp.text()
-                    status, retry_after = resp.status, resp.headers.get("Retry-After")
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+            answer = await (self._post_curl(req, body, auth) if self._curl is not None else self._post(req, body, auth))
+            if isinstance(answer, Outcome):
+                return answer
+            status, text, retry_after = answer
             try:
                 parsed = json.loads(text) if text else {}
             except ValueError:
@@ -219,6 +223,31 @@ class FCMSender(Sender):
             return classify(req.device_id, status, parsed, retry_after)
         raise AssertionError("unreachable")
 
+    async def _post(self, req: PushRequest, body: bytes, auth: str) -> Outcome | tuple[int, str, str | None]:
+        """One message over aiohttp (HTTP/1.1): (status, body text, Retry-After), or the outcome of no answer."""
+        try:
+            async with self._http().post(self._url, data=body, headers={
+                    "Authorization": auth, "Content-Type": "application/json"}) as resp:
+                return resp.status, await resp.text(), resp.headers.get("Retry-After")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+
+    async def _post_curl(self, req: PushRequest, body: bytes, auth: str) -> Outcome | tuple[int, str, str | None]:
+        """One message over libcurl (HTTP/2, multiplexed); one the server did not process (GOAWAY, a
+        refused stream) goes once more."""
+        headers = [f"authorization: {auth}", "content-type: application/json"]
+        for again in (False, True):
+            try:
+                answer = await self._curl.post(self._url, headers, body, self._timeout)
+                break
+            except TransportError as exc:
+                if exc.unprocessed and not again:
+                    continue
+                return Outcome(req.device_id, Kind.RETRY, reason=exc.reason)
+        if answer.status == 200:
+            return 200, "", None  # the message name is not read
+        return answer.status, answer.body.decode("utf-8", "replace"), answer.headers.get("retry-after")
+
     async def prepare(self, requests: list[PushRequest]) -> list[Outcome] | None:
         try:
             await self._authorization()
@@ -227,5 +256,7 @@ class FCMSender(Sender):
         return None
 
     async def close(self) -> None:
+        if self._curl is not None:
+            await self._curl.close()
         if self._session is not None:
             await self._session.close()
