@@ -34,11 +34,11 @@ async def _send_one(platform: str, token: str, data: dict) -> str:
     info = _sink()
     if platform == "GCM":
         sender = FCMSender(json.loads(Path(info["service_account"]).read_text()), fcm_url=info["fcm_url"],
-                           ca_file=info["ca_file"], connections=1, timeout=10)
+                           ca_file=info["ca_file"], connections=1, timeout=10, transport="aiohttp")
     else:
         sender = APNsSender(key=Path(info["apns_key"]).read_text(), key_id=info["apns_key_id"],
                             team_id=info["apns_team_id"], topic=info["apns_topic"], url=info["url"],
-                            ca_file=info["ca_file"], connections=1, timeout=10)
+                            ca_file=info["ca_file"], connections=1, timeout=10, transport="aioapns")
     try:
         [out] = await sender.send([PushRequest(device_id=token, token=token, dataset="notes", identity_id="i",
                                                data=data)])

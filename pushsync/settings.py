@@ -73,10 +73,10 @@ class Settings:
     # the store: the longest a statement may take (0: half the soft time limit, at most 20 s); a
     # lock wait gets half of it, connecting at most 10 s
     store_timeout: float = 0.0
-    # how pushes travel: APNs "aioapns" (hyper-h2 on asyncio), FCM "aiohttp" (HTTP/1.1), or for
-    # either "curl" (libcurl's multi interface, HTTP/2 multiplexed)
-    apns_transport: str = "aioapns"
-    fcm_transport: str = "aiohttp"
+    # how pushes travel: "curl" (libcurl's multi interface, HTTP/2 multiplexed), or the reference
+    # transports: APNs "aioapns" (hyper-h2 on asyncio), FCM "aiohttp" (HTTP/1.1)
+    apns_transport: str = "curl"
+    fcm_transport: str = "curl"
 
     @property
     def redeliver_after(self) -> float:

@@ -42,20 +42,20 @@ def test_each_platform_reaches_its_endpoint_with_the_contract_payload(pipe, emul
     _each_platform(pipe, emulator)
 
 
-def test_the_curl_transport_sends_the_same_requests(tmp_path, emulator):
-    """PUSHSYNC_APNS_TRANSPORT=curl and PUSHSYNC_FCM_TRANSPORT=curl through a real worker: the same
-    hosts, headers and payloads; FCM's over HTTP/2."""
-    curl = Pipeline(tmp_path, emulator, f"sqlite:///{tmp_path}/store.db", broker_db=14,
-                    extra_env={"PUSHSYNC_APNS_TRANSPORT": "curl", "PUSHSYNC_FCM_TRANSPORT": "curl"})
+def test_the_reference_transports_send_the_same_requests(tmp_path, emulator):
+    """PUSHSYNC_APNS_TRANSPORT=aioapns and PUSHSYNC_FCM_TRANSPORT=aiohttp through a real worker: the
+    same hosts, headers and payloads as the default (libcurl's); FCM's over HTTP/1.1."""
+    ref = Pipeline(tmp_path, emulator, f"sqlite:///{tmp_path}/store.db", broker_db=14,
+                   extra_env={"PUSHSYNC_APNS_TRANSPORT": "aioapns", "PUSHSYNC_FCM_TRANSPORT": "aiohttp"})
     try:
-        curl.create_pool(POOL)
-        curl.start_worker("-c", "1")
-        _each_platform(curl, emulator, fcm_http="2")
+        ref.create_pool(POOL)
+        ref.start_worker("-c", "1")
+        _each_platform(ref, emulator, fcm_http="1.1")
     finally:
-        curl.stop_workers()
+        ref.stop_workers()
 
 
-def _each_platform(pipe: Pipeline, emulator, fcm_http: str = "1.1") -> None:
+def _each_platform(pipe: Pipeline, emulator, fcm_http: str = "2") -> None:
     ident = new_identity()
     pipe.device(POOL, ident, "GCM", "fcm-token-aaa", datasets=("contacts",))
     pipe.device(POOL, ident, "APNS", "AAAA0001", datasets=("contacts",))

@@ -143,14 +143,14 @@ def test_the_broker_password_goes_into_the_first_address_and_is_never_shown(url,
 
 
 def test_the_apns_transport_is_one_of_the_two():
-    assert load_settings({}).apns_transport == "aioapns"
-    assert load_settings({"PUSHSYNC_APNS_TRANSPORT": "curl"}).apns_transport == "curl"
+    assert load_settings({}).apns_transport == "curl"
+    assert load_settings({"PUSHSYNC_APNS_TRANSPORT": "aioapns"}).apns_transport == "aioapns"
     with pytest.raises(SettingsError, match="PUSHSYNC_APNS_TRANSPORT: expected one of aioapns, curl, got 'hyper'"):
         load_settings({"PUSHSYNC_APNS_TRANSPORT": "hyper"})
 
 
 def test_the_fcm_transport_is_one_of_the_two():
-    assert load_settings({}).fcm_transport == "aiohttp"
-    assert load_settings({"PUSHSYNC_FCM_TRANSPORT": "curl"}).fcm_transport == "curl"
+    assert load_settings({}).fcm_transport == "curl"
+    assert load_settings({"PUSHSYNC_FCM_TRANSPORT": "aiohttp"}).fcm_transport == "aiohttp"
     with pytest.raises(SettingsError, match="PUSHSYNC_FCM_TRANSPORT: expected one of aiohttp, curl, got 'aioapns'"):
         load_settings({"PUSHSYNC_FCM_TRANSPORT": "aioapns"})

@@ -147,7 +147,8 @@ def test_an_apns_connection_keeps_no_record_of_answered_pushes(emulator):
     emulator.fault(service="apns", token=bad, status=400, body='{"reason": "BadDeviceToken"}')
     sender = _in_loop(lambda: APNsSender(
         key=Path(info["apns_key"]).read_text(), key_id=info["apns_key_id"], team_id=info["apns_team_id"],
-        topic=info["apns_topic"], url=info["apns_production_url"], ca_file=info["ca_file"], connections=1, timeout=5))
+        topic=info["apns_topic"], url=info["apns_production_url"], ca_file=info["ca_file"], connections=1, timeout=5,
+        transport="aioapns"))
     try:
         outcomes = LOOP.run(sender.send([_request(uuid.uuid4().hex * 2) for _ in range(300)] + [_request(bad)]),
                            timeout=60)

@@ -168,7 +168,7 @@ class APNsSender(Sender):
     (``transport``, PUSHSYNC_APNS_TRANSPORT): the same requests, the same tables, the same outcomes."""
 
     def __init__(self, *, key: str, key_id: str, team_id: str, topic: str, url: str, ca_file: str | None,
-                 connections: int, timeout: float, transport: str = "aioapns"):
+                 connections: int, timeout: float, transport: str = "curl"):
         self.topic = topic
         self._timeout = timeout
         self._token = ProviderToken(key, key_id, team_id)

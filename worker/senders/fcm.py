@@ -135,7 +135,7 @@ class FCMSender(Sender):
     PUSHSYNC_FCM_TRANSPORT. The same messages, the same tables, the same outcomes."""
 
     def __init__(self, account: dict, *, fcm_url: str, ca_file: str | None, connections: int, timeout: float,
-                 transport: str = "aiohttp"):
+                 transport: str = "curl"):
         self._credentials = service_account.Credentials.from_service_account_info(account, scopes=SCOPES)
         self._token_session = _VerifyingSession()
         self._token_session.verify = _ca_bundle(ca_file)
