@@ -2,9 +2,9 @@
 
 Starts an nginx HTTP/2 sink (bench/sink.py), runs each scenario against it through pushsync's
 own commands and client, writes bench/results/results.json, results.md and two PNG plots, and
-prints, last, one line:
+prints the CPU budget's table (bench/budget.py) and, last, one line:
 
-    pushes_per_s=N single_pushes_per_s=N p99_ms=N naive_ratio=N ceiling_ratio=N
+    pushes_per_s=N single_pushes_per_s=N p99_ms=N naive_ratio=N ceiling_ratio=N worker_cpu_us_per_push=N
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import baselines, scenarios
+from bench import baselines, budget, scenarios
 from bench.sink import Sink
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,9 +26,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _sizes(quick: bool) -> dict:
     if quick:
         return {"events": 2000, "workers": (1, 2), "latency_s": 5, "store": (1000, 10_000), "memory_s": 30,
-                "memory_rate": 200, "queued": 20_000, "naive": 300}
+                "memory_rate": 200, "queued": 20_000, "naive": 300, "budget": 2000}
     return {"events": 20_000, "workers": (1, 2, 4), "latency_s": 10, "store": (1000, 100_000, 1_000_000),
-            "memory_s": 300, "memory_rate": 500, "queued": 1_000_000, "naive": 2000}
+            "memory_s": 300, "memory_rate": 500, "queued": 1_000_000, "naive": 2000, "budget": 10_000}
 
 
 def run(only: set[str] | None, quick: bool, db: str) -> dict:
@@ -57,6 +57,8 @@ def run(only: set[str] | None, quick: bool, db: str) -> dict:
                 # and at half that rate, to show what the latency is when the workers are not saturated
                 res["latency_half"] = _show("latency, 500/s", scenarios.latency(
                     sink, tmp / "latency-half", rate=500, seconds=size["latency_s"], db=db))
+            if want("budget"):
+                res["budget"] = _show("budget", budget.budget(sink, tmp / "budget", events=size["budget"], db=db))
             if want("coalescing"):
                 res["coalescing"] = _show("coalescing", scenarios.coalescing(sink, tmp / "coalescing", db=db))
             if want("naive"):
@@ -89,8 +91,9 @@ def summary(res: dict) -> str:
         return f"{a / b:.3g}" if a and b else "n/a"
 
     p99 = "n/a" if p99 is None else p99
+    cpu = res.get("budget", {}).get("curl", {}).get("us_per_push", {}).get("worker_total", "n/a")
     return (f"pushes_per_s={best or 'n/a'} single_pushes_per_s={single or 'n/a'} p99_ms={p99} "
-            f"naive_ratio={ratio(single, naive)} ceiling_ratio={ratio(single, ceiling)}")
+            f"naive_ratio={ratio(single, naive)} ceiling_ratio={ratio(single, ceiling)} worker_cpu_us_per_push={cpu}")
 
 
 def write(res: dict) -> None:
@@ -136,13 +139,18 @@ def markdown(res: dict) -> str:
         rows.append(f"| baseline: one Celery task per push, fresh client | {res['naive']['pushes_per_s']:,} pushes/s |")
     if "ceiling" in res:
         rows.append(f"| baseline: h2load against the sink | {res['ceiling']['requests_per_s']:,} requests/s |")
-    return "\n".join(rows) + "\n\n`" + summary(res) + "`\n"
+    out = "\n".join(rows) + "\n"
+    if "budget" in res:
+        out += ("\nCPU per push, stage by stage (one event per message, `-c 2`):\n\n"
+                + budget.table(res["budget"]) + "\n")
+    return out + "\n`" + summary(res) + "`\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a check that it all runs")
-    ap.add_argument("--only", nargs="*", help="scenarios: ceiling single batched latency coalescing naive store memory")
+    ap.add_argument("--only", nargs="*",
+                    help="scenarios: ceiling single batched latency budget coalescing naive store memory")
     ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     args = ap.parse_args()
     res = run(set(args.only) if args.only else None, args.quick, args.db)
@@ -153,6 +161,8 @@ def main() -> None:
             res = {**old, **{k: v for k, v in res.items() if k not in ("started",)},
                    "rerun": sorted(set(old.get("rerun", [])) | set(args.only))}
     write(res)
+    if "budget" in res:
+        print(budget.table(res["budget"]))
     print(summary(res))
 
 

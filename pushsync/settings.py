@@ -77,6 +77,8 @@ class Settings:
     # transports: APNs "aioapns" (hyper-h2 on asyncio), FCM "aiohttp" (HTTP/1.1)
     apns_transport: str = "curl"
     fcm_transport: str = "curl"
+    # a folder: each pool process writes its CPU per stage there (bench/budget.py; off when unset)
+    stage_dir: str | None = None
 
     @property
     def redeliver_after(self) -> float:
@@ -161,6 +163,7 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_HEALTH_STALL": ("health_stall", "float", 1.0),
     "PUSHSYNC_APNS_TRANSPORT": ("apns_transport", "transport", None),
     "PUSHSYNC_FCM_TRANSPORT": ("fcm_transport", "transport", None),
+    "PUSHSYNC_STAGE_DIR": ("stage_dir", "name", None),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up

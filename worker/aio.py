@@ -14,6 +14,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from worker import stages
 from worker.errors import Stalled
 
 T = TypeVar("T")
@@ -30,7 +31,9 @@ class Loop:
             # A forked child inherits the parent's loop object but not its thread: start its own.
             if self._loop is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="pushsync-aio", daemon=True).start()
+                thread = threading.Thread(target=loop.run_forever, name="pushsync-aio", daemon=True)
+                thread.start()
+                stages.sending_thread(thread.ident)
                 self._loop, self._pid = loop, os.getpid()
             return self._loop
 

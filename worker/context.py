@@ -20,7 +20,7 @@ from pushsync.messages import DeliveryBatch
 from pushsync.queues import DELIVER_TASK, RUN_TASK, RUNS_QUEUE, queue_for
 from pushsync.settings import Settings, get_settings
 from store.db import session_scope
-from worker import aio, retry
+from worker import aio, retry, stages
 from worker.coalesce import Windows
 from worker.dispatch import Dispatcher
 from worker.health import PROGRESS_KEY, Heartbeat, Progress
@@ -28,6 +28,7 @@ from worker.intake import Intake
 from worker.metrics import Recorder
 from worker.pools import PoolCache
 from worker.senders.cache import Senders
+from worker.stages import stage
 
 log = logging.getLogger("pushsync.worker")
 
@@ -92,7 +93,8 @@ class Context:
 
     def flush_metrics(self, rec: Recorder) -> None:
         try:
-            rec.flush(self.redis)
+            with stage("metrics"):
+                rec.flush(self.redis)
         except redis.RedisError as exc:  # figures are worth less than the pushes: never fail a task on them
             log.warning("could not record metrics: %s", exc)
 
@@ -126,6 +128,7 @@ class Context:
 
 def build(app, settings: Settings | None = None) -> Context:
     settings = settings or get_settings()
+    stages.configure(settings.stage_dir)
     client = broker.redis_client(settings)
     return Context(settings, client, Publisher(app, client, settings))
 

@@ -36,6 +36,7 @@ from worker.errors import TRANSIENT
 from worker.pools import PoolCache
 from worker.senders.apns import POOL_CONFIG_ERRORS
 from worker.senders.base import Kind, Outcome, PushRequest
+from worker.stages import stage
 
 log = logging.getLogger("pushsync.tasks")
 
@@ -128,12 +129,13 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
     """The whole of one delivery: read (one transaction), send (none open), record (one)."""
     settings = ctx.settings
     result = DeliveryResult()
-    with ctx.session_scope() as session:
+    with stage("load"), ctx.session_scope() as session:
         result.dead_lettered += repo.add_dead_letters(session, [
             DeadLetter.message(bad.raw, "unreadable message", bad.reason, field="item", pool=batch.pool,
                                platform=batch.platform, attempts=batch.attempt) for bad in batch.rejected])
         creds, targets = load(session, batch, ctx.pools)
-    requests = plan(batch, targets, result)
+    with stage("payload"):
+        requests = plan(batch, targets, result)
     outcomes: list[Outcome] = []
     unsendable = _unsendable(batch, creds, settings.max_attempts) if requests else None
     if unsendable:
@@ -147,10 +149,13 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
     else:
         if requests:
             # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
-            outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
-                                    timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
-        result = _record(ctx, batch, outcomes, result)
-    metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
+            with stage("send_wait"):  # this thread waits; the sending loop's thread does the work
+                outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
+                                        timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
+        with stage("record"):
+            result = _record(ctx, batch, outcomes, result)
+    with stage("metrics"):
+        metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
     return result
 
 
@@ -205,11 +210,12 @@ def deliver_side_by_side(ctx: Context, batches: list[DeliveryBatch], rec: metric
     else:
         with ThreadPoolExecutor(max_workers=min(len(batches), 8)) as pool:
             done = list(pool.map(one, range(len(batches))))
-    for r in recorders:
-        rec.merge(r)
-    for b, result in zip(batches, done, strict=True):
-        if result is not None:
-            log_delivery(b, result)  # here, in the run's thread: the line names the run's task
+    with stage("metrics"):
+        for r in recorders:
+            rec.merge(r)
+        for b, result in zip(batches, done, strict=True):
+            if result is not None:
+                log_delivery(b, result)  # here, in the run's thread: the line names the run's task
     return [b for b, result in zip(batches, done, strict=True) if result is None]
 
 
@@ -217,7 +223,8 @@ def deliver_message(ctx: Context, raw: Any, rec: metrics.Recorder) -> DeliveryRe
     """A delivery message as it came off its queue (untrusted): parsed, then delivered; one that
     does not parse is dead-lettered as it came."""
     try:
-        batch = DeliveryBatch.from_json(raw)
+        with stage("read"):
+            batch = DeliveryBatch.from_json(raw)
     except MessageError as exc:
         with ctx.session_scope() as session:
             repo.add_dead_letters(session, [DeadLetter.message(raw, "unreadable message", str(exc))])
@@ -225,7 +232,8 @@ def deliver_message(ctx: Context, raw: Any, rec: metrics.Recorder) -> DeliveryRe
         log.warning("dead-lettered a delivery message that does not parse: %s", exc)
         return DeliveryResult(dead_lettered=1)
     result = deliver(ctx, batch, rec)
-    log_delivery(batch, result)
+    with stage("metrics"):
+        log_delivery(batch, result)
     return result
 
 

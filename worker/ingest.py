@@ -37,6 +37,7 @@ from worker.envelope import Batch
 from worker.errors import DATA_ERRORS, TRANSIENT
 from worker.intake import InFlight, Taken
 from worker.plan import IngestResult
+from worker.stages import stage
 
 log = logging.getLogger("pushsync.tasks")
 
@@ -51,31 +52,38 @@ PASSING = (*TRANSIENT, redis.RedisError, SoftTimeLimitExceeded)
 
 def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
     try:
-        taken = ctx.intake.take(ctx.settings.ingest_batch_max, FLUSHES_PER_RUN)
+        with stage("take"):
+            taken = ctx.intake.take(ctx.settings.ingest_batch_max, FLUSHES_PER_RUN)
     except redis.RedisError as exc:  # nothing was taken: the dispatcher starts a run again later
         log.warning("could not take ingest messages: %s", exc)
         return IngestResult()
     if taken.more:
-        ctx.publish.trigger()  # more waits: another process may take it while this one works
+        with stage("queue"):
+            ctx.publish.trigger()  # more waits: another process may take it while this one works
     if not taken.messages and not taken.flushes:
         return IngestResult()
     s = ctx.settings
-    batch = envelope.read_batch(taken, max_events=s.max_events_per_message, batch_max=s.ingest_batch_max,
-                                now=ctx.now())
+    with stage("read"):
+        batch = envelope.read_batch(taken, max_events=s.max_events_per_message, batch_max=s.ingest_batch_max,
+                                    now=ctx.now())
     try:
-        held = _windows(ctx, batch)
-        batches = _commit(ctx, batch, set(held))
+        with stage("window"):
+            held = _windows(ctx, batch)
+        with stage("commit"):
+            batches = _commit(ctx, batch, set(held))
         _send(ctx, batches, batch.res, rec)
     except PASSING as exc:  # the store or Redis away, or the run out of time: nothing lost, all later
         _defer(ctx, batch, exc)
         return batch.res
-    _with_redis(lambda: ctx.intake.ack(batch.ids, taken.lease, taken.flushes,
-                                       again={k.text().encode(): end for k, end in held.items()}),
-                f"acknowledge {len(batch.ids)} ingest messages")
-    if batch.put_back:
-        _with_redis(lambda: ctx.intake.defer(dict.fromkeys(batch.put_back, 0.0), taken.lease, count=False),
-                    f"put back {len(batch.put_back)} messages")
-    _report(batch, rec)
+    with stage("ack"):
+        _with_redis(lambda: ctx.intake.ack(batch.ids, taken.lease, taken.flushes,
+                                           again={k.text().encode(): end for k, end in held.items()}),
+                    f"acknowledge {len(batch.ids)} ingest messages")
+        if batch.put_back:
+            _with_redis(lambda: ctx.intake.defer(dict.fromkeys(batch.put_back, 0.0), taken.lease, count=False),
+                        f"put back {len(batch.put_back)} messages")
+    with stage("metrics"):
+        _report(batch, rec)
     return batch.res
 
 
@@ -218,7 +226,8 @@ def _send(ctx: Context, batches: list[DeliveryBatch], res: IngestResult, rec: me
         batches = delivery.deliver_side_by_side(ctx, batches, rec)
     for b in batches:
         try:
-            ctx.publish.deliver(b)
+            with stage("queue"):
+                ctx.publish.deliver(b)
         except TRANSIENT as exc:  # the outbox sends it again once it is overdue
             log.warning("could not queue a delivery batch (%s); the outbox has it", exc)
 
