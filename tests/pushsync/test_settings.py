@@ -154,3 +154,16 @@ def test_the_fcm_transport_is_one_of_the_two():
     assert load_settings({"PUSHSYNC_FCM_TRANSPORT": "aiohttp"}).fcm_transport == "aiohttp"
     with pytest.raises(SettingsError, match="PUSHSYNC_FCM_TRANSPORT: expected one of aiohttp, curl, got 'aioapns'"):
         load_settings({"PUSHSYNC_FCM_TRANSPORT": "aioapns"})
+
+
+def test_every_setting_is_in_the_readmes_table():
+    """An operator learns the settings from the README: one the code reads and the table leaves out
+    is one nobody can find."""
+    from pathlib import Path
+
+    from pushsync.settings import _VARS
+
+    table = [line for line in (Path(__file__).parents[2] / "README.md").read_text().splitlines()
+             if line.startswith("| `PUSHSYNC_")]
+    documented = {line.split("`")[1] for line in table}
+    assert set(_VARS) - documented == set()

@@ -241,3 +241,38 @@ def test_an_fcm_goaway_or_stall_loses_no_message_and_sends_none_twice(fresh, tra
     finally:
         fresh.clear_faults()
         LOOP.run(sender.close(), timeout=10)
+
+
+def test_a_request_the_server_did_not_process_goes_once_more_and_no_other_does():
+    """The senders' second try, on its own (libcurl resends a GOAWAY's unprocessed requests itself,
+    so the emulator tests above rarely reach it): once for an unprocessed request, never for one
+    that may have been processed (a timeout), never a third time."""
+    import asyncio
+
+    import pycurl
+
+    from worker.senders.curl import E_HTTP2_STREAM, Answer, CurlClient, TransportError
+
+    async def attempt(errors: list[TransportError]) -> tuple[object, int]:
+        client = CurlClient(ca_file=None)
+        calls = []
+
+        async def post(*_args):
+            calls.append(1)
+            if errors:
+                raise errors.pop(0)
+            return Answer(200, [], b"")
+        client.post = post
+        try:
+            return await client.post_again_if_unprocessed("https://x", [], b"", 1.0), len(calls)
+        except TransportError as exc:
+            return exc.reason, len(calls)
+        finally:
+            await client.close()
+
+    refused = TransportError("connection: refused stream", E_HTTP2_STREAM)
+    assert asyncio.run(attempt([refused]))[1] == 2
+    assert asyncio.run(attempt([refused]))[0].status == 200
+    assert asyncio.run(attempt([TransportError("timeout", pycurl.E_OPERATION_TIMEDOUT)])) == ("timeout", 1)
+    assert asyncio.run(attempt([refused, TransportError("connection: again", pycurl.E_HTTP2)])) == (
+        "connection: again", 2)

@@ -233,14 +233,10 @@ class APNsSender(Sender):
                    f"apns-expiration: {int(time.time()) + EXPIRATION_SECONDS}",
                    f"apns-collapse-id: {collapse_id(req.dataset)}"]
         body = json.dumps({"aps": {"content-available": 1}, "data": req.data}, separators=(",", ":")).encode()
-        for again in (False, True):
-            try:
-                answer = await self._curl.post(self._base + req.token, headers, body, self._timeout)
-                break
-            except TransportError as exc:
-                if exc.unprocessed and not again:
-                    continue
-                return Outcome(req.device_id, Kind.RETRY, reason=exc.reason)
+        try:
+            answer = await self._curl.post_again_if_unprocessed(self._base + req.token, headers, body, self._timeout)
+        except TransportError as exc:
+            return Outcome(req.device_id, Kind.RETRY, reason=exc.reason)
         if answer.status == 200:
             return 200, "", None, None
         reason, timestamp = _error_body(answer.body)

@@ -213,6 +213,16 @@ class CurlClient:
             if first and not multi.warm.done():
                 multi.warm.set_result(None)
 
+    async def post_again_if_unprocessed(self, url: str, headers: list[str], body: bytes, timeout: float) -> Answer:
+        """``post``, and once more when the server did not process it (a GOAWAY, a refused stream):
+        the senders' way, since such a request is safe to send again. libcurl resends some itself."""
+        try:
+            return await self.post(url, headers, body, timeout)
+        except TransportError as exc:
+            if not exc.unprocessed:
+                raise
+        return await self.post(url, headers, body, timeout)
+
     def _new_handle(self) -> pycurl.Curl:
         """An easy handle with what every request shares set once."""
         handle = pycurl.Curl()

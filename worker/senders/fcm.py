@@ -236,14 +236,10 @@ class FCMSender(Sender):
         """One message over libcurl (HTTP/2, multiplexed); one the server did not process (GOAWAY, a
         refused stream) goes once more."""
         headers = [f"authorization: {auth}", "content-type: application/json"]
-        for again in (False, True):
-            try:
-                answer = await self._curl.post(self._url, headers, body, self._timeout)
-                break
-            except TransportError as exc:
-                if exc.unprocessed and not again:
-                    continue
-                return Outcome(req.device_id, Kind.RETRY, reason=exc.reason)
+        try:
+            answer = await self._curl.post_again_if_unprocessed(self._url, headers, body, self._timeout)
+        except TransportError as exc:
+            return Outcome(req.device_id, Kind.RETRY, reason=exc.reason)
         if answer.status == 200:
             return 200, "", None  # the message name is not read
         return answer.status, answer.body.decode("utf-8", "replace"), answer.headers.get("retry-after")
