@@ -15,15 +15,13 @@ import re
 import time
 import uuid
 
-import h2.config
-import h2.connection
 import h2.errors
-import h2.events
 import h2.exceptions
 import h2.settings
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from emulators.h2http import H2Server
 from emulators.state import State
 
 JWT_MAX_AGE = 3600  # Apple refuses provider tokens older than one hour
@@ -46,11 +44,11 @@ class KeyRing:
         self.keys[key_id] = (team_id, load_pem_private_key(pem, None).public_key(), topics)
 
 
-class APNsProtocol(asyncio.Protocol):
+class APNsProtocol(H2Server):
     def __init__(self, state: State, keys: KeyRing, host: str):
+        super().__init__()
         self.state, self.keys, self.host = state, keys, host
-        self.transport = None
-        self.streams: dict[int, dict] = {}
+        self.max_streams: int | None = None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -59,8 +57,6 @@ class APNsProtocol(asyncio.Protocol):
             transport.close()  # APNs speaks HTTP/2 only
             return
         self.state.connections[f"apns-{self.host}"] += 1
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                                         header_encoding="utf-8"))
         self.max_streams = self.state.apns_max_streams
         if self.max_streams is not None:  # in the first SETTINGS, as APNs sends it
             self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -70,41 +66,17 @@ class APNsProtocol(asyncio.Protocol):
             # h2 would end the connection over a stream past the limit; APNs refuses that stream
             # alone (REFUSED_STREAM, below), which a client that has not read the setting yet meets
             self.conn.local_settings._settings[MAX_STREAMS] = collections.deque([2 ** 31 - 1])
-        self.last_stream: int | None = None  # set by a GOAWAY: later streams go unprocessed
-        self.acked = False  # the client has acknowledged our settings: it must keep them from then on
         self._flush()
 
-    def _flush(self):
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self.conn.data_to_send())
+    def _accept(self, stream_id: int) -> bool:
+        if self.max_streams is not None and self.conn.open_inbound_streams > self.max_streams:
+            self.conn.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+            self.state.apns_refused["after settings" if self.acked else "before settings"] += 1
+            return False
+        return True
 
-    def data_received(self, data: bytes):
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._flush()
-            self.transport.close()
-            return
-        for ev in events:
-            if isinstance(ev, h2.events.RequestReceived):
-                if self.max_streams is not None and self.conn.open_inbound_streams > self.max_streams:
-                    self.conn.reset_stream(ev.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
-                    self.state.apns_refused["after settings" if self.acked else "before settings"] += 1
-                    continue
-                self.streams[ev.stream_id] = {"headers": dict(ev.headers), "body": bytearray()}
-            elif isinstance(ev, h2.events.SettingsAcknowledged):
-                self.acked = True
-            elif isinstance(ev, h2.events.DataReceived):
-                if ev.stream_id in self.streams:
-                    self.streams[ev.stream_id]["body"] += ev.data
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.StreamEnded):
-                stream = self.streams.pop(ev.stream_id, None)
-                if stream is not None:
-                    asyncio.ensure_future(self._answer(ev.stream_id, stream))
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self.transport.close()
-        self._flush()
+    async def _serve(self, stream_id: int, headers: list, body: bytes) -> None:
+        await self._answer(stream_id, {"headers": dict(headers), "body": body})
 
     def _check_auth(self, headers: dict, topic: str | None) -> tuple[int, str] | None:
         auth = headers.get("authorization", "")
@@ -178,7 +150,8 @@ class APNsProtocol(asyncio.Protocol):
             return  # after our GOAWAY: not processed, the client sends it again elsewhere
         fault = self.state.fault_for("apns", token)
         if fault and fault.goaway:
-            self._goaway(stream_id, token)
+            self.state.record({"service": "apns", "host": self.host, "token": token, "status": 0, "reason": "goaway"})
+            self._goaway(stream_id)
             return
         if fault and fault.latency:
             await asyncio.sleep(fault.latency)
@@ -206,13 +179,6 @@ class APNsProtocol(asyncio.Protocol):
                      data=payload.get("data") if isinstance(payload, dict) else None)
         self.state.record(entry)
         self._send(stream_id, status, reason, apns_id, extra)
-
-    def _goaway(self, stream_id: int, token: str) -> None:
-        self.last_stream = stream_id - 2
-        self.state.record({"service": "apns", "host": self.host, "token": token, "status": 0, "reason": "goaway"})
-        self.conn.close_connection(error_code=0, last_stream_id=self.last_stream)
-        self._flush()
-        asyncio.get_running_loop().call_later(0.5, self.transport.close)
 
     def _drop(self, entry: dict, body: bytes) -> None:
         """Cut the connection without an answer, recording what the push carried."""

@@ -48,9 +48,10 @@ class H2Request:
 
 
 class H2Server(asyncio.Protocol):
-    """An HTTP/2 connection whose requests go to ``routes``; a 404 for any other path."""
+    """An HTTP/2 connection whose requests go to ``routes``; a 404 for any other path. The APNs
+    emulator builds on it (``_accept`` refuses streams, ``_serve`` answers)."""
 
-    def __init__(self, routes: Routes):
+    def __init__(self, routes: Routes = ()):
         self.routes = routes
         self.transport = None
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
@@ -58,6 +59,7 @@ class H2Server(asyncio.Protocol):
         self.streams: dict[int, tuple[list, bytearray]] = {}
         self.unsent: dict[int, bytearray] = {}  # answer bytes waiting for the peer's flow-control window
         self.last_stream: int | None = None  # set by a GOAWAY: later streams go unprocessed
+        self.acked = False  # the client has acknowledged our settings: it must keep them from then on
 
     def connection_made(self, transport):
         self.transport = transport
@@ -77,7 +79,8 @@ class H2Server(asyncio.Protocol):
             return
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self.streams[ev.stream_id] = (ev.headers, bytearray())
+                if self._accept(ev.stream_id):
+                    self.streams[ev.stream_id] = (ev.headers, bytearray())
             elif isinstance(ev, h2.events.DataReceived):
                 if ev.stream_id in self.streams:
                     self.streams[ev.stream_id][1].extend(ev.data)
@@ -88,6 +91,8 @@ class H2Server(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamReset):
                 self.streams.pop(ev.stream_id, None)
                 self.unsent.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                self.acked = True
             elif isinstance(ev, h2.events.WindowUpdated):
                 for stream_id in list(self.unsent):
                     self._send_body(stream_id)
@@ -97,6 +102,10 @@ class H2Server(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
+
+    def _accept(self, stream_id: int) -> bool:
+        """Whether a new stream is taken (a refused one must have been reset here)."""
+        return True
 
     def _goaway(self, stream_id: int) -> None:
         """GOAWAY naming the stream before this one as the last processed; closed a moment later."""
