@@ -19,7 +19,7 @@ from worker.senders.base import Kind
 from worker.senders.fcm import FCMSender
 
 from ..e2e.proxy import CuttableProxy
-from .test_sender_answers import FCM_TRANSPORTS, LOOP, TRANSPORTS, _request
+from .test_sender_answers import FCM_TRANSPORTS, LOOP, TRANSPORTS, _request, apns_token
 
 HOST = "apns-production"
 
@@ -43,7 +43,7 @@ def _sender(emulator, transport: str, url: str | None = None, timeout: float = 5
 
 
 def _tokens(n: int) -> list[str]:
-    return [uuid.uuid4().hex * 2 for _ in range(n)]
+    return [apns_token() for _ in range(n)]
 
 
 def _accepted(emulator) -> Counter:

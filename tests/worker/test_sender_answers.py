@@ -18,6 +18,12 @@ from worker.senders.fcm import FCMSender
 LOOP = aio.Loop()  # the sending loop, as a worker's context holds it
 
 
+def apns_token() -> str:
+    """A random device token (64 hex digits) that the emulator does not take for a dead one: it
+    answers any token starting "dead" as Unregistered, which uuid4's hex does once in 65,536."""
+    return "a" + uuid.uuid4().hex[1:] + uuid.uuid4().hex
+
+
 def _request(token: str) -> PushRequest:
     dev = str(uuid.uuid4())
     ident = f"us-east-1:{uuid.uuid4()}"
@@ -63,8 +69,8 @@ FCM_TRANSPORTS = ("aiohttp", "curl")  # PUSHSYNC_FCM_TRANSPORT: and every FCM te
 def test_odd_apns_answers_are_each_their_own_pushs_outcome(emulator, transport):
     info = emulator.info
     emulator.reset()  # the connection count below is this test's
-    odd = [uuid.uuid4().hex * 2 for _ in APNS_CASES]
-    normal = [uuid.uuid4().hex * 2 for _ in range(3)]
+    odd = [apns_token() for _ in APNS_CASES]
+    normal = [apns_token() for _ in range(3)]
     for token, (status, body, headers, _want) in zip(odd, APNS_CASES, strict=True):
         emulator.fault(service="apns", token=token, status=status, body=body, headers=headers)
     sender = _in_loop(lambda: APNsSender(
@@ -98,10 +104,10 @@ def test_a_wrong_apns_key_id_or_team_id_is_a_permanent_error_of_the_pool_not_a_r
                                            ca_file=info["ca_file"], connections=1, timeout=5, transport=transport))
 
     for wrong in ({"key_id": "WRONGKEY01"}, {"team_id": "WRONGTEAM1"}):
-        [o] = _send(sender(**wrong), [_request(uuid.uuid4().hex * 2)])
+        [o] = _send(sender(**wrong), [_request(apns_token())])
         assert (o.kind, o.reason, o.status) == (Kind.PERMANENT, "InvalidProviderToken", 403), wrong
     # one refusal, then the fresh token is accepted: the push goes through on the second try
-    token = uuid.uuid4().hex * 2
+    token = apns_token()
     emulator.fault(service="apns", token=token, status=403, reason="ExpiredProviderToken", count=1)
     [o] = _send(sender(), [_request(token)])
     assert o.kind is Kind.OK
@@ -143,14 +149,14 @@ def test_an_apns_connection_keeps_no_record_of_answered_pushes(emulator):
     it for the connection's life, one entry per push: a pool process grew about 4 MiB a minute
     under load. Ours forgets a stream once it has ended, whatever the answer."""
     info = emulator.info
-    bad = uuid.uuid4().hex * 2
+    bad = apns_token()
     emulator.fault(service="apns", token=bad, status=400, body='{"reason": "BadDeviceToken"}')
     sender = _in_loop(lambda: APNsSender(
         key=Path(info["apns_key"]).read_text(), key_id=info["apns_key_id"], team_id=info["apns_team_id"],
         topic=info["apns_topic"], url=info["apns_production_url"], ca_file=info["ca_file"], connections=1, timeout=5,
         transport="aioapns"))
     try:
-        outcomes = LOOP.run(sender.send([_request(uuid.uuid4().hex * 2) for _ in range(300)] + [_request(bad)]),
+        outcomes = LOOP.run(sender.send([_request(apns_token()) for _ in range(300)] + [_request(bad)]),
                            timeout=60)
         assert sum(o.kind is Kind.OK for o in outcomes) == 300 and outcomes[-1].kind is Kind.TOKEN_INVALID
         [connection] = sender._client.pool.connections
