@@ -71,6 +71,11 @@ BODY_DEADLINE = 10.0
 
 async def read_json(request: Request):
     """The body as JSON (None when empty), at most MAX_BODY bytes, within BODY_DEADLINE seconds."""
+    return parse_json(await read_body(request))
+
+
+async def read_body(request: Request) -> bytes:
+    """The body's bytes, at most MAX_BODY, within BODY_DEADLINE seconds."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes")
@@ -83,6 +88,11 @@ async def read_json(request: Request):
                     raise InvalidParameter(f"the body is larger than {MAX_BODY} bytes")
     except TimeoutError:
         raise InvalidParameter(f"the body did not arrive within {BODY_DEADLINE:.0f} s") from None
+    return bytes(data)
+
+
+def parse_json(data: bytes):
+    """JSON (None for an empty body); a clear error for anything else."""
     if not data.strip():
         return None
     try:
@@ -104,21 +114,45 @@ def _threads() -> anyio.CapacityLimiter:
     return _limiter
 
 
+# A body declared this small (or none) is read before the credential is checked, so that the
+# check, the parse and the operation share one trip to a thread (two cost a third of a small
+# request's time): its bytes are in the server's buffer already. It is parsed only after the check;
+# a larger or chunked body is read only for a caller who may send it.
+SMALL_BODY = 64 * 1024
+
+
 def endpoint(op, params: tuple[str, ...]):
     """An operation served: path checks, body, credential, rate limit, then ``op`` in a thread."""
     async def handle(request: Request):
         try:
             values = [CHECKS[name](request.path_params[name]) for name in params]
             header = request.headers.get("authorization")
-            # the credential first: a body is read (and parsed) only for a caller who may send it
-            principal = await anyio.to_thread.run_sync(_authorised, request, values, header, limiter=_threads())
-            body = await read_json(request)
-            result = await anyio.to_thread.run_sync(op, principal, *values, body, limiter=_threads())
+            declared = request.headers.get("content-length", "")
+            bodiless = not declared and "transfer-encoding" not in request.headers
+            if bodiless or (declared.isdigit() and int(declared) <= SMALL_BODY):
+                try:
+                    raw, unread = await read_body(request), None
+                except InvalidParameter as exc:  # said only to a caller whose credential holds
+                    raw, unread = b"", exc
+                result = await anyio.to_thread.run_sync(_serve, op, request, values, header, raw, unread,
+                                                        limiter=_threads())
+            else:
+                principal = await anyio.to_thread.run_sync(_authorised, request, values, header, limiter=_threads())
+                body = await read_json(request)
+                result = await anyio.to_thread.run_sync(op, principal, *values, body, limiter=_threads())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Cognito-shaped answer
             return translate(exc).response()
         status, data = result if isinstance(result, tuple) else (200, result)
         return JSONResponse(data, status_code=status)
     return handle
+
+
+def _serve(op, request: Request, values: list[str], header: str | None, raw: bytes, unread: Exception | None):
+    """In one thread: the credential, then the body parsed, then the operation."""
+    principal = _authorised(request, values, header)
+    if unread is not None:
+        raise unread
+    return op(principal, *values, parse_json(raw))
 
 
 def _authorised(request: Request, values: list[str], header: str | None):

@@ -207,3 +207,16 @@ def test_with_the_default_key_cache_a_revoked_key_and_a_replaced_secret_stop_wor
         assert time.monotonic() - changed <= 7.5
     finally:
         server.stop()
+
+
+def test_a_caller_without_a_valid_credential_learns_nothing_of_its_body(api, keys):
+    """The credential is checked before the body is parsed, whichever way the body is read (one
+    declared small is read first, parsed after the check; a larger one only after the check): a
+    body that is not JSON, or too large, is refused as the credential is, not as a bad body."""
+    p = paths(POOL, IDENT)["register"]
+    small_bad, large_bad, too_large = b'{"Platform": ', b"[" + b"1," * 40_000 + b"x", b"[" + b"1," * 600_000 + b"1]"
+    for raw in (small_bad, large_bad, too_large):
+        _refused(api.call("POST", p, raw=raw), "missing credentials")
+        _refused(api.call("POST", p, cred="psk_not-a-key", raw=raw))
+        r = api.call("POST", p, cred=keys["device"], raw=raw)  # with one, the body's own error
+        assert r.status_code == 400 and error_type(r) == "InvalidParameterException", r.text
