@@ -129,19 +129,50 @@ print(json.dumps({{"median_ms": round(statistics.median(times[2:]), 2), "p90_ms"
     return json.loads(env.python(code))
 
 
+def _paced(env: Env, seconds: int, rate: int, first: int = 0) -> subprocess.Popen:
+    """A producer offering ``rate`` events a second for ``seconds`` to 2,000 identities."""
+    code = (f"import time, random\nfrom pushsync.client import publish\nfrom bench.env import POOL, identity\n"
+            f"start = time.monotonic()\nn = 0\nwhile time.monotonic() - start < {seconds}:\n"
+            f"    n += 1\n    d = start + n / {rate} - time.monotonic()\n    time.sleep(max(0, d))\n"
+            f"    publish(POOL, identity(random.randrange(2000)), 'notes', {first} + n)\n")
+    return subprocess.Popen([sys.executable, "-c", code], env=env.env)
+
+
+def _stalled(sink: Sink, env: Env, rate: int, stall: int = 30) -> dict:
+    """The sink holds every request unanswered for ``stall`` seconds while events keep coming
+    (the pushes time out and wait in the retry set), then answers again: RSS every 2 s."""
+    producer = _paced(env, stall * 3, rate, first=10**7)
+    samples, started, stalled = [], time.monotonic(), None
+    while producer.poll() is None:
+        t = time.monotonic() - started
+        if stalled is None and t >= stall:
+            sink.stall(True)
+            stalled = True
+        elif stalled and t >= 2 * stall:
+            sink.stall(False)
+            stalled = False
+        samples.append((round(t), round(env.worker_rss_mb(), 1)))
+        time.sleep(2)
+    if stalled:
+        sink.stall(False)
+    before = [mb for t, mb in samples if t < stall]
+    during = [mb for t, mb in samples if stall <= t < 2 * stall]
+    after = [mb for t, mb in samples if t >= 2 * stall]
+    return {"stall_s": stall, "samples": samples, "rss_mb_before": max(before), "rss_mb_max_stalled": max(during),
+            "rss_mb_max_after": max(after),
+            "growth_pct": round((max(during + after) - max(before)) / max(before) * 100, 1)}
+
+
 def memory(sink: Sink, tmp: Path, *, seconds: int, rate: int, queued: int) -> dict:
     """Worker RSS (every process of `pushsync worker -c 2`) sampled every 5 s while events are
-    offered at ``rate`` a second for ``seconds``; then with ``queued`` events waiting in Redis."""
+    offered at ``rate`` a second for ``seconds``; then through a 30-second stall of the sink; then
+    with ``queued`` events waiting in Redis."""
     env = Env(tmp, sink.info, db="postgresql")
     try:
         env.import_devices(range(2000))
         env.start_worker(2)
         time.sleep(5)
-        code = (f"import time, random\nfrom pushsync.client import publish\nfrom bench.env import POOL, identity\n"
-                f"start = time.monotonic()\nn = 0\nwhile time.monotonic() - start < {seconds}:\n"
-                f"    n += 1\n    d = start + n / {rate} - time.monotonic()\n    time.sleep(max(0, d))\n"
-                "    publish(POOL, identity(random.randrange(2000)), 'notes', n)\n")
-        producer = subprocess.Popen([sys.executable, "-c", code], env=env.env)
+        producer = _paced(env, seconds, rate)
         samples = []
         started = time.monotonic()
         while producer.poll() is None:
@@ -150,14 +181,15 @@ def memory(sink: Sink, tmp: Path, *, seconds: int, rate: int, queued: int) -> di
         warm = [mb for t, mb in samples if t >= 60] or [mb for _t, mb in samples]
         steady = {"samples": samples, "after_warmup_min_mb": min(warm), "after_warmup_max_mb": max(warm),
                   "growth_pct": round((max(warm) - min(warm)) / min(warm) * 100, 1)}
+        stalled = _stalled(sink, env, rate)
         env.stop_workers()
         before = _flood(env, queued)
         env.start_worker(2)
         time.sleep(60)
         with_backlog = round(env.worker_rss_mb(), 1)
         left = env.queue_depth()
-        return {"steady": steady, "backlog": {"queued": before, "rss_mb_after_60s": with_backlog,
-                                              "still_queued": left}}
+        return {"steady": steady, "stalled": stalled,
+                "backlog": {"queued": before, "rss_mb_after_60s": with_backlog, "still_queued": left}}
     finally:
         env.close()
 

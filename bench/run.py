@@ -129,6 +129,11 @@ def markdown(res: dict) -> str:
         m = res["memory"]
         rows.append(f"| memory: worker RSS after warm-up over the run | {m['steady']['after_warmup_min_mb']}–"
                     f"{m['steady']['after_warmup_max_mb']} MiB ({m['steady']['growth_pct']} %) |")
+        if "stalled" in m:
+            st = m["stalled"]
+            rows.append(f"| memory: the sink stalled {st['stall_s']} s under the same load | {st['rss_mb_before']} MiB "
+                        f"before, at most {st['rss_mb_max_stalled']} MiB stalled, {st['rss_mb_max_after']} MiB after "
+                        f"({st['growth_pct']:+} %) |")
         rows.append(f"| memory: with {m['backlog']['queued']:,} events waiting | "
                     f"{m['backlog']['rss_mb_after_60s']} MiB after 60 s |")
     if "coalescing" in res:

@@ -28,6 +28,7 @@ CONF = """
 worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
+worker_shutdown_timeout 1s;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -46,6 +47,13 @@ http {{
         ssl_certificate_key {key};
         access_log {dir}/access.log bench buffer=512k flush=200ms;
         default_type application/json;
+{locations}
+    }}
+}}
+"""
+
+# the sink's answers, or (stalled) every request held: passed to a listener that never answers
+ANSWER = """
         location /3/device/ {{
             add_header apns-id $http_apns_id always;
             return 200;
@@ -55,10 +63,13 @@ http {{
         }}
         location ~ ^/v1/projects/([^/]+)/messages:send$ {{
             return 200 '{{"name":"projects/$1/messages/1"}}';
-        }}
-    }}
-}}
-"""
+        }}"""
+STALL = """
+        location / {{
+            proxy_pass http://127.0.0.1:{hole};
+            proxy_connect_timeout 3600s;
+            proxy_read_timeout 3600s;
+        }}"""
 
 
 def free_port() -> int:
@@ -81,12 +92,8 @@ class Sink:
         self.dir.mkdir(parents=True, exist_ok=True)
         url = f"https://127.0.0.1:{self.port}"
         paths = ensure_material(self.dir / "keys", f"{url}/token")
-        conf = self.dir / "nginx.conf"
-        # run as root (the benchmark's case here), nginx's workers would drop to nobody, who
-        # may not enter a private temporary folder to reopen the log
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(CONF.format(user=user, workers=self.workers, dir=self.dir, port=self.port, cert=paths["cert"],
-                                    key=paths["key"]))
+        self._paths = paths
+        conf = self._write_conf(stalled=False)
         self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
@@ -109,6 +116,32 @@ class Sink:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+    def _write_conf(self, stalled: bool) -> Path:
+        conf = self.dir / "nginx.conf"
+        # run as root (the benchmark's case here), nginx's workers would drop to nobody, who
+        # may not enter a private temporary folder to reopen the log
+        user = "user root;" if os.geteuid() == 0 else ""
+        locations = STALL.format(hole=self._hole_port()) if stalled else ANSWER.format()
+        conf.write_text(CONF.format(user=user, workers=self.workers, dir=self.dir, port=self.port,
+                                    cert=self._paths["cert"], key=self._paths["key"], locations=locations))
+        return conf
+
+    def _hole_port(self) -> int:
+        """A listener that takes connections (the kernel does) and never reads or answers."""
+        if getattr(self, "_hole", None) is None:
+            self._hole = socket.socket()
+            self._hole.bind(("127.0.0.1", 0))
+            self._hole.listen(4096)
+        return self._hole.getsockname()[1]
+
+    def stall(self, on: bool) -> None:
+        """From now on every request is held unanswered (``on``), or answered again. nginx reloads:
+        its old workers end their connections (HTTP/2 GOAWAY) within a second, so clients come back
+        on new ones, which the new setting serves."""
+        self._write_conf(stalled=on)
+        self.proc.send_signal(1)  # SIGHUP: reload
+        time.sleep(1.5)
 
     @property
     def log(self) -> Path:
