@@ -23,6 +23,7 @@ from pathlib import Path
 from bench.env import PLATFORMS, Env
 from bench.scenarios import PRODUCE_ONE
 from bench.sink import Sink
+from worker.stages import STAGES
 
 TICK = os.sysconf("SC_CLK_TCK")
 # (name in the table, what it is); a stage name of worker/stages.py, or a key computed below
@@ -45,6 +46,8 @@ ROWS = [
     ("postgres", "PostgreSQL server"),
     ("sink", "sink (nginx, HTTP/2 and TLS)"),
 ]
+# one row for every stage the worker counts: worker/stages.py names them
+assert set(STAGES) <= {name for name, _ in ROWS}, set(STAGES) - {name for name, _ in ROWS}
 WORKER_ROWS = [name for name, _ in ROWS if name not in ("redis", "postgres", "sink")]
 TRANSPORTS = {"reference": {"PUSHSYNC_APNS_TRANSPORT": "aioapns", "PUSHSYNC_FCM_TRANSPORT": "aiohttp"},
               "curl": {"PUSHSYNC_APNS_TRANSPORT": "curl", "PUSHSYNC_FCM_TRANSPORT": "curl"}}

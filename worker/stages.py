@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+# every stage's name (bench/budget.py has a row for each)
 STAGES = ("take", "read", "window", "commit", "load", "payload", "send_wait", "record", "queue", "ack",
           "metrics")
 _NULL = contextlib.nullcontext()

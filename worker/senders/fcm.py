@@ -140,7 +140,7 @@ class FCMSender(Sender):
         self._token_session.verify = _ca_bundle(ca_file)
         self._token_session.timeout = timeout
         self._url = f"{fcm_url}/v1/projects/{account['project_id']}/messages:send"
-        self._ssl = tls_context(ca_file)
+        self._ca_file = ca_file
         self._connections = connections
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
@@ -152,7 +152,9 @@ class FCMSender(Sender):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl, keepalive_timeout=60)
+            # the TLS context only for the aiohttp transport (libcurl reads the CA file itself)
+            connector = aiohttp.TCPConnector(limit=self._connections, ssl=tls_context(self._ca_file),
+                                             keepalive_timeout=60)
             self._session = aiohttp.ClientSession(connector=connector,
                                                   timeout=aiohttp.ClientTimeout(total=self._timeout))
         return self._session
