@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pushsync.cli import api, db, demo, device, dlq, ops, pool, publish, subscribe
-from pushsync.cli.common import CommandError, Parser
+from pushsync.cli.common import CommandError, Parser, UsageProblem
 from pushsync.contract import ValidationError
 from pushsync.secrets import SecretError
 from pushsync.settings import SettingsError, get_settings
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ops.run_worker(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValidationError, SettingsError, SecretError) as exc:
+    except (ValidationError, SettingsError, SecretError, UsageProblem) as exc:
         print(f"pushsync: {exc}", file=sys.stderr)
         return 2
     except (NotFound, CommandError) as exc:

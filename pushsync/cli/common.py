@@ -11,6 +11,10 @@ class CommandError(Exception):
     """A failure that is not the caller's input: exit 1 with this message."""
 
 
+class UsageProblem(Exception):
+    """The caller's input is wrong (an option, a value): exit 2 with this message."""
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own usage errors: one line, exit 2
         self.exit(2, f"pushsync: {message}\n")

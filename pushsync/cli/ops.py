@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from pushsync.cli.common import CommandError, session
+from pushsync.cli.common import CommandError, UsageProblem, session
 from pushsync.settings import SettingsError, get_settings
 
 NO_SUPERVISE = "--no-supervise"
@@ -43,11 +43,37 @@ def worker_health(argv: list[str]) -> int:
     return 0 if verdict.healthy else 1
 
 
+def celery_usage_error(argv: list[str]) -> str | None:
+    """Parse the worker's options as Celery will, without starting anything: the message of an option
+    Celery refuses (unknown, or a bad value such as ``-c abc``), else None. Checked before supervising,
+    since a child that fails on its options would only be started again and again."""
+    import click
+    from celery.bin.base import CLIContext
+    from celery.bin.worker import worker as command
+
+    from worker.app import app
+
+    try:
+        command.make_context("pushsync worker", list(argv), obj=CLIContext(app=app, no_color=True, workdir=None))
+    except click.UsageError as exc:
+        hint = " (see `pushsync worker --help`)" if isinstance(exc, click.NoSuchOption) else ""
+        return f"worker: {exc.format_message().rstrip('.')}{hint}"
+    return None
+
+
 def run_worker(argv: list[str]) -> int:
     """`pushsync worker [celery worker options]`: Celery parses the options itself."""
+    import click
+
     if "--health" in argv:
         return worker_health(argv)
     if NO_SUPERVISE not in argv:
+        try:
+            problem = celery_usage_error(argv)
+        except click.exceptions.Exit as done:  # --help: Celery printed it
+            return done.exit_code
+        if problem:
+            raise UsageProblem(problem)
         return _supervise(["worker", *argv], "celery worker")
     from pushsync.queues import QUEUES
     from worker.app import app

@@ -98,3 +98,29 @@ while True:
         return stat.exists() and stat.read_text().split()[2] == "Z"
 
     wait_for(gone, timeout=10, what="the orphaned child to exit")
+
+
+def _pushsync(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
+    env["PUSHSYNC_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing may be reached before the options are checked
+    return subprocess.run([sys.executable, "-m", "pushsync.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_the_worker_refuses_options_celery_refuses_in_one_line_before_supervising():
+    for args, says in ((["--bogus-option"], "No such option '--bogus-option'"),
+                       (["-c", "abc"], "Invalid value for '-c' / '--concurrency'"),
+                       (["-c", "2", "--prefetch"], "No such option '--prefetch'")):
+        started = time.monotonic()
+        run = _pushsync("worker", *args)
+        assert run.returncode == 2, (args, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pushsync: worker: ") and says in lines[0], run.stderr
+        assert "Traceback" not in run.stderr and "starting it again" not in run.stderr
+        assert time.monotonic() - started < 15
+
+
+def test_the_worker_help_is_celerys_and_starts_nothing():
+    run = _pushsync("worker", "--help")
+    assert run.returncode == 0, run.stderr
+    assert "--concurrency" in run.stdout and "starting" not in run.stderr
