@@ -157,7 +157,9 @@ def test_dead_token_is_tried_once_deactivated_and_never_tried_again(pipe, emulat
 
 def test_event_for_an_unknown_pool_is_dead_lettered_with_its_reason(pipe, emulator):
     ident = new_identity()
-    pipe.cli("publish", UNKNOWN_POOL, ident, "notes", "9")
+    refused = pipe.cli("publish", UNKNOWN_POOL, ident, "notes", "9", check=False)
+    assert refused.returncode == 1 and f"unknown pool {UNKNOWN_POOL}" in refused.stderr
+    pipe.cli("publish", UNKNOWN_POOL, ident, "notes", "9", "--no-check")  # as a producer without the store
     letters = wait_for(lambda: [d for d in pipe.dead_letters() if d["payload"].get("identityId") == ident],
                        what="dead letter")
     assert letters[0]["reason"] == f"unknown pool: {UNKNOWN_POOL}" and letters[0]["kind"] == "event"

@@ -127,3 +127,49 @@ def test_dlq_list_shows_no_terminal_escapes(store):
                                                "eventId \x1b[2J\x1b]0;owned\x07")])
     out = run_cli(store, "dlq", "list").stdout
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
+
+
+PUBLISH_BROKER = "redis://127.0.0.1:6379/6"
+UNKNOWN = "us-east-1:00000000-0000-4000-8000-00000000dead"
+
+
+def _queued_events() -> int:
+    import redis
+
+    from pushsync.queues import EVENTS_QUEUE
+
+    return redis.Redis.from_url(PUBLISH_BROKER).llen(EVENTS_QUEUE)
+
+
+def test_publish_to_a_pool_the_store_does_not_know_enqueues_nothing(db_url):
+    import redis
+
+    redis.Redis.from_url(PUBLISH_BROKER).flushdb()
+    from ..conftest import cli_env
+
+    env = cli_env(db_url, PUSHSYNC_BROKER_URL=PUBLISH_BROKER)
+    assert run_cli(db_url, "db", "upgrade").returncode == 0
+    r = run_cli(db_url, "publish", UNKNOWN, IDENT, "notes", "3", env=env)
+    line = one_error_line(r, 1)
+    assert f"unknown pool {UNKNOWN}" in line and "--no-check" in line and _queued_events() == 0
+    # a producer without store access says so, and the event goes as before (to the dead letters)
+    r = run_cli(db_url, "publish", UNKNOWN, IDENT, "notes", "3", "--no-check",
+                env=cli_env("postgresql+psycopg://nobody@127.0.0.1:1/none", PUSHSYNC_BROKER_URL=PUBLISH_BROKER))
+    assert r.returncode == 0 and "enqueued notes sync count 3" in r.stdout, r.stderr
+    assert _queued_events() == 1
+    assert run_cli(db_url, "pool", "create", POOL).returncode == 0
+    r = run_cli(db_url, "publish", POOL, IDENT, "notes", "4", env=env)
+    assert r.returncode == 0, r.stderr
+    assert _queued_events() == 2
+
+
+def test_publish_with_the_store_unreachable_enqueues_nothing_and_names_the_way_round():
+    import redis
+
+    redis.Redis.from_url(PUBLISH_BROKER).flushdb()
+    from ..conftest import cli_env
+
+    down = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    r = run_cli(down, "publish", POOL, IDENT, "notes", "3", env=cli_env(down, PUSHSYNC_BROKER_URL=PUBLISH_BROKER))
+    line = one_error_line(r, 1)
+    assert "store is unreachable" in line and "--no-check" in line and _queued_events() == 0
