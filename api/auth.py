@@ -109,6 +109,9 @@ def authenticate(header: str | None, pool_id: str) -> Principal:
         if grant.pool_id != pool_id:
             raise NotAuthorized(f"this API key is not for pool {pool_id}")
         return Principal("key", pool_id, scopes=grant.scopes, key_id=grant.key_id)
+    if credential.count(".") != 2:  # an identity token is a JWT: three dot-separated parts
+        raise NotAuthorized(f"not a valid API key (keys start with {tokens.KEY_PREFIX}) nor an identity token "
+                            "(a signed JWT)")
 
     def load_secret():
         with session_scope() as s:

@@ -41,6 +41,8 @@ def test_missing_or_malformed_credentials_are_refused(api, pipe, keys):
     _refused(api.call("POST", p, GCM, "psk_0123456789abcdef_" + "A" * 43), "unknown or revoked")
     _refused(api.call("POST", p, GCM, keys["device"][:-1] + ("A" if keys["device"][-1] != "A" else "B")))
     _refused(api.call("POST", p, GCM, "not.a.jwt"))
+    for mistyped in ("wrongkey", keys["device"].replace("psk_", "pks_"), "psk-" + "A" * 20):
+        _refused(api.call("POST", p, GCM, mistyped), "not a valid API key (keys start with psk_)")
     assert _devices(pipe) == before
 
 
