@@ -13,14 +13,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api import configuration, operations
 from api.auth import authenticate
-from api.errors import ApiError, InternalError, InvalidParameter, MethodNotAllowed, NotFound, Unavailable
+from api.errors import Answer, ApiError, InternalError, InvalidParameter, MethodNotAllowed, NotFound, Unavailable
 from api.errors import LimitExceeded as LimitError
 from api.ratelimit import RateLimiter
+from api.server import iso_time, log_setup
 from pushsync import contract
 from pushsync.settings import get_settings
 
@@ -143,7 +143,7 @@ def endpoint(op, params: tuple[str, ...]):
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Cognito-shaped answer
             return translate(exc).response()
         status, data = result if isinstance(result, tuple) else (200, result)
-        return JSONResponse(data, status_code=status)
+        return Answer(data, status_code=status)
     return handle
 
 
@@ -165,7 +165,7 @@ def _authorised(request: Request, values: list[str], header: str | None):
 
 
 async def healthz(_request: Request):
-    return JSONResponse({"status": "ok"})
+    return Answer({"status": "ok"})
 
 
 def _ready(limiter: RateLimiter) -> dict[str, str]:
@@ -191,7 +191,7 @@ def _ready(limiter: RateLimiter) -> dict[str, str]:
 async def readyz(request: Request):
     checks = await run_in_threadpool(_ready, request.app.state.limiter)
     if all(v == "ok" for v in checks.values()):
-        return JSONResponse({"status": "ready", **checks})
+        return Answer({"status": "ready", **checks})
     failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
     return Unavailable(f"not ready: {failing}", retry_after=5).response()
 
@@ -199,7 +199,7 @@ async def readyz(request: Request):
 async def openapi(_request: Request):
     from api.openapi import document
 
-    return JSONResponse(document())
+    return Answer(document())
 
 
 async def _http_error(_request: Request, exc: HTTPException):
@@ -266,12 +266,12 @@ class AccessLog:
         finally:
             who = scope.get("state", {}).get("principal")
             access.info(json.dumps({
-                "ts": round(time.time(), 3), "method": scope["method"], "path": contract.printable(scope["path"], 300),
-                "status": status["code"], "ms": round((time.perf_counter() - started) * 1000, 1), "caller": who}))
+                "time": iso_time(time.time()), "method": scope["method"],
+                "path": contract.printable(scope["path"], 300), "status": status["code"],
+                "ms": round((time.perf_counter() - started) * 1000, 1), "caller": who}))
 
 
 def create_app() -> Starlette:
-    from api.server import log_setup
 
     log_setup()
     settings = get_settings()

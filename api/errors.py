@@ -3,7 +3,16 @@ its status codes. Every failure the API answers is one of these; nothing else le
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.responses import JSONResponse
+
+
+class Answer(JSONResponse):
+    """Every JSON answer of the API, ending in a newline as a terminal (and `curl`) expects."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(content) + b"\n"
 
 
 class ApiError(Exception):
@@ -17,7 +26,7 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return JSONResponse({"__type": self.type, "message": self.message}, status_code=self.status,
+        return Answer({"__type": self.type, "message": self.message}, status_code=self.status,
                             headers=headers)
 
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+
+
+def iso_time(created: float) -> str:
+    """The workers' time format (UTC, milliseconds), so one deployment's logs sort and read alike."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
 
 
 class JsonLines(logging.Formatter):
@@ -13,7 +19,7 @@ class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.name == "pushsync.api.access":
             return record.getMessage()
-        out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+        out = {"time": iso_time(record.created), "level": record.levelname.lower(), "logger": record.name,
                "message": record.getMessage()}
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
