@@ -66,7 +66,7 @@ class SchedulerLock:
             return True
         got = bool(self.client.set(LOCK_KEY, self.token, nx=True, ex=self.ttl))
         if got != self._said:
-            log.warning("scheduler lock %s", "taken: this scheduler is active" if got
+            log.info("scheduler lock %s", "taken: this scheduler is active" if got
                         else "held by another scheduler: standing by")
             self._said = got
         self.held = got

@@ -19,8 +19,18 @@ from pushsync.settings import SettingsError, get_settings
 GROUPS = (db, pool, device, subscribe, publish, ops, dlq, api, demo)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pushsync")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> Parser:
     p = Parser(prog="pushsync", description="Self-hosted push sync for FCM and APNs.")
+    p.add_argument("--version", action="version", version=f"pushsync {_version()}")
     p.set_defaults(main=main)  # for the commands that run others (demo-producer)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in GROUPS:
@@ -52,3 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`pushsync stats --json | head`): nothing left to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit is quiet too
+        return 141

@@ -15,6 +15,11 @@ class UsageProblem(Exception):
     """The caller's input is wrong (an option, a value): exit 2 with this message."""
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 device``, ``2 devices``: the command's own sentences read as English."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own usage errors: one line, exit 2
         self.exit(2, f"pushsync: {message}\n")

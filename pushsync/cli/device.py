@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from pushsync import contract
-from pushsync.cli.common import Progress, ensure_schema, group, session
+from pushsync.cli.common import Progress, counted, ensure_schema, group, session
 from pushsync.contract import ValidationError
 
 
@@ -51,7 +51,7 @@ def import_(args) -> int:
 
     with stream:
         imported, n_bad = import_lines(stream, on_bad=bad, on_progress=report)
-    print(f"imported {imported} devices, {n_bad} bad lines, in {progress.elapsed:.1f} s")
+    print(f"imported {counted(imported, 'device')}, {counted(n_bad, 'bad line')}, in {progress.elapsed:.1f} s")
     return 1 if n_bad else 0
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from pushsync import contract
-from pushsync.cli.common import CommandError, Progress, ensure_schema, group, session
+from pushsync.cli.common import CommandError, Progress, counted, ensure_schema, group, session
 from pushsync.contract import ValidationError
 
 
@@ -21,6 +21,8 @@ def list_(args) -> int:
         return 0
     if not items:
         print("no dead letters")
+    else:
+        print(f"{'ID':>6}  {'CREATED (UTC)':<19}  {'KIND':<8} {'PLATFORM':<12} REASON  [IDENTITY DATASET SYNC_COUNT]")
     for d in items:
         what = d["payload"] if isinstance(d["payload"], dict) else {}
         key = " ".join(str(what.get(k)) for k in ("identityId", "datasetName", "syncCount") if k in what)
@@ -58,7 +60,8 @@ def replay(args) -> int:
             res = replay(ids, send, progress=lambda done: progress.say(f"... {done} dead letters replayed"))
     except BrokerError as exc:
         raise CommandError(f"cannot reach the broker: {exc}") from None
-    print(f"replayed {res.events} events and {res.deliveries} deliveries; {res.stale} deliveries dropped as "
+    print(f"replayed {counted(res.events, 'event')} and {counted(res.deliveries, 'delivery', 'deliveries')}; "
+          f"{counted(res.stale, 'delivery', 'deliveries')} dropped as "
           f"stale (a newer sync count was notified since) in {progress.elapsed:.1f} s")
     if res.unusable:
         print(f"pushsync: {res.unusable} dead letters hold no event or delivery (malformed messages); they stay "
@@ -78,7 +81,7 @@ def purge(args) -> int:
     ensure_schema()
     with session() as s:
         n = repo.purge_dead_letters(s, older)
-    print(f"purged {n} dead letters")
+    print(f"purged {counted(n, 'dead letter')}")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pushsync import contract
-from pushsync.cli.common import ensure_schema, group, session
+from pushsync.cli.common import counted, ensure_schema, group, session
 from pushsync.contract import ValidationError
 from pushsync.settings import get_settings
 
@@ -41,7 +41,7 @@ def rekey(args) -> int:
     ensure_schema()
     with session() as s:
         counts = repo.rekey_pools(s, ring)
-    print(f"{counts['sealed']} secrets of {counts['pools']} pools sealed under the first key of "
+    print(f"{counted(counts['sealed'], 'secret')} of {counted(counts['pools'], 'pool')} sealed under the first key of "
           f"PUSHSYNC_SECRET_KEY; {counts['references']} file references left as they are")
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pushsync import contract
-from pushsync.cli.common import ensure_schema, session
+from pushsync.cli.common import counted, ensure_schema, session
 
 
 def _ids(args) -> tuple[str, str, str]:
@@ -49,7 +49,7 @@ def subscribe_all(args) -> int:
         repo.require_pool(s, pool_id)
         datasets = subset if subset is not None else repo.known_datasets(s, pool_id, identity)
         repo.subscribe(s, pool_id, identity, datasets, device_id)
-    print(f"device {device_id} subscribed to {len(datasets)} datasets"
+    print(f"device {device_id} subscribed to {counted(len(datasets), 'dataset')}"
           + (f": {', '.join(datasets)}" if datasets else ""))
     return 0
 

@@ -173,3 +173,37 @@ def test_publish_with_the_store_unreachable_enqueues_nothing_and_names_the_way_r
     r = run_cli(down, "publish", POOL, IDENT, "notes", "3", env=cli_env(down, PUSHSYNC_BROKER_URL=PUBLISH_BROKER))
     line = one_error_line(r, 1)
     assert "store is unreachable" in line and "--no-check" in line and _queued_events() == 0
+
+
+def test_version_names_the_installed_package():
+    from importlib.metadata import version
+
+    r = run_cli("sqlite://", "--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"pushsync {version('pushsync')}", r.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(db_url):
+    """`pushsync stats --json | head`: the reader is gone before the command writes."""
+    import subprocess
+
+    from ..conftest import PUSHSYNC, cli_env
+
+    proc = subprocess.Popen([PUSHSYNC, "stats", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env(db_url, PUSHSYNC_BROKER_URL=PUBLISH_BROKER))
+    proc.stdout.close()
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_dlq_list_has_a_header_over_its_columns(db_url):
+    from pushsync.messages import DeadLetter
+    from store import repo
+    from store.db import engine_for, session_scope
+
+    assert run_cli(db_url, "db", "upgrade").returncode == 0
+    with session_scope(engine_for(db_url)) as s:
+        repo.add_dead_letters(s, [DeadLetter.event({"identityPoolId": POOL, "identityId": IDENT,
+                                                    "datasetName": "notes", "syncCount": 2}, "unknown pool", "x")])
+    lines = run_cli(db_url, "dlq", "list").stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "CREATED", "(UTC)", "KIND"] and "REASON" in lines[0]
+    assert "unknown pool: x" in lines[1] and f"[{IDENT} notes 2]" in lines[1]

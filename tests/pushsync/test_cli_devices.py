@@ -119,7 +119,7 @@ def test_device_import_imports_good_lines_and_names_bad_ones(store, tmp_path):
 def test_device_import_from_stdin_and_missing_file(store):
     line = json.dumps({"identityPoolId": POOL, "identityId": IDENT, "platform": "GCM", "token": "s1"})
     r = run_cli(store, "device", "import", "-", input=line + "\n")
-    assert r.returncode == 0 and "imported 1 devices, 0 bad lines" in r.stdout
+    assert r.returncode == 0 and "imported 1 device, 0 bad lines" in r.stdout
     assert "FILE" in one_error_line(run_cli(store, "device", "import", "/no/such.jsonl"), 2)
 
 
