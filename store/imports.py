@@ -19,6 +19,8 @@ from store.db import session_scope
 CHUNK = 2000
 Row = tuple[str, str, str, str, list[str]]
 REFUSED = (DataError, IntegrityError, ProgrammingError)
+LINE_SHAPE = ('{"identityPoolId": ..., "identityId": ..., "platform": "GCM|APNS|APNS_SANDBOX", "token": ..., '
+              '"datasets": [...]} (datasets optional)')
 
 
 def parse_line(line: str) -> Row:
@@ -29,9 +31,12 @@ def parse_line(line: str) -> Row:
         raise ValidationError("line", f"not JSON ({exc.msg})") from None
     if not isinstance(data, dict):
         raise ValidationError("line", "must be a JSON object")
+    for alias, key in (("Platform", "platform"), ("Token", "token")):  # as the HTTP API's bodies spell them
+        if alias in data and key not in data:
+            data[key] = data.pop(alias)
     for key in ("identityPoolId", "identityId", "platform", "token"):
         if key not in data:
-            raise ValidationError(key, "is required")
+            raise ValidationError(key, f"is required; a line is {LINE_SHAPE}")
     platform = contract.platform(data["platform"])
     datasets = data.get("datasets", [])
     if not isinstance(datasets, list):

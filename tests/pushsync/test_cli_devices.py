@@ -123,6 +123,16 @@ def test_device_import_from_stdin_and_missing_file(store):
     assert "FILE" in one_error_line(run_cli(store, "device", "import", "/no/such.jsonl"), 2)
 
 
+def test_device_import_takes_the_apis_spelling_and_shows_the_shape_of_a_line(store):
+    api_spelled = json.dumps({"identityPoolId": POOL, "identityId": IDENT, "Platform": "GCM", "Token": "s2"})
+    r = run_cli(store, "device", "import", "-", input=api_spelled + "\n")
+    assert r.returncode == 0 and "imported 1 device, 0 bad lines" in r.stdout, r.stderr
+    body_only = json.dumps({"Platform": "GCM", "Token": "s3"})  # a register body: the path's ids are missing
+    r = run_cli(store, "device", "import", "-", input=body_only + "\n")
+    error = next(line for line in r.stderr.splitlines() if line.startswith("line 1"))
+    assert r.returncode == 1 and "identityPoolId: is required; a line is {" in error and '"platform"' in error
+
+
 def test_a_4096_character_token_registers_and_imports(store, tmp_path):
     import secrets
 
