@@ -9,13 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pushsync
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY pushsync ./pushsync
 COPY store ./store
 COPY worker ./worker
 COPY scheduler ./scheduler
 COPY emulators ./emulators
-RUN pip install . && rm -rf /src
+RUN pip install -c constraints.txt . && rm -rf /src
 
 USER pushsync
 WORKDIR /home/pushsync

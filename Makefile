@@ -1,12 +1,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test check lint bench demo
+.PHONY: install test check lint bench demo lock
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+# Every install is pinned by constraints.txt (`make lock` refreshes it from pyproject.toml's ranges).
+$(VENV)/.runtime: pyproject.toml constraints.txt
+	VENV=$(VENV) bash scripts/install.sh runtime
 	touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	VENV=$(VENV) bash scripts/install.sh test
+	touch $@ $(VENV)/.runtime
 
 install: $(VENV)/.installed
 
@@ -28,9 +32,13 @@ check: lint
 
 bench: install
 	bash scripts/services.sh --bench
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
 	$(PY) -m bench.run
 
-demo: install
-	bash scripts/services.sh --install-only
+# The demo needs the runtime only (no test tools) and redis-server (it runs one of its own).
+demo: $(VENV)/.runtime
+	bash scripts/services.sh --demo
 	$(VENV)/bin/pushsync demo
+
+lock:
+	bash scripts/lock.sh

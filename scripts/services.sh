@@ -2,7 +2,8 @@
 # What the tests need on this machine: PostgreSQL and Redis answering (started if not), and
 # redis-server, redis-sentinel, docker-compose, curl and prometheus (for promtool) installed
 # (Debian packages).
-# With --install-only: just the packages (what `make demo` needs: the demo runs its own Redis).
+# With --install-only: just the packages. With --demo: only what `make demo` needs (redis-server:
+# the demo runs a Redis of its own), saying so before it installs.
 # With --bench: also nginx (the benchmark's HTTP/2 sink) and h2load.
 set -uo pipefail
 
@@ -16,6 +17,13 @@ wait_for() {  # wait_for NAME COMMAND...
   return 1
 }
 
+if [ "${1:-}" = "--demo" ]; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "demo: installing redis-server (Debian's package; once)" >&2
+    (apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null || exit 1
+  fi
+  exit 0
+fi
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)

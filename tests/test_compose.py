@@ -259,3 +259,29 @@ def test_every_service_command_is_a_real_entry_point(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
         time.sleep(0.2)
 
+
+
+def test_the_dev_override_points_every_service_at_the_emulator_it_runs():
+    """`docker compose -f docker-compose.yml -f docker-compose.dev.yml --profile dev up` needs no hand edit."""
+    env = {**os.environ, "POSTGRES_PASSWORD": "x", "REDIS_PASSWORD": "y", "FLOWER_BASIC_AUTH": "a:b",
+           "PUSHSYNC_SECRET_KEY": TEST_SECRET_KEY}
+    r = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "-f",
+                        str(ROOT / "docker-compose.dev.yml"), "--profile", "dev", "config"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    merged = yaml.safe_load(r.stdout)["services"]
+    emulator = SERVICES["emulator"]["command"]
+    port = {flag: emulator[emulator.index(flag) + 1] for flag in ("--fcm-port", "--apns-port", "--apns-sandbox-port")}
+    want = {"PUSHSYNC_FCM_URL": f"https://emulator:{port['--fcm-port']}",
+            "PUSHSYNC_APNS_PRODUCTION_URL": f"https://emulator:{port['--apns-port']}",
+            "PUSHSYNC_APNS_SANDBOX_URL": f"https://emulator:{port['--apns-sandbox-port']}",
+            "PUSHSYNC_CA_FILE": "/emulator/ca.pem"}
+    for name in OURS:
+        got = {k: merged[name]["environment"].get(k) for k in want}
+        assert got == want, name
+        # the secrets still come from the environment, not from the override
+        assert merged[name]["environment"]["PUSHSYNC_SECRET_KEY"] == TEST_SECRET_KEY
+    # the CA is where the emulator writes it: its state volume is what the others mount at /emulator
+    assert "emulator-state:/state" in SERVICES["emulator"]["volumes"]
+    assert "emulator-state:/emulator:ro" in COMPOSE["x-pushsync"]["volumes"]
+    assert (ROOT / "emulators").is_dir() and "ca.pem" in (ROOT / "emulators" / "certs.py").read_text()
