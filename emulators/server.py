@@ -36,12 +36,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from emulators.apns import APNsProtocol, KeyRing
 from emulators import envfile
+from emulators.apns import APNsProtocol, KeyRing
 from emulators.certs import DEMO_KEY_ID, DEMO_TEAM_ID, DEMO_TOPIC, ensure_material
 from emulators.fcm import FCMEmulator
 from emulators.h2http import ALPNSwitch
-from emulators.ports import EmulatorError, bind_all, keep, token_uri_moved, wanted
+from emulators.ports import PORTS_FILE, EmulatorError, bind_all, keep, token_uri_moved, wanted
 from emulators.state import Fault, State
 
 
@@ -160,7 +160,8 @@ def _info(directory: Path, url_host: str, ports: dict[str, int], paths: dict, en
         "control_url": f"http://{url_host}:{ports['control']}",
         "ca_file": paths["ca"], "service_account": paths["service_account"], "apns_key": paths["apns_key"],
         "apns_key_id": DEMO_KEY_ID, "apns_team_id": DEMO_TEAM_ID, "apns_topic": DEMO_TOPIC,
-        "dir": str(directory), "pushes_log": str(directory / "pushes.jsonl"), "ports_file": str(directory / "ports.json"),
+        "dir": str(directory), "pushes_log": str(directory / "pushes.jsonl"),
+        "ports_file": str(directory / PORTS_FILE),
         "env_file": str(Path(env_file).resolve()) if env_file else None,
     }
 
