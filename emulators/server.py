@@ -5,8 +5,9 @@
 
 The first start in DIR takes free ports and keeps them in DIR/ports.json; later starts reuse
 them (emulators.ports). Once listening it writes DIR/emulator.json with the URLs to put in
-PUSHSYNC_* settings and the absolute paths of the CA, service account and APNs key, and with
---env-file those settings as an env file (emulators.envfile).
+PUSHSYNC_* settings and the absolute paths of the CA, service account and APNs key (removed
+again at a stop, so that it exists while the emulator listens), and with --env-file those
+settings as an env file (emulators.envfile), which stays.
 
 Control API (plain HTTP on the control port):
     GET  /requests            every request received, oldest first (tokens in full: test data)
@@ -192,6 +193,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # emulator.json says "listening": whoever waits for it on the next start waits for that start
+    (directory / "emulator.json").unlink(missing_ok=True)
     for s in servers:
         s.close()
     await fcm_runner.cleanup()
