@@ -55,6 +55,14 @@ def wanted(args, directory: Path) -> tuple[dict[str, int], dict[str, int]]:
     for name, option, _label in SERVICES:
         given = getattr(args, _attr(option))
         ports[name] = given if given is not None else kept.get(name, 0)
+    labels = {name: (option, label) for name, option, label in SERVICES}
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port and port in seen:
+            (o1, l1), (o2, l2) = labels[seen[port]], labels[name]
+            raise EmulatorError(f"port {port} is asked for both {l1} ({o1}) and {l2} ({o2}): give one of them "
+                                "another port (0 takes a free one)")
+        seen[port] = name
     return ports, kept
 
 

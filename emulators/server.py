@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import socket
 import ssl
@@ -111,7 +112,8 @@ def _write_info(directory: Path, info: dict, env_file: str | None) -> None:
     print(f"emulators ready: FCM {info['fcm_url']}, APNs {info['apns_production_url']} (production), "
           f"{info['apns_sandbox_url']} (sandbox), control {info['control_url']}", flush=True)
     if env_file:
-        print(f"settings for a worker in {info['env_file']}: set -a; . {info['env_file']}; set +a", flush=True)
+        quoted = shlex.quote(info["env_file"])
+        print(f"settings for a worker in {info['env_file']}: set -a; . {quoted}; set +a", flush=True)
     print(f"a pool with the emulator's keys: pushsync pool create POOL_ID {envfile.pool_create_options(info)}",
           flush=True)
 

@@ -209,3 +209,13 @@ def test_an_env_file_the_emulator_cannot_write_is_refused_in_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     r = _refused_start(tmp_path / "emu", "--env-file", str(tmp_path / "file" / "worker.env"))
     assert "cannot write the env file" in one_error_line(r, 1)
+
+
+def test_one_port_for_two_services_is_refused_before_listening(tmp_path, started):
+    emu = started(tmp_path / "emu")
+    fcm = emu.ports()["fcm_url"]
+    emu.stop()
+    # the kept FCM port asked for APNs too
+    r = _refused_start(tmp_path / "emu", "--apns-port", str(fcm))
+    line = one_error_line(r, 1)
+    assert f"port {fcm} is asked for both FCM (--fcm-port) and APNs production (--apns-port)" in line, line
