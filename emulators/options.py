@@ -6,13 +6,31 @@ from __future__ import annotations
 import argparse
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {port} (0-65535; 0 takes a new free one)")
+    return port
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default="emulator-state", help="where keys, emulator.json and pushes.jsonl go")
+    p.add_argument("--dir", default="emulator-state",
+                   help="where keys, emulator.json, ports.json and pushes.jsonl go (its ports are kept there)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--apns-port", type=int, default=0)
-    p.add_argument("--apns-sandbox-port", type=int, default=0)
-    p.add_argument("--fcm-port", type=int, default=0)
-    p.add_argument("--control-port", type=int, default=0)
+    ports = ("the port, kept for the next starts in this --dir (default: the one kept from the last start, "
+             "or a free one on the first; 0: a new free one)")
+    p.add_argument("--fcm-port", type=_port, metavar="N", help=f"FCM's send and token endpoints: {ports}")
+    p.add_argument("--apns-port", type=_port, metavar="N", help="APNs production: the same")
+    p.add_argument("--apns-sandbox-port", type=_port, metavar="N", help="APNs sandbox: the same")
+    p.add_argument("--control-port", type=_port, metavar="N", help="the control API: the same")
+    p.add_argument("--new-ports", action="store_true",
+                   help="forget the ports kept in --dir and take free ones (those given by option aside)")
+    p.add_argument("--env-file", metavar="FILE",
+                   help="write the PUSHSYNC_ settings a worker needs for this emulator to FILE (KEY=VALUE "
+                        "lines for `set -a; . FILE; set +a` or compose's env_file:)")
     p.add_argument("--public-host", help="host name clients use (put in the URLs and the certificate), "
                                          "e.g. the compose service name")
     p.add_argument("--quiet", action="store_true", help="do not print each push")

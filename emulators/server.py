@@ -1,10 +1,13 @@
 """Runs both emulators and their control API in one process.
 
     pushsync emulator --dir DIR [--host 127.0.0.1] [--apns-port N] [--apns-sandbox-port N]
-                      [--fcm-port N] [--control-port N]
+                      [--fcm-port N] [--control-port N] [--new-ports] [--env-file FILE]
 
-Port 0 (the default) takes a free port. Once listening it writes DIR/emulator.json with the
-URLs to put in PUSHSYNC_* settings and the paths of the CA, service account and APNs key.
+The first start in DIR takes free ports and keeps them in DIR/ports.json; later starts reuse
+them (emulators.ports). Once listening it writes DIR/emulator.json with the URLs to put in
+PUSHSYNC_* settings and the absolute paths of the CA, service account and APNs key (removed
+again at a stop, so that it exists while the emulator listens), and with --env-file those
+settings as an env file (emulators.envfile), which stays.
 
 Control API (plain HTTP on the control port):
     GET  /requests            every request received, oldest first (tokens in full: test data)
@@ -26,27 +29,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 from aiohttp import web
 
+from emulators import envfile
 from emulators.apns import APNsProtocol, KeyRing
 from emulators.certs import DEMO_KEY_ID, DEMO_TEAM_ID, DEMO_TOPIC, ensure_material
 from emulators.fcm import FCMEmulator
 from emulators.h2http import ALPNSwitch
+from emulators.ports import PORTS_FILE, EmulatorError, bind_all, keep, token_uri_moved, wanted
 from emulators.state import Fault, State
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
 
 
 def control_app(state: State) -> web.Application:
@@ -105,24 +103,26 @@ def _tls(paths: dict, alpn: list[str] | None = None) -> ssl.SSLContext:
     return ctx
 
 
-def _write_info(directory: Path, info: dict) -> None:
+def _write_info(directory: Path, info: dict, env_file: str | None) -> None:
+    if env_file:
+        envfile.write(Path(env_file).resolve(), info)
     tmp = directory / "emulator.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(directory / "emulator.json")
     print(f"emulators ready: FCM {info['fcm_url']}, APNs {info['apns_production_url']} (production), "
           f"{info['apns_sandbox_url']} (sandbox), control {info['control_url']}", flush=True)
+    if env_file:
+        quoted = shlex.quote(info["env_file"])
+        print(f"settings for a worker in {info['env_file']}: set -a; . {quoted}; set +a", flush=True)
+    print(f"a pool with the emulator's keys: pushsync pool create POOL_ID {envfile.pool_create_options(info)}",
+          flush=True)
 
 
-async def _apns_servers(args: argparse.Namespace, state: State, keys: KeyRing, paths: dict) -> tuple[list, dict]:
+async def _apns_servers(state: State, keys: KeyRing, paths: dict, socks: dict) -> list:
     """The production and sandbox hosts: HTTP/2 over TLS, each on its own port."""
     loop = asyncio.get_running_loop()
-    servers, ports = [], {}
-    for name, port in (("production", args.apns_port), ("sandbox", args.apns_sandbox_port)):
-        sock = _bind(args.host, port)
-        ports[name] = sock.getsockname()[1]
-        servers.append(await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=sock,
-                                                ssl=_tls(paths, ["h2"])))
-    return servers, ports
+    return [await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=socks[f"apns_{name}"],
+                                     ssl=_tls(paths, ["h2"])) for name in ("production", "sandbox")]
 
 
 async def _fcm_server(state: State, token_uri: str, paths: dict, sock: socket.socket, servers: list) -> web.AppRunner:
@@ -143,41 +143,60 @@ async def _fcm_server(state: State, token_uri: str, paths: dict, sock: socket.so
     return fcm_runner
 
 
+def _listening(args: argparse.Namespace, directory: Path) -> tuple[dict[str, socket.socket], dict[str, int]]:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmulatorError(f"cannot use {directory} as the emulator's --dir: {exc.strerror or exc}") from None
+    ports, kept = wanted(args, directory)
+    socks = bind_all(args.host, ports, kept, directory)  # refused: a running emulator's files stay as they are
+    (directory / "emulator.json").unlink(missing_ok=True)  # there again once this start listens
+    return socks, keep(directory, socks)
+
+
+def _info(directory: Path, url_host: str, ports: dict[str, int], paths: dict, env_file: str | None) -> dict:
+    """emulator.json: every path in it absolute."""
+    return {
+        "fcm_url": f"https://{url_host}:{ports['fcm']}",
+        "apns_production_url": f"https://{url_host}:{ports['apns_production']}",
+        "apns_sandbox_url": f"https://{url_host}:{ports['apns_sandbox']}",
+        "control_url": f"http://{url_host}:{ports['control']}",
+        "ca_file": paths["ca"], "service_account": paths["service_account"], "apns_key": paths["apns_key"],
+        "apns_key_id": DEMO_KEY_ID, "apns_team_id": DEMO_TEAM_ID, "apns_topic": DEMO_TOPIC,
+        "dir": str(directory), "pushes_log": str(directory / "pushes.jsonl"),
+        "ports_file": str(directory / PORTS_FILE),
+        "env_file": str(Path(env_file).resolve()) if env_file else None,
+    }
+
+
 async def serve(args: argparse.Namespace) -> None:
-    directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    host = args.host
-    fcm_sock = _bind(host, args.fcm_port)
-    fcm_port = fcm_sock.getsockname()[1]
-    public = args.public_host or host
+    directory = Path(args.dir).resolve()
+    socks, ports = _listening(args, directory)
+    public = args.public_host or args.host
     url_host = f"[{public}]" if ":" in public else public
-    token_uri = f"https://{url_host}:{fcm_port}/token"
+    token_uri = f"https://{url_host}:{ports['fcm']}/token"
+    moved = token_uri_moved(directory / "service-account.json", token_uri)
+    if moved:
+        print(moved, file=sys.stderr, flush=True)
     paths = ensure_material(directory, token_uri, (args.public_host,) if args.public_host else ())
     state = State(log_file=open(directory / "pushes.jsonl", "a"), quiet=args.quiet)
 
     loop = asyncio.get_running_loop()
     keys = KeyRing()
     keys.add(DEMO_KEY_ID, DEMO_TEAM_ID, Path(paths["apns_key"]).read_bytes(), {DEMO_TOPIC})
-    servers, ports = await _apns_servers(args, state, keys, paths)
-
-    fcm_runner = await _fcm_server(state, token_uri, paths, fcm_sock, servers)
+    servers = await _apns_servers(state, keys, paths, socks)
+    fcm_runner = await _fcm_server(state, token_uri, paths, socks["fcm"], servers)
     control_runner = web.AppRunner(control_app(state), access_log=None, handle_signals=False)
     await control_runner.setup()
-    control_sock = _bind(host, args.control_port)
-    await web.SockSite(control_runner, control_sock).start()
-    _write_info(directory, {
-        "fcm_url": f"https://{url_host}:{fcm_port}",
-        "apns_production_url": f"https://{url_host}:{ports['production']}",
-        "apns_sandbox_url": f"https://{url_host}:{ports['sandbox']}",
-        "control_url": f"http://{url_host}:{control_sock.getsockname()[1]}",
-        "ca_file": paths["ca"], "service_account": paths["service_account"], "apns_key": paths["apns_key"],
-        "apns_key_id": DEMO_KEY_ID, "apns_team_id": DEMO_TEAM_ID, "apns_topic": DEMO_TOPIC,
-    })
+    await web.SockSite(control_runner, socks["control"]).start()
+    _write_info(directory, _info(directory, url_host, ports, paths, args.env_file), args.env_file)
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # emulator.json says "listening": whoever waits for it on the next start waits for that start
+    (directory / "emulator.json").unlink(missing_ok=True)
     for s in servers:
         s.close()
     await fcm_runner.cleanup()

@@ -172,9 +172,14 @@ def flower(args) -> int:
 
 
 def emulator(args) -> int:
+    """`pushsync emulator`: a port it cannot have, a --dir or env file it cannot write: one line, exit 1."""
+    from emulators.ports import EmulatorError
     from emulators.server import main as run_emulators
 
-    return run_emulators(args)
+    try:
+        return run_emulators(args)
+    except EmulatorError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def register(sub) -> None:
@@ -199,6 +204,7 @@ def register(sub) -> None:
     fl.add_argument("--port", type=int, default=5555)
     fl.add_argument("flower_args", nargs="*", metavar="FLOWER_OPTION", help="more Flower options, after --")
     fl.set_defaults(func=flower)
-    emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators")
+    emu = sub.add_parser("emulator", help="run the local FCM and APNs emulators (on the same ports at each start "
+                                          "in a --dir; --env-file FILE writes a worker's settings for them)")
     emulator_arguments(emu)
     emu.set_defaults(func=emulator)

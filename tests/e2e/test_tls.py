@@ -82,3 +82,30 @@ def test_a_rediss_broker_with_a_password_carries_events_to_the_devices(tls_redis
     finally:
         pipe.stop_workers()
     assert Path(material["ca"]).exists()
+
+
+@pytest.mark.parametrize("transport", ["curl", "aioapns"])
+def test_a_ca_that_does_not_sign_the_apns_certificate_shows_as_such_in_stats_and_the_dead_letter(
+        tmp_path, emulator, well_behaved, transport):
+    """A worker whose PUSHSYNC_CA_FILE is not the CA of the APNs host's certificate: `stats`, the
+    failure counter and the dead letter say the certificate was refused, on either transport (not
+    "connection: MaxAttemptsExceeded" with the cause only in the log)."""
+    other_ca = ensure_material(tmp_path / "other-ca", "https://localhost:1/token")["ca"]
+    (tmp_path / "pipe").mkdir()
+    pipe = Pipeline(tmp_path / "pipe", emulator, f"sqlite:///{tmp_path}/store.db", broker_db=13, extra_env={
+        "PUSHSYNC_CA_FILE": other_ca, "PUSHSYNC_APNS_TRANSPORT": transport, "PUSHSYNC_MAX_ATTEMPTS": "1"})
+    expected = "connection: TLS certificate verify failed: unable to get local issuer certificate"
+    try:
+        pipe.create_pool(POOL, fcm=False)
+        ident = new_identity()
+        pipe.device(POOL, ident, "APNS", "abcdef0123")
+        pipe.start_worker("-c", "1")
+        pipe.cli("publish", POOL, ident, "notes", "3")
+        failed = wait_for(lambda: pipe.stats()["failed"].get("APNS"), 40, what="the refused APNs push counted")
+        assert failed == {expected: 1}, failed
+        assert f"({expected} 1)" in pipe.cli("stats").stdout
+        letters = wait_for(pipe.dead_letters, 20, what="the push's dead letter")
+        assert [d["reason"] for d in letters] == [f"retries exhausted: {expected}"], letters
+        assert not emulator.pushes_for(ident)  # it never got past the handshake
+    finally:
+        pipe.stop_workers()

@@ -24,6 +24,7 @@ from aioapns.connection import APNsTLSClientProtocol, AuthorizationHeaderProvide
 
 from worker.senders.base import Kind, Outcome, PushRequest, Sender, collapse_id, parse_retry_after, tls_context
 from worker.senders.curl import CurlClient, TransportError
+from worker.senders.reasons import exception_reason
 
 # Error table: (HTTP status, reason) -> outcome kind.
 # https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns
@@ -183,6 +184,21 @@ class APNsSender(Sender):
                             max_connection_attempts=3, ssl_context=tls_context(ca_file, ["h2"]), err_func=_quiet)
         self._protocol = protocol_for(url, self._token)
         self._client.pool.protocol_class = self._protocol
+        self._connect_error: BaseException | None = None
+        self._client.pool.create_connection = self._remembering(self._client.pool.create_connection)
+
+    def _remembering(self, create):
+        """aioapns logs why a connection failed (a certificate refused, ...) and then raises only
+        MaxAttemptsExceeded: the cause is kept here for the push's reason."""
+        async def create_connection():
+            try:
+                connection = await create()
+            except Exception as exc:
+                self._connect_error = exc
+                raise
+            self._connect_error = None
+            return connection
+        return create_connection
 
     def request(self, req: PushRequest) -> NotificationRequest:
         return NotificationRequest(
@@ -219,7 +235,8 @@ class APNsSender(Sender):
         except TimeoutError:
             return Outcome(req.device_id, Kind.RETRY, reason="timeout")
         except Exception as exc:  # connection refused, dropped, TLS failure, max attempts
-            return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+            why = exception_reason(exc) or exception_reason(self._connect_error)
+            return Outcome(req.device_id, Kind.RETRY, reason=why or f"connection: {type(exc).__name__}")
         status = int(result.status) if str(result.status).isdigit() else 0
         reason = result.description if isinstance(result.description, str) else ""
         return status, reason, result.timestamp, parse_retry_after(self._protocol.retry_after.pop(

@@ -29,6 +29,8 @@ from io import BytesIO
 
 import pycurl
 
+from worker.senders.reasons import curl_reason
+
 E_HTTP2_STREAM = 92  # CURLE_HTTP2_STREAM, which pycurl 7.49 does not name
 # "the server did not process this request" (an HTTP/2 stream refused, or closed by GOAWAY, before
 # any answer): safe to send once more
@@ -126,7 +128,7 @@ class _Multi:
             for handle in ok:
                 self._finish(handle, None)
             for handle, code, message in failed:
-                why = "timeout" if code == pycurl.E_OPERATION_TIMEDOUT else f"connection: {message or code}"
+                why = "timeout" if code == pycurl.E_OPERATION_TIMEDOUT else curl_reason(code, message)
                 self._finish(handle, TransportError(why, code))
             if not queued:
                 break

@@ -25,6 +25,7 @@ from google.oauth2 import service_account
 
 from worker.senders.base import Kind, Outcome, PushRequest, Sender, parse_retry_after, tls_context
 from worker.senders.curl import CurlClient, TransportError
+from worker.senders.reasons import exception_reason
 
 # Error table: (HTTP status, FcmError errorCode) -> outcome kind.
 # https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
@@ -230,7 +231,8 @@ class FCMSender(Sender):
                     "Authorization": auth, "Content-Type": "application/json"}) as resp:
                 return resp.status, await resp.text(), resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return Outcome(req.device_id, Kind.RETRY, reason=f"connection: {type(exc).__name__}")
+            why = exception_reason(getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc)
+            return Outcome(req.device_id, Kind.RETRY, reason=why or f"connection: {type(exc).__name__}")
 
     async def _post_curl(self, req: PushRequest, body: bytes, auth: str) -> Outcome | tuple[int, str, str | None]:
         """One message over libcurl (HTTP/2, multiplexed); one the server did not process (GOAWAY, a
