@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test check lint bench demo
+.PHONY: install test check lint bench demo docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,3 +34,8 @@ bench: install
 demo: install
 	bash scripts/services.sh --install-only
 	$(VENV)/bin/pushsync demo
+
+# The documentation (docs/, mkdocs.yml) into site/, strictly: a broken link or a missing setting fails.
+docs: install
+	$(PY) -m pip install -q -e '.[test,docs]'
+	$(VENV)/bin/mkdocs build --strict --site-dir site
