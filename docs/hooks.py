@@ -129,8 +129,8 @@ def _option_row(action: argparse.Action) -> str:
 
 def _command(words: list[str], text: str, parser: argparse.ArgumentParser) -> list[str]:
     parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=USAGE_WIDTH)
-    out = [f"## {' '.join(words)}", "", text[:1].upper() + text[1:] + ("." if text and not text.endswith(".") else ""), "",
-           "```text", parser.format_usage().strip(), "```", ""]
+    sentence = text[:1].upper() + text[1:] + ("." if text and not text.endswith(".") else "")
+    out = [f"## {' '.join(words)}", "", sentence, "", "```text", parser.format_usage().strip(), "```", ""]
     rows = [_option_row(a) for a in parser._actions
             if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
     if rows:
