@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test check lint bench demo lock
+.PHONY: install test check lint bench demo docs lock
 
 # Every install is pinned by constraints.txt (`make lock` refreshes it from pyproject.toml's ranges).
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -39,6 +39,11 @@ bench: install
 demo: $(VENV)/.runtime
 	bash scripts/services.sh --demo
 	$(VENV)/bin/pushsync demo
+
+# The documentation (docs/, mkdocs.yml) into site/, strictly: a broken link or a missing setting fails.
+docs: install
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,docs]'
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 lock:
 	bash scripts/lock.sh

@@ -1,5 +1,6 @@
-"""The README's API examples, run as written (bash and curl) against a real server, a worker and
-the emulators: each command succeeds, the push arrives, and the last one shows Cognito's error."""
+"""The API examples of the docs (docs/http-api.md, "Examples"), run as written (bash and curl)
+against a real server, a worker and the emulators: each command succeeds, the push arrives, and the
+last one shows Cognito's error."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from .conftest import identity_token, make_key
 
 
 def _examples() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "http-api.md").read_text()
     block = re.search(r"<!-- api-examples:start -->\n```sh\n(.*?)```\n<!-- api-examples:end -->", text, re.S)
-    assert block, "the README lost its API examples"
+    assert block, "docs/http-api.md lost its API examples"
     return block.group(1)
 
 
-def test_the_readme_curl_examples_work_and_the_push_arrives(api, pipe, secrets, emulator):
+def test_the_docs_curl_examples_work_and_the_push_arrives(api, pipe, secrets, emulator):
     assert shutil.which("curl"), "curl is needed (Debian package curl)"
     pipe.start_worker("-c", "1")
     try:
@@ -38,7 +39,7 @@ def test_the_readme_curl_examples_work_and_the_push_arrives(api, pipe, secrets, 
         assert answers[3] == {"accepted": 1, "rejected": []}
         assert answers[4]["IdentityPoolId"] == POOL and "PRIVATE" not in r.stdout
         assert answers[5]["__type"] == "NotAuthorizedException"
-        pushes = wait_for(lambda: emulator.pushes_for(ident), 60, what="the README's push")
+        pushes = wait_for(lambda: emulator.pushes_for(ident), 60, what="the docs example's push")
         assert [(p["token"], p["body"]["data"]["syncCount"]) for p in pushes] == [("fcm-token-from-the-app", "42")]
     finally:
         pipe.stop_workers()
