@@ -26,7 +26,7 @@ from worker.dispatch import Dispatcher
 from worker.health import PROGRESS_KEY, Heartbeat, Progress
 from worker.intake import Intake
 from worker.metrics import Recorder
-from worker.pools import PoolCache
+from worker.pools import KeyCheck, PoolCache
 from worker.senders.cache import Senders
 from worker.stages import stage
 
@@ -78,6 +78,7 @@ class Context:
     progress: Progress | None = None
     heartbeat: Heartbeat | None = None
     dispatcher: Dispatcher | None = None
+    keycheck: KeyCheck | None = None
     pid: int = field(default_factory=os.getpid)
 
     def __post_init__(self):
@@ -99,7 +100,8 @@ class Context:
             log.warning("could not record metrics: %s", exc)
 
     def start_main(self, node: str, queues: list[str], ingests: bool, stall: float) -> None:
-        """The main process's threads: the heartbeat, and the dispatcher when the worker ingests."""
+        """The main process's threads: the heartbeat, the check of the pools' credentials, and the
+        dispatcher when the worker ingests."""
         client = broker.redis_client(self.settings, socket_timeout=5, socket_connect_timeout=3)
         try:
             client.hset(PROGRESS_KEY, node, time.time())  # a fresh start has made progress
@@ -107,6 +109,8 @@ class Context:
             pass
         self.heartbeat = Heartbeat(client, node, queues, interval=min(5.0, stall / 4))
         self.heartbeat.start()
+        self.keycheck = KeyCheck(client, node, self.settings)
+        self.keycheck.start()
         if ingests:
             # its own client: it blocks on Redis for up to a second at a time
             self.dispatcher = Dispatcher(Intake(client, self.settings.visibility_timeout, self.clock),
@@ -116,6 +120,8 @@ class Context:
     def stop_main(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.keycheck is not None:
+            self.keycheck.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
 

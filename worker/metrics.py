@@ -1,10 +1,12 @@
 """Counters and the latency histogram, kept in Redis so that every worker process and
-container adds to the same figures; `pushsync metrics` serves them to Prometheus and
-`pushsync stats` prints them. Labels are platforms, reasons and queue names: never a token.
+container adds to the same figures; `pushsync metrics` serves them to Prometheus
+(``worker.exporter``) and `pushsync stats` prints them. Labels are platforms, reasons, queue
+and worker names: never a token.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
@@ -15,6 +17,10 @@ LATENCY_KEY = "pushsync:metrics:latency"
 # seconds from event enqueued to push accepted by FCM or APNs
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 SEP = "|"
+# per worker node, "<pools whose credentials it cannot open> <when it last checked>" (worker.pools.KeyCheck)
+POOL_KEYS_KEY = "pushsync:workers:pool_keys"
+# a figure older than this is a gone worker's (a live one writes it every minute)
+POOL_KEYS_FRESH = 180.0
 
 
 def _field(*parts: str) -> str:
@@ -114,6 +120,21 @@ def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | Non
     out["queues"] = queue_depths(client, queues)
     out["dead_letters"] = dead_letters
     out["at"] = time.time()
+    out["pools_key_unreadable"] = pool_keys(client, out["at"])
+    return out
+
+
+def pool_keys(client: redis.Redis, now: float) -> dict[str, int]:
+    """Worker node -> pools whose credentials it cannot open, for the workers that said so lately;
+    a field that is not two finite numbers is ignored, not a failed page."""
+    out: dict[str, int] = {}
+    for node, raw in client.hgetall(POOL_KEYS_KEY).items():
+        try:
+            count, at = (float(x) for x in raw.decode().split())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if math.isfinite(count) and count >= 0 and math.isfinite(at) and now - at <= POOL_KEYS_FRESH:
+            out[node.decode(errors="replace")] = int(count)
     return out
 
 
@@ -131,6 +152,10 @@ def summary_lines(snap: dict) -> list[str]:
                      + (f", mean enqueue-to-accepted {mean:.3f} s" if mean is not None else ""))
     if snap.get("skipped"):
         lines.append("skipped:       " + ", ".join(f"{k} {v}" for k, v in sorted(snap["skipped"].items())))
+    unreadable = {w: n for w, n in sorted(snap.get("pools_key_unreadable", {}).items()) if n}
+    if unreadable:
+        lines.append("pool keys:     " + ", ".join(f"{w} cannot open the credentials of {n} pool(s)"
+                                                   for w, n in unreadable.items()) + " (its log names them)")
     if "workers" in snap:
         lines.append(f"workers:       {snap['workers']['alive']} alive, {snap['workers']['stuck']} stuck; "
                      f"scheduler lock {'held' if snap.get('scheduler_lock_held') else 'NOT HELD'}")
@@ -164,95 +189,3 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     return depths
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-
-
-def _states(snap: dict, family) -> None:
-    """The gauges of what is up: the store, the workers, the scheduler's lock."""
-    if "store" in snap:
-        family("pushsync_store_up", "gauge", "1 if the store answered a query within a few seconds at this scrape, "
-               "else 0 (workers defer their events meanwhile; nothing is lost, nothing is pushed).",
-               [({}, int(snap["store"]["up"]))])
-    if "workers" in snap:
-        family("pushsync_workers_alive", "gauge", "Workers whose heartbeat is recent (PUSHSYNC_HEALTH_STALL).",
-               [({}, snap["workers"]["alive"])])
-        family("pushsync_workers_stuck", "gauge", "Live workers whose queues hold messages but that finished "
-               "no task for PUSHSYNC_HEALTH_STALL seconds.", [({}, snap["workers"]["stuck"])])
-    if "scheduler_lock_held" in snap:
-        family("pushsync_scheduler_lock_held", "gauge", "1 while a scheduler holds its Redis lock (it renews "
-               "it every few seconds), 0 when none does.", [({}, snap["scheduler_lock_held"])])
-
-
-def prometheus(snap: dict) -> str:
-    lines: list[str] = []
-
-    def family(name: str, kind: str, text: str, samples: list[tuple[dict, float]]) -> None:
-        lines.append(f"# HELP {name} {text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
-            lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
-
-    family("pushsync_pushes_sent_total", "counter", "Pushes accepted by FCM or APNs.",
-           [({"platform": p}, n) for p, n in sorted(snap["sent"].items())])
-    family("pushsync_pushes_failed_total", "counter", "Push attempts that failed, by platform and reason.",
-           [({"platform": p, "reason": r}, n)
-            for p, rs in sorted(snap["failed"].items()) for r, n in sorted(rs.items())])
-    family("pushsync_tokens_invalidated_total", "counter", "Devices deactivated because their token is dead.",
-           [({"platform": p}, n) for p, n in sorted(snap["invalidated"].items())])
-    family("pushsync_events_total", "counter", "Change events by what became of them at ingest.",
-           [({"outcome": o}, n) for o, n in sorted(snap["events"].items())])
-    family("pushsync_dead_lettered_total", "counter", "Items written to the dead-letter store, by kind.",
-           [({"kind": k}, n) for k, n in sorted(snap["dead_lettered"].items())])
-    family("pushsync_pushes_skipped_total", "counter", "Pushes not sent at send time: the device is no longer "
-           "the batch identity's (not_owned), or a newer sync count was planned since (stale); and messages "
-           "an older pushsync sent to events, skipped (old_task).",
-           [({"why": k}, n) for k, n in sorted(snap.get("skipped", {}).items())])
-    if snap.get("dead_letters") is not None:
-        family("pushsync_dead_letters", "gauge", "Items in the dead-letter store now.", [({}, snap["dead_letters"])])
-    _states(snap, family)
-    family("pushsync_queue_depth", "gauge", "Messages waiting, per queue (retry: in the retry set).",
-           [({"queue": q}, n) for q, n in sorted(snap["queues"].items())])
-    lines.append("# HELP pushsync_push_latency_seconds Time from event enqueued to push accepted by FCM or APNs.")
-    lines.append("# TYPE pushsync_push_latency_seconds histogram")
-    for raw_platform, h in sorted(snap["latency"].items()):
-        platform = _esc(raw_platform)
-        cumulative = 0
-        for bound in BUCKETS:
-            cumulative += int(h.get(f"le={bound}", 0))
-            lines.append(f'pushsync_push_latency_seconds_bucket{{platform="{platform}",le="{bound}"}} {cumulative}')
-        cumulative += int(h.get("le=+Inf", 0))
-        lines.append(f'pushsync_push_latency_seconds_bucket{{platform="{platform}",le="+Inf"}} {cumulative}')
-        lines.append(f'pushsync_push_latency_seconds_sum{{platform="{platform}"}} {h.get("sum", 0.0):g}')
-        lines.append(f'pushsync_push_latency_seconds_count{{platform="{platform}"}} {int(h.get("count", 0))}')
-    return "\n".join(lines) + "\n"
-
-
-def serve(host: str, port: int, collect) -> None:
-    """A small HTTP server for Prometheus: GET /metrics."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            if self.path.split("?")[0] not in ("/metrics", "/"):
-                self.send_error(404)
-                return
-            try:
-                body = prometheus(collect()).encode()
-                status = 200
-            except Exception as exc:  # Redis or the store out of reach: say so, keep serving
-                body = f"# pushsync metrics unavailable: {type(exc).__name__}: {exc}\n".encode()
-                status = 503
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    print(f"serving metrics on http://{host}:{server.server_address[1]}/metrics", flush=True)
-    server.serve_forever()

@@ -130,7 +130,7 @@ def stats(args) -> int:
 
 
 def metrics(args) -> int:
-    from worker.metrics import serve
+    from worker.exporter import serve
 
     serve(args.host, args.port, _snapshot)
     return 0

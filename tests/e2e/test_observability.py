@@ -55,10 +55,13 @@ def run(tmp_path_factory):
 
 
 def _parse(text: str) -> dict[str, float]:
+    """sample -> value, its labels in name order (the order of a sample's labels carries no meaning)."""
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
+            base, _, labels = name.partition("{")
+            name = base + ("{" + ",".join(sorted(labels.rstrip("}").split(","))) + "}" if labels else "")
             out[name] = float(value)
     return out
 
@@ -93,7 +96,7 @@ def test_metrics_endpoint_has_the_right_counters(run):
     assert m["pushsync_dead_letters"] == 1
     assert m['pushsync_queue_depth{queue="events"}'] == 0
     assert m['pushsync_push_latency_seconds_count{platform="GCM"}'] == 2
-    assert m['pushsync_push_latency_seconds_bucket{platform="GCM",le="+Inf"}'] == 2
+    assert m['pushsync_push_latency_seconds_bucket{le="+Inf",platform="GCM"}'] == 2
     assert 0 < m['pushsync_push_latency_seconds_sum{platform="GCM"}'] < 30
     for tok in tokens:
         assert tok not in text and tok[:12] not in text
