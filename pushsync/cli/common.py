@@ -37,7 +37,12 @@ def ensure_schema() -> None:
     from store.db import get_engine
 
     if not inspect(get_engine()).has_table("devices"):
-        raise CommandError("the store has no schema yet: run `pushsync db upgrade` first")
+        from pushsync.redact import redact_url
+        from pushsync.settings import get_settings
+
+        raise CommandError(f"the store {redact_url(get_settings().database_url)} (PUSHSYNC_DATABASE_URL) has no "
+                           "schema yet: run `pushsync db upgrade` first, or set PUSHSYNC_DATABASE_URL if this "
+                           "is not the store you meant")
 
 
 class Progress:

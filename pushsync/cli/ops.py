@@ -7,6 +7,7 @@ import logging
 import sys
 
 from pushsync.cli.common import CommandError, UsageProblem, session
+from pushsync.redact import redact_url
 from pushsync.settings import SettingsError, get_settings
 
 NO_SUPERVISE = "--no-supervise"
@@ -125,7 +126,12 @@ def stats(args) -> int:
         snap = _snapshot()
     except redis.RedisError as exc:
         raise CommandError(f"cannot reach Redis: {exc}") from None
-    print(json.dumps(snap, indent=2, sort_keys=True) if args.json else "\n".join(summary_lines(snap)))
+    if args.json:
+        print(json.dumps(snap, indent=2, sort_keys=True))
+        return 0
+    settings = get_settings()  # which deployment this is: a shell without the settings reads the defaults
+    print(f"broker: {redact_url(settings.broker_url)}  store: {redact_url(settings.database_url)}")
+    print("\n".join(summary_lines(snap)))
     return 0
 
 

@@ -110,6 +110,10 @@ def test_stats_shows_the_same_figures(run):
     assert snap["invalidated"] == {"GCM": 1} and snap["dead_letters"] == 1
     text = pipe.cli("stats").stdout
     assert "GCM:" in text and "sent 2, failed 1 (UNREGISTERED 1)" in text and "events" in text
+    # which deployment it read, so a shell without the settings is not mistaken for an idle one
+    from pushsync.redact import redact_url
+    assert text.splitlines()[0] == (f"broker: {redact_url(pipe.env['PUSHSYNC_BROKER_URL'])}  "
+                                    f"store: {redact_url(pipe.env['PUSHSYNC_DATABASE_URL'])}")
 
 
 def test_flower_shows_the_worker_and_the_tasks_by_name(run):

@@ -19,7 +19,8 @@ def test_db_upgrade_is_idempotent(db_url):
 
 def test_commands_before_db_upgrade_say_so(tmp_path):
     r = run_cli(f"sqlite:///{tmp_path}/empty.db", "pool", "create", POOL)
-    assert "pushsync db upgrade" in one_error_line(r, 1)
+    line = one_error_line(r, 1)
+    assert "pushsync db upgrade" in line and f"sqlite:///{tmp_path}/empty.db (PUSHSYNC_DATABASE_URL)" in line
 
 
 def test_a_sqlite_store_in_a_missing_directory_is_one_error_line(tmp_path):
