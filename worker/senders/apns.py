@@ -156,7 +156,7 @@ class _Protocol(APNsTLSClientProtocol):
 def protocol_for(url: str, token: ProviderToken | None = None) -> type[_Protocol]:
     parts = urlsplit(url)
     attrs: dict[str, object] = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "retry_after": {},
-             "provider_token": token}
+                                "provider_token": token}
     return type("PushsyncAPNsProtocol", (_Protocol,), attrs)
 
 
