@@ -21,11 +21,13 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# The fast tier for a developer's loop (a few minutes): lint, and the tests that need no process of
-# pushsync's own (Redis and PostgreSQL, as `make test`), the properties with fewer examples.
+# The fast tier for a developer's loop (a few minutes): lint, the type check ([tool.mypy] in
+# pyproject.toml), and the tests that need no process of pushsync's own (Redis and PostgreSQL, as
+# `make test`), the properties with fewer examples.
 FAST := tests/test_layout.py tests/worker tests/store tests/scheduler tests/pushsync/test_contract.py tests/pushsync/test_broker.py \
 	tests/pushsync/test_messages.py tests/pushsync/test_settings.py
 check: lint
+	$(VENV)/bin/mypy
 	bash scripts/services.sh
 	PUSHSYNC_PROPERTY_EXAMPLES=1000 PUSHSYNC_COALESCING_EXAMPLES=500 PUSHSYNC_FUZZ_EXAMPLES=1000 \
 		$(VENV)/bin/pytest -q $(FAST)

@@ -19,6 +19,7 @@ import h2.errors
 import h2.exceptions
 import h2.settings
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from emulators.h2http import H2Server
@@ -38,10 +39,13 @@ class KeyRing:
     """The provider keys APNs knows: key id -> (team id, public key, allowed topics)."""
 
     def __init__(self):
-        self.keys: dict[str, tuple[str, object, set[str]]] = {}
+        self.keys: dict[str, tuple[str, EllipticCurvePublicKey, set[str]]] = {}
 
     def add(self, key_id: str, team_id: str, pem: bytes, topics: set[str]) -> None:
-        self.keys[key_id] = (team_id, load_pem_private_key(pem, None).public_key(), topics)
+        public = load_pem_private_key(pem, None).public_key()
+        if not isinstance(public, EllipticCurvePublicKey):  # ES256 is the one algorithm APNs takes
+            raise ValueError(f"APNs key {key_id} is not an elliptic curve (P-256) key")
+        self.keys[key_id] = (team_id, public, topics)
 
 
 class APNsProtocol(H2Server):
@@ -188,16 +192,17 @@ class APNsProtocol(H2Server):
             dropped = None
         data = dropped.get("data") if isinstance(dropped, dict) else None
         self.state.record({**entry, "status": 0, "reason": "dropped", "body": dropped, "data": data})
-        self.transport.abort()
+        if self.transport is not None:  # not yet closed by the peer
+            self.transport.abort()
 
     def _send(self, stream_id: int, status: int, reason: str, apns_id: str, extra: list) -> None:
-        if self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing():
             return
         try:
             if status == 200:
                 self.conn.send_headers(stream_id, [(":status", "200"), ("apns-id", apns_id)], end_stream=True)
             else:
-                err = {"reason": reason}
+                err: dict[str, str | int] = {"reason": reason}
                 if status == 410:
                     err["timestamp"] = int(time.time() * 1000)
                 data = json.dumps(err).encode()

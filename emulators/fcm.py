@@ -18,6 +18,7 @@ import time
 
 import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from emulators.state import State
@@ -33,7 +34,7 @@ _STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSI
 
 
 def fcm_error(status: int, error_code: str | None, message: str, token_field: bool = False) -> web.Response:
-    details = []
+    details: list[dict] = []
     if error_code:
         details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
     if token_field:
@@ -44,15 +45,25 @@ def fcm_error(status: int, error_code: str | None, message: str, token_field: bo
     return web.json_response(body, status=status)
 
 
+def _transport(request: web.Request) -> asyncio.Transport:
+    """The request's connection. aiohttp drops it (None) once the client has closed it: no one is
+    left to answer, as when a fault rule cuts the connection."""
+    if request.transport is None:
+        raise ConnectionResetError("the client closed the connection")
+    return request.transport
+
+
 class FCMEmulator:
     def __init__(self, state: State, token_uri: str):
         self.state = state
         self.token_uri = token_uri
-        self.accounts: dict[str, tuple[str, object]] = {}  # client_email -> (project_id, public key)
+        self.accounts: dict[str, tuple[str, RSAPublicKey]] = {}  # client_email -> (project_id, public key)
 
     def add_account(self, account: dict) -> None:
-        key = load_pem_private_key(account["private_key"].encode(), None)
-        self.accounts[account["client_email"]] = (account["project_id"], key.public_key())
+        public = load_pem_private_key(account["private_key"].encode(), None).public_key()
+        if not isinstance(public, RSAPublicKey):  # Google signs service account keys for RS256 only
+            raise ValueError(f"service account {account['client_email']}: the private key is not an RSA key")
+        self.accounts[account["client_email"]] = (account["project_id"], public)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -66,13 +77,13 @@ class FCMEmulator:
                 ("POST", re.compile(r"/v1/projects/(?P<project>[^/]+)/messages:send"), self.send)]
 
     async def token(self, request: web.Request) -> web.Response:
-        self.state.saw_peer("fcm-token", request.transport.get_extra_info("peername"))
+        self.state.saw_peer("fcm-token", _transport(request).get_extra_info("peername"))
         fault = self.state.fault_for("oauth", None)
         if fault and fault.latency:  # a stalled token endpoint: the connection open, no answer yet
             await asyncio.sleep(fault.latency)
         if fault and fault.stall:
             await self.state.stalled(fault)
-            request.transport.abort()
+            _transport(request).abort()
             raise ConnectionResetError("stalled by fault rule")
         if fault and fault.status:
             return web.json_response({"error": fault.reason or "temporarily_unavailable"}, status=fault.status)
@@ -80,6 +91,9 @@ class FCMEmulator:
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         assertion = form.get("assertion", "")
+        if not isinstance(assertion, str | bytes):  # a file part of a multipart form: no JWT
+            return web.json_response({"error": "invalid_grant", "error_description": "the assertion is not text"},
+                                     status=400)
         try:
             claims = jwt.decode(assertion, options={"verify_signature": False})
             project, public = self.accounts[claims["iss"]]
@@ -97,7 +111,7 @@ class FCMEmulator:
 
     async def send(self, request: web.Request) -> web.Response:
         project = request.match_info["project"]
-        self.state.saw_peer("fcm-send", request.transport.get_extra_info("peername"))
+        self.state.saw_peer("fcm-send", _transport(request).get_extra_info("peername"))
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -125,12 +139,14 @@ class FCMEmulator:
             response = fcm_error(fault.status, code, "fault injected by the emulator")
             if fault.retry_after:
                 response.headers["Retry-After"] = str(fault.retry_after)
-        if response is None and self.state.is_dead(token):
+        # no response yet: _check found the token a non-empty string
+        if response is None and isinstance(token, str) and self.state.is_dead(token):
             response = fcm_error(404, "UNREGISTERED", "Requested entity was not found.")
         if response is None:
             response = web.json_response({"name": f"projects/{project}/messages/{secrets.token_hex(8)}"})
         reason = ""
         if response.status != 200:
+            assert isinstance(response.body, bytes)  # a json_response's (fcm_error): the raw answer returned above
             err = json.loads(response.body)["error"]
             reason = err["details"][0]["errorCode"] if err["details"] else err["status"]
         self.state.record({**entry, "status": response.status, "reason": reason})

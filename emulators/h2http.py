@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl
 
 import h2.config
@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 
 Handler = Callable[["H2Request"], Awaitable[web.Response]]
-Routes = list[tuple[str, re.Pattern, Handler]]  # (method, path pattern with named groups, handler)
+Routes = Sequence[tuple[str, re.Pattern, Handler]]  # (method, path pattern with named groups, handler)
 
 
 class H2Request:
@@ -53,7 +53,7 @@ class H2Server(asyncio.Protocol):
 
     def __init__(self, routes: Routes = ()):
         self.routes = routes
-        self.transport = None
+        self.transport: asyncio.Transport | None = None  # from connection_made to connection_lost
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
                                                                          header_encoding="utf-8"))
         self.streams: dict[int, tuple[list, bytearray]] = {}
@@ -71,6 +71,7 @@ class H2Server(asyncio.Protocol):
             self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes):
+        assert self.transport is not None  # asyncio calls it between connection_made and connection_lost
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -112,7 +113,8 @@ class H2Server(asyncio.Protocol):
         self.last_stream = stream_id - 2
         self.conn.close_connection(error_code=0, last_stream_id=self.last_stream)
         self._flush()
-        asyncio.get_running_loop().call_later(0.5, self.transport.close)
+        if self.transport is not None:  # not yet closed by the peer
+            asyncio.get_running_loop().call_later(0.5, self.transport.close)
 
     async def _serve(self, stream_id: int, headers: list, body: bytes) -> None:
         if self.last_stream is not None and stream_id > self.last_stream:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import shlex
 import signal
@@ -121,7 +122,7 @@ def _write_info(directory: Path, info: dict, env_file: str | None) -> None:
 async def _apns_servers(state: State, keys: KeyRing, paths: dict, socks: dict) -> list:
     """The production and sandbox hosts: HTTP/2 over TLS, each on its own port."""
     loop = asyncio.get_running_loop()
-    return [await loop.create_server(lambda n=name: APNsProtocol(state, keys, n), sock=socks[f"apns_{name}"],
+    return [await loop.create_server(functools.partial(APNsProtocol, state, keys, name), sock=socks[f"apns_{name}"],
                                      ssl=_tls(paths, ["h2"])) for name in ("production", "sandbox")]
 
 

@@ -44,10 +44,10 @@ def check_fcm_service_account(account: object, allow_http: bool = False, field: 
         raise ValidationError(field, f"{where}token_uri must be an https:// URL (http:// only with "
                                      "PUSHSYNC_ALLOW_INSECURE_ENDPOINTS=true, for development)")
     try:
-        key = load_pem_private_key(account["private_key"].encode(), password=None)
+        private = load_pem_private_key(account["private_key"].encode(), password=None)
     except Exception:  # noqa: BLE001 - hostile PEMs raise more than ValueError (cryptography's InternalError)
         raise ValidationError(field, f"{where}private_key is not a PEM private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
+    if not isinstance(private, rsa.RSAPrivateKey):
         raise ValidationError(field, f"{where}private_key must be an RSA key")
     return account
 
@@ -58,6 +58,7 @@ def load_apns_key(path: str | None, key_id: str | None, team_id: str | None, top
     if missing:
         raise ValidationError(missing[0], "APNs token authentication needs --apns-key, --apns-key-id, "
                                           "--apns-team-id and --apns-topic together")
+    assert path is not None  # in missing otherwise
     pem = _read(path, "--apns-key")
     return check_apns_key(pem, key_id, team_id, topic, names=("--apns-key", "--apns-key-id", "--apns-team-id",
                                                               "--apns-topic"), where=f"{path} ")

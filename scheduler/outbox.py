@@ -42,7 +42,8 @@ def sweep(client: redis.Redis, send) -> int:
     after = get_settings().redeliver_after
     next_due = now + timedelta(seconds=after)
     overdue = now - timedelta(seconds=after * OVERDUE_FACTOR)
-    idle, busy = [], []
+    idle: list[str] = []
+    busy: list[str] = []
     for queue, platforms in PLATFORMS_BY_QUEUE.items():
         (idle if client.llen(queue) == 0 else busy).extend(platforms)
     with session_scope() as session:

@@ -49,7 +49,7 @@ def _pg_bounds(timeout: float) -> dict:
     transaction timeouts. A store that accepts and never answers is bounded on this side
     (``client_bound``)."""
     ms = int(timeout * 1000)
-    bounds = {"connect_timeout": max(2, min(10, int(timeout))) if ms > 0 else 10, "keepalives": 1,
+    bounds: dict[str, int | str] = {"connect_timeout": max(2, min(10, int(timeout))) if ms > 0 else 10, "keepalives": 1,
               "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
               "tcp_user_timeout": max(ms, 10_000)}
     if ms > 0:  # 0: no bound on statements (migrations, which may rebuild a large table)

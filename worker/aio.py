@@ -33,6 +33,7 @@ class Loop:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="pushsync-aio", daemon=True)
                 thread.start()
+                assert thread.ident is not None  # a started thread has one
                 stages.sending_thread(thread.ident)
                 self._loop, self._pid = loop, os.getpid()
             return self._loop

@@ -13,7 +13,9 @@ import lzma
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pushsync import contract
 from pushsync.contract import ChangeEvent, Key, ValidationError
@@ -27,9 +29,18 @@ OLD_TASKS = ("pushsync.flush_windows", "pushsync.prune_devices", "pushsync.trim_
              "pushsync.record_queue_depths")
 # A compressed body may not unpack to more than this (a small message must not become a huge one).
 UNPACKED_MAX = 8 << 20
+
+
+class _Decompressor(Protocol):
+    """What zlib's, bz2's and lzma's decompressor objects share: a bounded ``decompress``."""
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
 # kombu's compression content types (kombu.compression), each read with a bound on what it unpacks
-_UNPACK = {"application/x-gzip": lambda: zlib.decompressobj(47), "application/x-bz2": bz2.BZ2Decompressor,
-           "application/x-lzma": lzma.LZMADecompressor}
+_UNPACK: dict[str, Callable[[], _Decompressor]] = {
+    "application/x-gzip": lambda: zlib.decompressobj(47), "application/x-bz2": bz2.BZ2Decompressor,
+    "application/x-lzma": lzma.LZMADecompressor}
 
 
 @dataclass

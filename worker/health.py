@@ -95,7 +95,8 @@ def judge(client: redis.Redis, node: str, stall: float, now: float | None = None
 def census(client: redis.Redis, stall: float, now: float | None = None) -> dict[str, int]:
     """How many workers beat (alive), and how many of those are stuck, by ``judge``'s rule."""
     now = time.time() if now is None else now
-    alive = [n.decode() for n, t in client.hgetall(BEAT_KEY).items() if now - _float(t) <= stall]
+    alive = [n.decode() if isinstance(n, bytes) else n for n, t in client.hgetall(BEAT_KEY).items()
+             if now - _float(t) <= stall]
     stuck = sum(1 for n in alive if not judge(client, n, stall, now).healthy)
     return {"alive": len(alive), "stuck": stuck}
 

@@ -27,6 +27,7 @@ only if its score is still that lease (a held event that scheduled it again mean
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -263,7 +264,7 @@ class Intake:
         if waits or flushes:
             self._defer(keys=[DUE, ATTEMPTS, LEASED, FLUSH], args=args)
 
-    def ack(self, ids: list[str], lease: int, flushes: list[bytes] = (), again: dict[bytes, int] | None = None):
+    def ack(self, ids: list[str], lease: int, flushes: Sequence[bytes] = (), again: dict[bytes, int] | None = None):
         """The run is done with these messages and flushes (while its lease on them holds);
         ``again`` schedules flushes (member -> due ms) unless they are due sooner already."""
         args: list = [lease, len(ids), *ids, len(flushes), *flushes]
@@ -280,4 +281,6 @@ class Intake:
     def wait(self, timeout: float) -> bool:
         """Block until a message waits on ``events`` (True) or ``timeout`` passes. BLMOVE from the
         list's tail to its tail leaves the list as it was, atomically: nothing is taken."""
-        return self.client.blmove(EVENTS_QUEUE, EVENTS_QUEUE, max(0.01, timeout), "RIGHT", "RIGHT") is not None
+        # redis-py annotates the timeout as int; BLMOVE takes a double (Redis >= 6), and redis-py sends it as is
+        return self.client.blmove(EVENTS_QUEUE, EVENTS_QUEUE, max(0.01, timeout),  # type: ignore[arg-type]
+                                  "RIGHT", "RIGHT") is not None

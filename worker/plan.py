@@ -11,7 +11,7 @@ of the planned keys in one query, less each count's origin device -> batches per
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, fields
 from datetime import timedelta
 
@@ -77,7 +77,7 @@ def _eligible(events: list[ChangeEvent], creds: dict, letters: list[DeadLetter],
 
 def micro_batch(session: Session, events: list[ChangeEvent], *, held: set[Key], flushes: set[Key],
                 credentials: Credentials, batch_size: int, redeliver_after: float, enqueued_at: float | None,
-                res: IngestResult, letters: list[DeadLetter], again: set[ChangeEvent] = frozenset()
+                res: IngestResult, letters: list[DeadLetter], again: Set[ChangeEvent] = frozenset()
                 ) -> list[DeliveryBatch]:
     """One micro-batch: the events' keys not in ``held`` are leading edges, ``flushes`` the keys
     whose window ended. ``again`` are events of messages whose run died: one whose count is still
@@ -131,6 +131,9 @@ def _batches(session: Session, planned: dict[Key, tuple[int, str | None]], creds
     res.devices += sum(len(items) for items in groups.values())
     res.batches += len(batches)
     if batches:
-        repo.add_outbox(session, [(b.id, b.platform, b.to_json()) for b in batches],
-                        due_at=utcnow() + timedelta(seconds=redeliver_after))
+        rows = []
+        for b in batches:
+            assert b.id is not None  # each was cut with an id of its own just above
+            rows.append((b.id, b.platform, b.to_json()))
+        repo.add_outbox(session, rows, due_at=utcnow() + timedelta(seconds=redeliver_after))
     return batches

@@ -45,7 +45,7 @@ class PushsyncTask(Task):
     dead letters when it fails for good (``dead_letter_args``)."""
 
     abstract = True
-    autoretry_for = TRANSIENT
+    autoretry_for: tuple[type[BaseException], ...] = TRANSIENT
     retry_backoff = 2
     retry_backoff_max = 60
     retry_jitter = True
@@ -185,4 +185,6 @@ def _close(**_kwargs) -> None:
 @task_postrun.connect
 def _progress(sender=None, **_kwargs) -> None:
     """In the pool process that ran the task: the health check's sign of progress."""
-    context.current(app).progress.finished(getattr(getattr(sender, "request", None), "hostname", None))
+    progress = context.current(app).progress
+    assert progress is not None  # Context.__post_init__ sets it
+    progress.finished(getattr(getattr(sender, "request", None), "hostname", None))

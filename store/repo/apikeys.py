@@ -12,7 +12,7 @@ from pushsync import tokens
 from pushsync.secrets import Keyring
 from pushsync.settings import get_settings
 from store.models import ApiKey, Pool, utcnow
-from store.repo.common import NotFound
+from store.repo.common import NotFound, rowcount
 from store.repo.pools import require_pool
 
 
@@ -48,7 +48,7 @@ def revoke_api_key(session: Session, key_id: str) -> bool:
         raise NotFound(f"unknown API key {key_id}")
     res = session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                           .values(revoked_at=utcnow()))
-    return res.rowcount > 0
+    return rowcount(res) > 0
 
 
 def api_key_grant(session: Session, key: str) -> Grant | None:

@@ -1,9 +1,11 @@
-"""What the repository modules share: the not-found error, dialect-aware INSERT, chunking."""
+"""What the repository modules share: the not-found error, dialect-aware INSERT, row counts, chunking."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
+from sqlalchemy import CursorResult, Result
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -16,6 +18,12 @@ def insert_for(session: Session, model):
     """INSERT that understands ON CONFLICT on both supported dialects."""
     name = session.get_bind().dialect.name
     return (postgresql.insert if name == "postgresql" else sqlite.insert)(model)
+
+
+def rowcount(result: Result) -> int:
+    """The rows an UPDATE or DELETE matched. ``Session.execute`` is typed as answering a ``Result``;
+    for a DML statement it is a ``CursorResult``, the one that has ``rowcount``."""
+    return cast(CursorResult, result).rowcount
 
 
 def chunks(items: Sequence, size: int) -> Iterable[Sequence]:

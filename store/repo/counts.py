@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import and_, case, or_, select, tuple_, update
+from sqlalchemy import Table, and_, case, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from pushsync.contract import ChangeEvent, Key
 from store.models import Dataset, utcnow
 from store.repo.common import chunks, insert_for
 
-_TABLE = Dataset.__table__
+_TABLE = cast(Table, Dataset.__table__)  # typed as a FromClause; a mapped class's is a Table
 
 
 def _pending():

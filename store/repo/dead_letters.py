@@ -6,13 +6,22 @@ import json
 import reprlib
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import cast, overload
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from pushsync.messages import DeadLetter as Letter
 from store.models import DeadLetter, utcnow
-from store.repo.common import chunks
+from store.repo.common import chunks, rowcount
+
+
+@overload
+def _clean(text: str, limit: int) -> str: ...
+
+
+@overload
+def _clean(text: str | None, limit: int) -> str | None: ...
 
 
 def _clean(text: str | None, limit: int) -> str | None:
@@ -48,7 +57,7 @@ def add_dead_letters(session: Session, letters: Iterable[Letter]) -> int:
                      "platform": d.platform if d.platform in contract.PLATFORMS else None,
                      "attempts": max(1, min(int(d.attempts), 1_000_000)), "created_at": now, "updated_at": now})
     if rows:
-        session.execute(insert(DeadLetter.__table__), rows)
+        session.execute(insert(cast(Table, DeadLetter.__table__)), rows)
     return len(rows)
 
 
@@ -73,7 +82,7 @@ def dead_letters_by_id(session: Session, ids: Sequence[int] | None, after_id: in
 def delete_dead_letters(session: Session, ids: Sequence[int]) -> int:
     n = 0
     for chunk in chunks(list(ids), 500):
-        n += session.execute(delete(DeadLetter).where(DeadLetter.id.in_(chunk))).rowcount
+        n += rowcount(session.execute(delete(DeadLetter).where(DeadLetter.id.in_(chunk))))
     return n
 
 
@@ -85,4 +94,4 @@ def purge_dead_letters(session: Session, older_than: timedelta | None = None) ->
     q = delete(DeadLetter)
     if older_than is not None:
         q = q.where(DeadLetter.created_at < utcnow() - older_than)
-    return session.execute(q).rowcount
+    return rowcount(session.execute(q))

@@ -13,7 +13,7 @@ from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
-from store.repo.common import NotFound, chunks, insert_for
+from store.repo.common import NotFound, chunks, insert_for, rowcount
 from store.repo.subscriptions import check_identity_limits, subscribe_many
 
 
@@ -160,8 +160,8 @@ def deactivate_devices(session: Session, device_ids: Sequence[str], reason: str,
         q = update(Device).where(Device.id.in_(chunk), Device.active.is_(True))
         if not_registered_after is not None:
             q = q.where(Device.updated_at <= not_registered_after)
-        n += session.execute(q.values(active=False, deactivated_at=utcnow(),
-                                      deactivated_reason=reason[:255])).rowcount
+        n += rowcount(session.execute(q.values(active=False, deactivated_at=utcnow(),
+                                               deactivated_reason=reason[:255])))
     return n
 
 

@@ -6,11 +6,11 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Outbox, utcnow
-from store.repo.common import chunks, insert_for
+from store.repo.common import chunks, insert_for, rowcount
 
 
 def add_outbox(session: Session, batches: Sequence[tuple[str, str, dict]], due_at: datetime) -> None:
@@ -37,7 +37,7 @@ def take_due_outbox(session: Session, now: datetime, next_due: datetime, platfor
                     overdue_before: datetime | None = None, limit: int = 500) -> list[tuple[str, dict]]:
     """Rows due by ``now`` of these platforms, and of any platform if written before
     ``overdue_before``: returned, and made due again at ``next_due``."""
-    which = Outbox.platform.in_(list(platforms))
+    which: ColumnElement[bool] = Outbox.platform.in_(list(platforms))
     if overdue_before is not None:
         which = or_(which, Outbox.created_at < overdue_before)
     rows = session.execute(select(Outbox.id, Outbox.payload).where(Outbox.due_at <= now, which)
@@ -54,4 +54,4 @@ def defer_outbox(session: Session, platforms: Sequence[str], now: datetime, next
     which = [Outbox.due_at <= now, Outbox.platform.in_(list(platforms))]
     if overdue_before is not None:
         which.append(Outbox.created_at >= overdue_before)
-    return session.execute(update(Outbox).where(*which).values(due_at=next_due)).rowcount
+    return rowcount(session.execute(update(Outbox).where(*which).values(due_at=next_due)))

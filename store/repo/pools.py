@@ -6,8 +6,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from pushsync import secrets
@@ -57,7 +58,7 @@ def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | N
         apns_stored = secrets.reference(apns_reference) if apns_reference else keyring.seal(apns["key"])
     pool = session.get(Pool, pool_id)
     created = pool is None
-    if created:
+    if pool is None:
         pool = Pool(id=pool_id)
         session.add(pool)
     if fcm_service_account is not None:
@@ -156,7 +157,7 @@ def rekey_pools(session: Session, keyring: Keyring) -> dict[str, int]:
                 sealed = keyring.reseal(stored)
             except SecretError as exc:
                 raise SecretError(f"pool {pool.id}: {exc}") from None
-            session.execute(Pool.__table__.update().where(Pool.id == pool.id).values(
+            session.execute(cast(Table, Pool.__table__).update().where(Pool.id == pool.id).values(
                 {column: sealed, "updated_at": pool.updated_at}))
             counts["sealed"] += 1
     return counts

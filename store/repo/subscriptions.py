@@ -8,7 +8,7 @@ from sqlalchemy import case, delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Device, Subscription, utcnow
-from store.repo.common import NotFound, chunks, insert_for
+from store.repo.common import NotFound, chunks, insert_for, rowcount
 
 
 def _ensure_datasets(session: Session, keys: Iterable[tuple[str, str, str]]) -> None:
@@ -89,7 +89,7 @@ def unsubscribe(session: Session, pool_id: str, identity_id: str, dataset: str, 
     _device_for(session, pool_id, identity_id, device_id)
     res = session.execute(delete(Subscription).where(Subscription.device_id == device_id,
                                                      Subscription.dataset_name == dataset))
-    return res.rowcount > 0
+    return rowcount(res) > 0
 
 
 def known_datasets(session: Session, pool_id: str, identity_id: str) -> list[str]:
@@ -117,7 +117,7 @@ def resolve_many(session: Session, keys: Sequence[tuple[str, str, str]]) -> list
     """Set-based resolve for a micro-batch of (pool, identity, dataset) keys: one query per
     200 keys instead of one per event. Rows are (pool, identity, dataset, device id, platform);
     leaving out each event's origin device is the caller's part."""
-    out = []
+    out: list[tuple[str, str, str, str, str]] = []
     for chunk in chunks(list(keys), 200):
         wanted = set(chunk)
         out.extend(tuple(r) for r in session.execute(resolve_statement(chunk)) if (r[0], r[1], r[2]) in wanted)

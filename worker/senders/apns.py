@@ -153,10 +153,10 @@ class _Protocol(APNsTLSClientProtocol):
         super().on_data_received(json.dumps(body).encode(), stream_id)
 
 
-def protocol_for(url: str, token: ProviderToken | None = None) -> type[APNsTLSClientProtocol]:
+def protocol_for(url: str, token: ProviderToken | None = None) -> type[_Protocol]:
     parts = urlsplit(url)
-    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "retry_after": {},
-             "provider_token": token}
+    attrs: dict[str, object] = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "retry_after": {},
+                                "provider_token": token}
     return type("PushsyncAPNsProtocol", (_Protocol,), attrs)
 
 
@@ -173,7 +173,7 @@ class APNsSender(Sender):
         self.topic = topic
         self._timeout = timeout
         self._token = ProviderToken(key, key_id, team_id)
-        self._curl = None
+        self._curl: CurlClient | None = None
         if transport == "curl":
             self._curl = CurlClient(ca_file=ca_file, max_connections=connections)
             self._base = url.rstrip("/") + "/3/device/"
@@ -185,7 +185,9 @@ class APNsSender(Sender):
         self._protocol = protocol_for(url, self._token)
         self._client.pool.protocol_class = self._protocol
         self._connect_error: BaseException | None = None
-        self._client.pool.create_connection = self._remembering(self._client.pool.create_connection)
+        # an instance's method replaced on purpose (aioapns has no hook for a failed connection)
+        self._client.pool.create_connection = self._remembering(  # type: ignore[method-assign]
+            self._client.pool.create_connection)
 
     def _remembering(self, create):
         """aioapns logs why a connection failed (a certificate refused, ...) and then raises only
@@ -250,6 +252,7 @@ class APNsSender(Sender):
                    f"apns-expiration: {int(time.time()) + EXPIRATION_SECONDS}",
                    f"apns-collapse-id: {collapse_id(req.dataset)}"]
         body = json.dumps({"aps": {"content-available": 1}, "data": req.data}, separators=(",", ":")).encode()
+        assert self._curl is not None  # called on the curl transport only
         try:
             answer = await self._curl.post_again_if_unprocessed(self._base + req.token, headers, body, self._timeout)
         except TransportError as exc:

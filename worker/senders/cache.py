@@ -18,14 +18,20 @@ CLOSE_GRACE = 30.0
 
 
 def _build_sender(creds: PoolCredentials, platform: str, settings: Settings) -> Sender:
+    """A new sender of the pool's credentials for the platform, which the caller found it has
+    (``PoolCredentials.has``)."""
     if platform == "GCM":
+        if creds.fcm_service_account is None:
+            raise ValueError(f"pool {creds.pool_id} has no FCM credentials")
         return FCMSender(creds.fcm_service_account, fcm_url=settings.fcm_url, ca_file=settings.ca_file,
                          connections=settings.fcm_connections, timeout=settings.send_timeout,
                          transport=settings.fcm_transport)
     # each platform names its host exactly; DeliveryBatch refuses any other platform name
     url = {"APNS": settings.apns_production_url, "APNS_SANDBOX": settings.apns_sandbox_url}[platform]
-    return APNsSender(key=creds.apns_key, key_id=creds.apns_key_id, team_id=creds.apns_team_id,
-                      topic=creds.apns_topic, url=url, ca_file=settings.ca_file,
+    key, key_id, team_id, topic = creds.apns_key, creds.apns_key_id, creds.apns_team_id, creds.apns_topic
+    if key is None or key_id is None or team_id is None or topic is None:
+        raise ValueError(f"pool {creds.pool_id} has no APNs credentials")
+    return APNsSender(key=key, key_id=key_id, team_id=team_id, topic=topic, url=url, ca_file=settings.ca_file,
                       connections=settings.apns_connections, timeout=settings.send_timeout,
                       transport=settings.apns_transport)
 

@@ -208,7 +208,8 @@ class CurlClient:
         if self._closed:
             raise TransportError("connection: client closed")
         handle = self._free.pop() if self._free else self._new_handle()
-        out, head = BytesIO(), []
+        out = BytesIO()
+        head: list[bytes] = []
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.POSTFIELDS, body)
         handle.setopt(pycurl.HTTPHEADER, headers)
@@ -224,7 +225,7 @@ class CurlClient:
             multi.drop(handle)
             raise
         finally:
-            if first and not multi.warm.done():
+            if first and multi.warm is not None and not multi.warm.done():  # the first sets it: never None
                 multi.warm.set_result(None)
 
     async def post_again_if_unprocessed(self, url: str, headers: list[str], body: bytes, timeout: float) -> Answer:

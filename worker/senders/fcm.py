@@ -238,6 +238,7 @@ class FCMSender(Sender):
         """One message over libcurl (HTTP/2, multiplexed); one the server did not process (GOAWAY, a
         refused stream) goes once more."""
         headers = [f"authorization: {auth}", "content-type: application/json"]
+        assert self._curl is not None  # called on the curl transport only
         try:
             answer = await self._curl.post_again_if_unprocessed(self._url, headers, body, self._timeout)
         except TransportError as exc:
