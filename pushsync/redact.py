@@ -3,7 +3,7 @@ the query parameters that carry one."""
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 # Query parameters with a secret (libpq's password=, sslpassword=; redis-py's password=, sentinel_password=)
 _SECRET_PARAMS = ("password", "passwd", "secret", "token")
@@ -28,8 +28,11 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:  # not a URL we can take apart: show nothing of it that could be a secret
         return "<unparsable URL>"
-    if parts.query:
-        parts = parts._replace(query=_redact_query(parts.query))
+    out = url
+    if parts.query:  # edited in place: urlunsplit would turn sqlite:////abs/path into sqlite://abs/path
+        head, _, rest = out.partition("?")
+        query, hash_, fragment = rest.partition("#")
+        out = f"{head}?{_redact_query(query)}{hash_}{fragment}"
     if password is not None:
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}")
-    return urlunsplit(parts)
+        out = out.replace(parts.netloc, f"{parts.username or ''}:***@{parts.netloc.rsplit('@', 1)[1]}", 1)
+    return out

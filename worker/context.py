@@ -72,10 +72,11 @@ class Context:
     clock: Callable[[], float] | None = None
     pools: PoolCache = field(default_factory=PoolCache)
     loop: aio.Loop = field(default_factory=aio.Loop)
-    senders: Senders | None = None
-    intake: Intake | None = None
-    windows: Windows | None = None
-    progress: Progress | None = None
+    # None, the default, means: made in __post_init__ (tests pass their own); never None after it
+    senders: Senders = None  # type: ignore[assignment]
+    intake: Intake = None  # type: ignore[assignment]
+    windows: Windows = None  # type: ignore[assignment]
+    progress: Progress = None  # type: ignore[assignment]
     heartbeat: Heartbeat | None = None
     dispatcher: Dispatcher | None = None
     keycheck: KeyCheck | None = None

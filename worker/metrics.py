@@ -55,8 +55,8 @@ class Recorder:
     def merge(self, other: Recorder) -> None:
         for key, n in other.counts.items():
             self.counts[key] = self.counts.get(key, 0) + n
-        for key, n in other.latency.items():
-            self.latency[key] = self.latency.get(key, 0) + n
+        for key, seconds in other.latency.items():
+            self.latency[key] = self.latency.get(key, 0.0) + seconds
 
     def _lat(self, platform: str, what: str, n: int) -> None:
         key = _field(platform, what)
@@ -94,10 +94,15 @@ def record_delivery(rec: Recorder, batch, result, outcomes, accepted_at: float) 
         rec.observe(platform, accepted_at - batch.enqueued_at, n=result.sent)
 
 
+def _text(raw: bytes | str, errors: str = "strict") -> str:
+    """A Redis reply as text (the project's clients answer bytes; a str passes as it is)."""
+    return raw.decode(errors=errors) if isinstance(raw, bytes) else raw
+
+
 def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | None) -> dict:
     """Everything `pushsync stats` shows and `pushsync metrics` serves."""
-    counters = {k.decode(): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}
-    raw_latency = {k.decode(): float(v) for k, v in client.hgetall(LATENCY_KEY).items()}
+    counters = {_text(k): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}
+    raw_latency = {_text(k): float(v) for k, v in client.hgetall(LATENCY_KEY).items()}
     out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "skipped": {},
                  "latency": {}}
     for key, n in counters.items():
@@ -130,11 +135,11 @@ def pool_keys(client: redis.Redis, now: float) -> dict[str, int]:
     out: dict[str, int] = {}
     for node, raw in client.hgetall(POOL_KEYS_KEY).items():
         try:
-            count, at = (float(x) for x in raw.decode().split())
+            count, at = (float(x) for x in _text(raw).split())
         except (ValueError, UnicodeDecodeError):
             continue
         if math.isfinite(count) and count >= 0 and math.isfinite(at) and now - at <= POOL_KEYS_FRESH:
-            out[node.decode(errors="replace")] = int(count)
+            out[_text(node, errors="replace")] = int(count)
     return out
 
 

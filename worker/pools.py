@@ -19,6 +19,7 @@ from datetime import datetime
 
 import redis
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from pushsync.messages import exception_text
@@ -57,14 +58,18 @@ class PoolCache:
             cached = self._cache.get(pool_id)
             if cached is None or cached.updated_at != version:
                 try:
-                    cached = repo.pool_credentials(session, pool_id)
+                    fresh = repo.pool_credentials(session, pool_id)
                 except SecretError as exc:
                     # not cached: a key file put back, or a worker restarted with the key, heals it
                     self._cache.pop(pool_id, None)
                     out[pool_id] = PoolCredentials(pool_id, version, None, None, None, None, None, None,
                                                    error=f"pool credentials unusable: {exc}")
                     continue
-                self._cache[pool_id] = cached
+                if fresh is None:  # deleted since its version was read: unknown, as above
+                    self._cache.pop(pool_id, None)
+                    out[pool_id] = None
+                    continue
+                self._cache[pool_id] = cached = fresh
             out[pool_id] = cached
         return out
 
@@ -88,7 +93,7 @@ class KeyCheck(threading.Thread):
         self.opened: dict[str, datetime] = {}  # pool -> the version whose credentials opened
         self.failing: dict[str, str] = {}  # pool -> why its credentials do not open
         self.checked = False
-        self._engine = None
+        self._engine: Engine | None = None
         self._warned = 0.0
 
     def check(self) -> None:
@@ -96,13 +101,14 @@ class KeyCheck(threading.Thread):
 
         if self._engine is None:
             self._engine = make_engine(self.settings.database_url, self.settings.store_statement_timeout)
+        engine = self._engine
         keyring = self.settings.keyring()
         before = dict(self.failing)
         try:
-            with session_scope(self._engine) as session:
+            with session_scope(engine) as session:
                 self._open(session, keyring)
         finally:
-            self._engine.dispose()
+            engine.dispose()
         self._report(before)
         self.checked = True
 

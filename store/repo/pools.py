@@ -79,12 +79,13 @@ def pool_summary(session: Session, pool_id: str) -> dict:
     pool = session.get(Pool, pool_id)
     if pool is None:
         raise NotFound(f"unknown pool {pool_id}")
+    keyring = get_settings().keyring()
     fcm = None
     if pool.fcm_service_account:
         fcm = {"project_id": pool.fcm_project_id, "private_key": "***",
                "stored": secrets.storage(pool.fcm_service_account)}
         try:
-            account = json.loads(get_settings().keyring().open(pool.fcm_service_account))
+            account = json.loads(keyring.open(pool.fcm_service_account))
             fcm.update(client_email=account.get("client_email"), token_uri=account.get("token_uri"))
         except (SecretError, ValueError) as exc:
             fcm["error"] = str(exc) if isinstance(exc, SecretError) else "not a JSON service account"
@@ -92,6 +93,10 @@ def pool_summary(session: Session, pool_id: str) -> dict:
     if pool.apns_key:
         apns = {"key": "***", "key_id": pool.apns_key_id, "team_id": pool.apns_team_id,
                 "topic": pool.apns_topic, "stored": secrets.storage(pool.apns_key)}
+        try:
+            keyring.open(pool.apns_key)  # whether a worker with these settings can, as for FCM's
+        except SecretError as exc:
+            apns["error"] = str(exc)
     devices = session.execute(
         select(Device.platform, Device.active, func.count()).where(Device.pool_id == pool_id)
         .group_by(Device.platform, Device.active)

@@ -67,6 +67,10 @@ def test_pool_create_stores_key_material_encrypted_and_show_tells_how(db_url, cr
     shown = json.loads(run_cli(db_url, "pool", "show", POOL).stdout)
     assert shown["fcm"]["stored"] == "encrypted" and shown["apns"]["stored"] == "encrypted"
     assert shown["fcm"]["client_email"] == "pushsync@demo-project.iam.gserviceaccount.com"
+    assert "error" not in shown["fcm"] and "error" not in shown["apns"]
+    # with another key neither opens, and show says so for both platforms
+    other = json.loads(run_cli(db_url, "pool", "show", POOL, env=cli_env(db_url, PUSHSYNC_SECRET_KEY=new_key())).stdout)
+    assert "do not open" in other["fcm"]["error"] and other["apns"]["error"] == other["fcm"]["error"]
     # what a worker opens is the material that was given
     with session_scope(engine_for(db_url)) as s:
         got = repo.pool_credentials(s, POOL)

@@ -38,6 +38,9 @@ def test_redacted_view_hides_passwords():
     assert "s3cret" not in shown and "hunter2" not in shown
     assert "redis://:***@redis:6379/0" in shown
     assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    # a URL with nothing to hide comes back as it was (an absolute SQLite path keeps its four slashes)
+    assert redact_url("sqlite:////var/lib/pushsync/store.db") == "sqlite:////var/lib/pushsync/store.db"
+    assert redact_url("sqlite:////srv/s.db?password=x") == "sqlite:////srv/s.db?password=***"
 
 
 def test_passwords_in_a_urls_query_string_are_hidden_too():

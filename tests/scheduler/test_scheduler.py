@@ -82,9 +82,14 @@ def test_a_malformed_entry_stays_claimed_while_the_store_is_away(client):
     assert retry.depth(client) == {"retry": 0, "retry_claimed": 1}  # tried again after the claim timeout
 
 
-def test_a_second_scheduler_stands_by_until_the_first_lets_go(client):
+def test_a_second_scheduler_stands_by_until_the_first_lets_go(client, caplog):
     first, second = beat.SchedulerLock(client, ttl=2), beat.SchedulerLock(client, ttl=2)
-    assert first.hold() and not second.hold()
+    with caplog.at_level("INFO", logger=beat.log.name):
+        assert first.hold() and not second.hold()
+    # both are the normal course of things: information, not a warning an on-call person chases
+    said = {r.getMessage(): r.levelname for r in caplog.records if r.name == beat.log.name}
+    assert said == {"scheduler lock taken: this scheduler is active": "INFO",
+                    "scheduler lock held by another scheduler: standing by": "INFO"}
     assert first.hold()  # renewing is fine
     first.release()
     assert second.hold() and not first.hold()
