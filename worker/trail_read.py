@@ -68,7 +68,8 @@ def device_text(outcome: str, detail: str) -> str:
         return f"retried: next attempt at {_iso(_number(detail) * 1000)}"
     if outcome == "skipped":
         return ("skipped: the device moved to another identity" if detail == "moved"
-                else "skipped: the device is no longer subscribed (unsubscribed, deactivated or removed)")
+                else "skipped: the device is no longer subscribed to the dataset (unsubscribed, moved to another "
+                     "identity, deactivated or removed)")
     if outcome == "stale":
         return f"skipped: count {_count(detail)} was planned since"
     return f"dead-lettered: {detail}"
