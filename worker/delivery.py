@@ -158,10 +158,20 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         next_at = ctx.now() + result.retry_in
     if rec.trail.on(settings):
         with stage("record"):
-            trail.delivery(rec.trail, batch, targets, outcomes, result, next_at, unsendable)
+            _trail(rec.trail, batch, targets, outcomes, result, next_at, unsendable)
     with stage("metrics"):
         metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
     return result
+
+
+def _trail(tr: trail.Trail, batch: DeliveryBatch, targets, outcomes, result, next_at, unsendable) -> None:
+    lines = trail.Trail()
+    try:
+        trail.delivery(lines, batch, targets, outcomes, result, next_at, unsendable)
+    except Exception:  # the trail is worth less than the outcomes, which are recorded already
+        log.exception("could not write the trail of %d pushes", len(batch.items))
+        return
+    tr.merge(lines)
 
 
 # The pushes are sent: their outcomes are worth waiting for the store a little (a batch whose

@@ -243,8 +243,14 @@ def _trail(ctx: Context, tr: trail.Trail, events, held: dict[Key, int], seen: di
     if not tr.on(ctx.settings):
         return
     with stage("commit"):  # the trail's share of the CPU counts as the commit's
-        trail.letters(tr, seen.get("letters", ()))
-        trail.ingest(tr, events, held, seen, batches, lambda keys: _accepted(ctx, keys))
+        lines = trail.Trail()
+        try:
+            trail.letters(lines, seen.get("letters", ()))
+            trail.ingest(lines, events, held, seen, batches, lambda keys: _accepted(ctx, keys))
+        except Exception:  # the trail is worth less than the run: a bug in it costs the trail's lines only
+            log.exception("could not write the trail of %d events", len(events))
+            return
+        tr.merge(lines)
 
 
 def _accepted(ctx: Context, keys: list[Key]) -> dict[Key, int]:

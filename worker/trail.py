@@ -155,7 +155,8 @@ def ingest(tr: Trail, events: list[ChangeEvent], held: dict[Key, int], seen: dic
 
 def _letter_key(d: DeadLetter) -> tuple:
     p = d.payload if isinstance(d.payload, dict) else {}
-    return (p.get("identityPoolId"), p.get("identityId"), p.get("datasetName"), p.get("syncCount"))
+    values = (p.get("identityPoolId"), p.get("identityId"), p.get("datasetName"), p.get("syncCount"))
+    return tuple(v if isinstance(v, (str, int)) else None for v in values)  # untrusted: maybe unhashable
 
 
 def delivery(tr: Trail, batch: DeliveryBatch, targets: dict, outcomes: list, result, next_at: float,
