@@ -2,7 +2,7 @@
 (``scenarios.throughput``, one event per message, `pushsync worker -c 2`, PostgreSQL), with the
 trail on (the defaults) and off (PUSHSYNC_TRAIL_ENTRIES=0), runs alternating in one session; and
 the trail's bytes in Redis: per event of the run (every trail key's MEMORY USAGE over the events)
-and per entry of a full trail (one of the run's entries written PUSHSYNC_TRAIL_ENTRIES times).
+and per entry of a full trail (one of the run's entries written 100 times, the default PUSHSYNC_TRAIL_ENTRIES).
 
     python -m bench.trail_cost [--pairs N] [--events N]
 """
@@ -35,19 +35,19 @@ class Measured(Env):
             for k in keys:
                 pipe.memory_usage(k, samples=0)
             total = sum(pipe.execute())
-            (_id, fields), = self.redis.xrange(keys[0], count=1)
+            entry = self.redis.lindex(keys[0], 0)
             BYTES.update({"trail_keys": len(keys), "bytes_per_event": round(total / len(keys), 1),
-                          "entry_value_bytes": len(fields[trail.FIELD.encode()])})
+                          "entry_bytes": len(entry)})
             full = trail.TRAIL + "bench/full"
             tr = trail.Trail()
             tr.entries, tr.ttl = 100, 7 * 86400
             for _ in range(tr.entries):
-                tr.lines[full] = [fields[trail.FIELD.encode()].decode()]
+                tr.lines[full] = [entry.decode().partition("\n")[2]]
                 pipe = self.redis.pipeline(transaction=False)
                 tr.write(pipe)
                 pipe.execute()
             BYTES["full_trail_bytes"] = self.redis.memory_usage(full, samples=0)
-            BYTES["bytes_per_entry_full"] = round(BYTES["full_trail_bytes"] / self.redis.xlen(full), 1)
+            BYTES["bytes_per_entry_full"] = round(BYTES["full_trail_bytes"] / self.redis.llen(full), 1)
         super().close()
 
 

@@ -2,7 +2,7 @@
 with its fate and its pushes, as `pushsync trace` and the API's trail path show them.
 
 Whatever Redis holds under the key is untrusted: an entry or a line that is not one the worker
-writes is skipped and counted (``skipped``), a key that is not a stream is one skipped entry,
+writes is skipped and counted (``skipped``), a key that is not a list is one skipped entry,
 and every string shown is bounded and made printable.
 """
 
@@ -93,26 +93,16 @@ def _line(ms: int, line: str) -> dict:
     raise ValueError("not a trail line")
 
 
-def _entry_ms(entry_id) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    ms, _, seq = text.partition("-")
-    if not ms.isdigit() or not seq.isdigit():
-        raise ValueError("not a stream id")
-    return int(ms)
-
-
 def _lines(entries) -> tuple[list[dict], int]:
     """Every line of every entry (oldest first), and how many were skipped."""
     out, skipped = [], 0
     for entry in entries:
         try:
-            entry_id, fields = entry
-            ms = _entry_ms(entry_id)
-            value = fields.get(trail.FIELD.encode(), fields.get(trail.FIELD)) if isinstance(fields, dict) else None
-            text = value.decode() if isinstance(value, bytes) else value
-            if not isinstance(text, str):
-                raise ValueError("no trail field")
-        except (ValueError, TypeError, UnicodeDecodeError):
+            stamp, _, text = (entry.decode() if isinstance(entry, bytes) else str(entry)).partition("\n")
+            if not stamp.isdigit() or len(stamp) > 15 or not text:
+                raise ValueError("not a trail entry")
+            ms = int(stamp)
+        except (ValueError, UnicodeDecodeError):
             skipped += 1
             continue
         for line in text.split("\n"):
@@ -154,8 +144,8 @@ def read(client: redis.Redis, pool: str, identity: str, dataset: str | None = No
     k = trail.key(pool, identity)
     skipped = 0
     try:
-        raw = client.xrevrange(k, count=READ_MAX)
-    except redis.ResponseError:  # not a stream: nothing the worker wrote
+        raw = client.lrange(k, 0, READ_MAX - 1)
+    except redis.ResponseError:  # not a list: nothing the worker wrote
         raw, skipped = [], 1
     ttl = client.ttl(k)
     lines, bad = _lines(reversed(raw if isinstance(raw, list) else []))

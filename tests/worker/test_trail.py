@@ -80,7 +80,7 @@ def test_a_pushed_event_and_its_sent_pushes_newest_first(run):
         (dev, "sent", f"tok{k}-{IDENT[-6:][:3]}…") for k, dev in enumerate(devs))
     assert out["skipped"] == 0 and out["entries"] == 2
     # the token is never on the trail whole
-    raw = b"".join(v for _id, f in run.ctx.redis.xrange(trail.key(POOL, IDENT)) for v in f.values())
+    raw = b"".join(run.ctx.redis.lrange(trail.key(POOL, IDENT), 0, -1))
     assert b"abcdefgh" not in raw and b"tok0-" in raw
 
 
@@ -182,7 +182,7 @@ def test_the_trail_is_bounded_expires_and_can_be_turned_off(run):
         _publish(run, n)
         _runs(run)
     k = trail.key(POOL, IDENT)
-    assert run.ctx.redis.xlen(k) == 5
+    assert run.ctx.redis.llen(k) == 5
     assert 43_000 < run.ctx.redis.ttl(k) <= 43_200
     out = _trail(run)
     assert [e["count"] for e in out["events"]] == [12, 11, 10, 9, 8] and 43_000 < out["expires_in"] <= 43_200
@@ -199,21 +199,22 @@ def test_malformed_entries_are_skipped_and_counted(run):
     _runs(run)
     k = trail.key(POOL, IDENT)
     c = run.ctx.redis
-    for fields in ({"t": "x\ty"}, {"other": "e\tnotes\t1\tpushed\t1"}, {"t": b"\xff\xfe"},
-                   {"t": "e\tnotes\tabc\tpushed\t1"}, {"t": "e\tnotes\t3\tnonsense\t"},
-                   {"t": "e\tnotes\t4\theld\tnot-a-time"}, {"t": "d\tnotes\t2\tdev\ttok\tsent"},
-                   {"t": "e\tnotes\t5\tdead\t\x1b[31mred"}):
-        c.xadd(k, fields)
+    stamp = b"1700000000000\n"
+    for entry in (stamp + b"x\ty", b"e\tnotes\t1\tpushed\t1", stamp + b"\xff\xfe", b"soon\ne\tnotes\t1\tpushed\t1",
+                  stamp + b"e\tnotes\tabc\tpushed\t1", stamp + b"e\tnotes\t3\tnonsense\t",
+                  stamp + b"e\tnotes\t4\theld\tnot-a-time", stamp + b"d\tnotes\t2\tdev\ttok\tsent",
+                  stamp + b"e\tnotes\t5\tdead\t\x1b[31mred"):
+        c.rpush(k, entry)  # older than the worker's entry
     out = _trail(run)
-    assert out["skipped"] == 7
-    assert [(e["count"], e["fate"]) for e in out["events"]] == [(5, "dead"), (2, "pushed")]
+    assert out["skipped"] == 8
+    assert [(e["count"], e["fate"]) for e in out["events"]] == [(2, "pushed"), (5, "dead")]
     assert "\x1b" not in out["events"][0]["detail"]
     c.delete(k)
-    c.set(k, "not a stream")
+    c.set(k, "not a list")
     assert _trail(run)["skipped"] == 1 and _trail(run)["events"] == []
-    _publish(run, 3)  # a key that is not a stream is not the worker's to replace: the run goes on
+    _publish(run, 3)  # a key that is not a list is not the worker's to replace: the run goes on
     _runs(run)
-    assert c.get(k) == b"not a stream" and c.llen(EVENTS_QUEUE) == 0
+    assert c.get(k) == b"not a list" and c.ttl(k) == -1 and c.llen(EVENTS_QUEUE) == 0
 
 
 def test_dataset_filter(run):
