@@ -6,7 +6,7 @@ names the rule)."""
 from __future__ import annotations
 
 from api.errors import ALL
-from worker.trail import FATES, OUTCOMES
+from pushsync.trail import FATES, OUTCOMES
 
 ID = {"type": "string", "minLength": 1, "maxLength": 55, "pattern": "^[A-Za-z0-9_-]+:[0-9a-fA-F-]+$"}
 DATASET = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[a-zA-Z0-9_.:-]+$"}

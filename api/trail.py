@@ -27,9 +27,9 @@ def _redis():
 def trail(p: Principal, pool_id: str, identity_id: str, body: Any, dataset: str | None = None) -> dict:
     import redis
 
+    from pushsync.trail import read
     from store import repo
     from store.db import session_scope
-    from worker.trail_read import read
 
     require(p, "admin")
     with session_scope() as s:

@@ -14,7 +14,7 @@ clock, ms), then its lines, one per fact, tab-separated:
 A list, not a stream: a stream's first node takes about 4.7 kB however small its one entry (Redis
 7 allocates the node whole), a list with one entry of an event pushed to five devices about 0.5 kB,
 and most identities' trails hold a few entries. Writing the trail never fails a task: a Redis
-error is the figures' (logged, the task goes on). Reading it back (``worker.trail_read``) trusts
+error is the figures' (logged, the task goes on). Reading it back (``pushsync.trail``) trusts
 nothing it finds.
 """
 
@@ -26,14 +26,10 @@ from collections.abc import Callable, Iterable
 from pushsync import contract
 from pushsync.contract import ChangeEvent, Key
 from pushsync.messages import DeadLetter, DeliveryBatch, MessageError, from_dead_letter
+from pushsync.trail import DETAIL_MAX, FATES, OUTCOMES, TOKEN_SHOWN, TRAIL, key
 from worker.senders.base import Kind
 
-TRAIL = "pushsync:trail:"
-DETAIL_MAX = 200
-TOKEN_SHOWN = 8  # as worker.logs.short_token shows a token
-# what an event's line says became of it at ingest, and what a push's line says became of it
-FATES = ("pushed", "held", "coalesced", "stale", "duplicate", "dead", "again")
-OUTCOMES = ("sent", "invalid", "retry", "skipped", "stale", "dead")
+__all__ = ["FATES", "OUTCOMES", "TRAIL", "Trail", "delivery", "ingest", "key", "letters"]
 # the stale events of one run whose accepted count is read to tell a duplicate from a stale one
 READ_MAX = 100
 
@@ -51,10 +47,6 @@ for i = 1, #KEYS do
 end
 return #KEYS
 """
-
-
-def key(pool: str, identity: str) -> str:
-    return f"{TRAIL}{pool}/{identity}"
 
 
 def clean(text: object) -> str:

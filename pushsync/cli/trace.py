@@ -13,13 +13,13 @@ from pushsync.settings import get_settings
 
 
 def load(pool_id: str, identity_id: str, dataset: str | None) -> dict:
-    """The trail as ``worker.trail_read.read`` gives it; ``NotFound`` for an unknown pool,
+    """The trail as ``pushsync.trail.read`` gives it; ``NotFound`` for an unknown pool,
     ``CommandError`` when Redis cannot be reached."""
     import redis
 
     from pushsync.broker import redis_client
+    from pushsync.trail import read
     from store import repo
-    from worker.trail_read import read
 
     ensure_schema()
     with session() as s:

@@ -1,4 +1,4 @@
-"""The trail (worker.trail, worker.trail_read) on each outcome, through the worker's own code: real
+"""The trail (worker.trail, pushsync.trail) on each outcome, through the worker's own code: real
 ingest runs and deliveries on a real store (SQLite and PostgreSQL) and Redis, each task's figures
 and trail written as the tasks write them (``Context.flush_metrics``), read back as `pushsync
 trace` reads them."""
@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 
 from pushsync.queues import EVENTS_QUEUE
+from pushsync.trail import read
 from store import repo
 from store.db import session_scope
 from worker import delivery, ingest, metrics, trail
 from worker.senders.base import Kind
-from worker.trail_read import read
 
 from ..conftest import IDENT, IDENT2, POOL, POOL2
 from . import harness

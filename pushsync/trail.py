@@ -1,5 +1,6 @@
-"""Reading an identity's trail back (``worker.trail`` writes it): the events newest first, each
-with its fate and its pushes, as `pushsync trace` and the API's trail path show them.
+"""An identity's trail (``worker.trail`` writes it) read back: the events newest first, each with
+its fate and its pushes, as `pushsync trace` and the API's trail path show them; and the format
+both sides share (the key, the fates and outcomes).
 
 Whatever Redis holds under the key is untrusted: an entry or a line that is not one the worker
 writes is skipped and counted (``skipped``), a key that is not a list is one skipped entry,
@@ -13,18 +14,26 @@ import time
 import redis
 
 from pushsync import contract
-from worker import trail
-from worker.trail import FATES, OUTCOMES
 
+TRAIL = "pushsync:trail:"
+DETAIL_MAX = 200
+TOKEN_SHOWN = 8  # as worker.logs.short_token shows a token
+# what an event's line says became of it at ingest, and what a push's line says became of it
+FATES = ("pushed", "held", "coalesced", "stale", "duplicate", "dead", "again")
+OUTCOMES = ("sent", "invalid", "retry", "skipped", "stale", "dead")
 # entries read at most (a trail is capped at PUSHSYNC_TRAIL_ENTRIES; this bounds a key someone else filled)
 READ_MAX = 10_000
+
+
+def key(pool: str, identity: str) -> str:
+    return f"{TRAIL}{pool}/{identity}"
 
 
 def _iso(ms: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{int(ms % 1000):03d}Z"
 
 
-def _text(value: str, limit: int = trail.DETAIL_MAX) -> str:
+def _text(value: str, limit: int = DETAIL_MAX) -> str:
     return contract.printable(value, limit)
 
 
@@ -88,7 +97,7 @@ def _line(ms: int, line: str) -> dict:
         return {"kind": "flush", "time": _iso(ms), "dataset": _text(f[0], 128), "count": _count(f[1]), "devices": n}
     if kind == "d" and len(f) == 6 and f[4] in OUTCOMES:
         return {"kind": "device", "time": _iso(ms), "dataset": _text(f[0], 128), "count": _count(f[1]),
-                "device": _text(f[2], 64), "token": _text(f[3], trail.TOKEN_SHOWN) + "…" if f[3] else None,
+                "device": _text(f[2], 64), "token": _text(f[3], TOKEN_SHOWN) + "…" if f[3] else None,
                 "outcome": f[4], "detail": _text(f[5]), "text": _text(device_text(f[4], f[5]), 400)}
     raise ValueError("not a trail line")
 
@@ -141,7 +150,7 @@ def _events(lines: list[dict]) -> list[dict]:
 
 def read(client: redis.Redis, pool: str, identity: str, dataset: str | None = None) -> dict:
     """The identity's trail, newest event first (only ``dataset``'s when given)."""
-    k = trail.key(pool, identity)
+    k = key(pool, identity)
     skipped = 0
     try:
         raw = client.lrange(k, 0, READ_MAX - 1)
