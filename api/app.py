@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 
-from api import configuration, operations
+from api import configuration, operations, trail
 from api.auth import authenticate
 from api.errors import Answer, ApiError, InternalError, InvalidParameter, MethodNotAllowed, NotFound, Unavailable
 from api.errors import LimitExceeded as LimitError
@@ -232,6 +232,8 @@ def routes() -> list[Route]:
         P + "/configuration": {"GET": endpoint(conf.get_configuration, ("pool",)),
                                "POST": endpoint(conf.set_configuration, ("pool",))},
         P + "/events": {"POST": endpoint(ops.publish_events, ("pool",))},
+        P + "/identities/{identity}/trail": {"GET": endpoint(trail.trail, ("pool", "identity"))},
+        P + "/identities/{identity}/datasets/{dataset}/trail": {"GET": endpoint(trail.dataset_trail, sub[:3])},
         "/healthz": {"GET": healthz},
         "/readyz": {"GET": readyz},
         "/openapi.json": {"GET": openapi},

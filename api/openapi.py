@@ -6,6 +6,7 @@ names the rule)."""
 from __future__ import annotations
 
 from api.errors import ALL
+from pushsync.trail import FATES, OUTCOMES
 
 ID = {"type": "string", "minLength": 1, "maxLength": 55, "pattern": "^[A-Za-z0-9_-]+:[0-9a-fA-F-]+$"}
 DATASET = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[a-zA-Z0-9_.:-]+$"}
@@ -54,6 +55,20 @@ CONFIG_IN = {
             "TeamId": {"type": "string"}, "Topic": {"type": "string", "description": "the app's bundle id"}}},
     }}},
 }
+
+_S, _N = {"type": "string"}, {"type": ["string", "null"]}
+TRAIL_DEVICE = {"type": "object", "required": ["time", "dataset", "count", "device", "token", "outcome", "text"],
+                "properties": {"time": _S, "dataset": _S, "count": {"type": "integer"}, "device": _S, "token": _N,
+                               "outcome": {"type": "string", "enum": list(OUTCOMES)}, "detail": _S, "text": _S}}
+TRAIL_EVENT = {"type": "object", "required": ["time", "dataset", "count", "fate", "text", "flushed", "devices"],
+               "properties": {"time": _S, "dataset": _S, "count": {"type": ["integer", "string"]},
+                              "fate": {"type": "string", "enum": [*FATES, "flushed", "unknown"]}, "detail": _S,
+                              "text": _S, "flushed": {"type": ["object", "null"]},
+                              "devices": {"type": "array", "items": TRAIL_DEVICE}}}
+TRAIL = {"type": "object", "required": ["pool", "identity", "dataset", "entries", "skipped", "expires_in", "events"],
+         "properties": {"pool": _S, "identity": _S, "dataset": _N, "entries": {"type": "integer", "minimum": 0},
+                        "skipped": {"type": "integer", "minimum": 0}, "expires_in": {"type": ["integer", "null"]},
+                        "events": {"type": "array", "items": TRAIL_EVENT}}}
 
 
 def _json(schema: dict, description: str) -> dict:
@@ -117,6 +132,12 @@ def _paths() -> dict:
         "/identitypools/{pool}/events": {"post": _op(
             "PublishEvents", "enqueue one change event or a list of up to 500 (producer scope)", ("pool",),
             _json(accepted, "how many were enqueued; the others by index with the reason"), events_in, "202")},
+        "/identitypools/{pool}/identities/{identity}/trail": {"get": _op(
+            "GetIdentityTrail", "what became of the identity's last events and their pushes, newest first "
+            "(admin scope; `pushsync trace --json`)", ("pool", "identity"), _json(TRAIL, "the trail"))},
+        "/identitypools/{pool}/identities/{identity}/datasets/{dataset}/trail": {"get": _op(
+            "GetDatasetTrail", "the identity's trail, this dataset's events only (admin scope)",
+            ("pool", "identity", "dataset"), _json(TRAIL, "the trail"))},
         "/healthz": {"get": {"operationId": "Health", "summary": "the process is up", "security": [],
                              "responses": {"200": _json({"type": "object"}, "up")}}},
         "/readyz": {"get": {"operationId": "Ready", "summary": "the store and Redis answer", "security": [],
@@ -132,6 +153,6 @@ def document() -> dict:
                  "description": "Cognito Sync's push sync operations, self-hosted. Authenticate with "
                                 "Authorization: Bearer <API key or identity token>."},
         "paths": _paths(),
-        "components": {"schemas": {"Error": ERROR, "Event": EVENT},
+        "components": {"schemas": {"Error": ERROR, "Event": EVENT, "Trail": TRAIL},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

@@ -79,6 +79,9 @@ class Settings:
     fcm_transport: str = "curl"
     # a folder: each pool process writes its CPU per stage there (bench/budget.py; off when unset)
     stage_dir: str | None = None
+    # `pushsync trace`: the newest entries kept per identity, and for how many days (either 0: off)
+    trail_entries: int = 100
+    trail_days: float = 7.0
 
     @property
     def redeliver_after(self) -> float:
@@ -164,6 +167,8 @@ _VARS: dict[str, tuple[str, str, float | None]] = {
     "PUSHSYNC_APNS_TRANSPORT": ("apns_transport", "transport", None),
     "PUSHSYNC_FCM_TRANSPORT": ("fcm_transport", "transport", None),
     "PUSHSYNC_STAGE_DIR": ("stage_dir", "name", None),
+    "PUSHSYNC_TRAIL_ENTRIES": ("trail_entries", "int", 0),
+    "PUSHSYNC_TRAIL_DAYS": ("trail_days", "float", 0.0),
 }
 
 # the example values of .env.example: a deployment that kept one is refused at start-up

@@ -30,7 +30,7 @@ from pushsync.settings import Settings
 from store import repo
 from store.models import utcnow
 from store.repo import PoolCredentials, Target
-from worker import metrics, retry
+from worker import metrics, retry, trail
 from worker.context import Context
 from worker.errors import TRANSIENT
 from worker.pools import PoolCache
@@ -146,6 +146,7 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
                 DeadLetter.delivery(batch.pool, batch.platform, item, why, detail, attempts=batch.attempt)
                 for item in batch.items if item.key in sending])
             repo.settle_outbox(session, batch.id)
+        next_at = 0.0
     else:
         if requests:
             # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
@@ -154,9 +155,23 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
                                         timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
         with stage("record"):
             result = _record(ctx, batch, outcomes, result)
+        next_at = ctx.now() + result.retry_in
+    if rec.trail.on(settings):
+        with stage("record"):
+            _trail(rec.trail, batch, targets, outcomes, result, next_at, unsendable)
     with stage("metrics"):
         metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
     return result
+
+
+def _trail(tr: trail.Trail, batch: DeliveryBatch, targets, outcomes, result, next_at, unsendable) -> None:
+    lines = trail.Trail()
+    try:
+        trail.delivery(lines, batch, targets, outcomes, result, next_at, unsendable)
+    except Exception:  # the trail is worth less than the outcomes, which are recorded already
+        log.exception("could not write the trail of %d pushes", len(batch.items))
+        return
+    tr.merge(lines)
 
 
 # The pushes are sent: their outcomes are worth waiting for the store a little (a batch whose

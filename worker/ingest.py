@@ -31,7 +31,7 @@ from pushsync.contract import Key
 from pushsync.messages import DeadLetter, DeliveryBatch, exception_text
 from pushsync.queues import EVENTS_QUEUE, RUNS_QUEUE
 from store import repo
-from worker import delivery, envelope, metrics, plan
+from worker import delivery, envelope, metrics, plan, trail
 from worker.context import Context
 from worker.envelope import Batch
 from worker.errors import DATA_ERRORS, TRANSIENT
@@ -66,14 +66,16 @@ def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
     with stage("read"):
         batch = envelope.read_batch(taken, max_events=s.max_events_per_message, batch_max=s.ingest_batch_max,
                                     now=ctx.now())
+    seen: dict = {}
     try:
         with stage("window"):
             held = _windows(ctx, batch)
         with stage("commit"):
-            batches = _commit(ctx, batch, set(held))
+            batches = _commit(ctx, batch, set(held), seen)
+        _trail(ctx, rec.trail, batch.events, held, seen, batches)
         _send(ctx, batches, batch.res, rec)
     except PASSING as exc:  # the store or Redis away, or the run out of time: nothing lost, all later
-        _defer(ctx, batch, exc)
+        _defer(ctx, batch, exc, rec.trail)
         return batch.res
     with stage("ack"):
         _with_redis(lambda: ctx.intake.ack(batch.ids, taken.lease, taken.flushes,
@@ -99,7 +101,10 @@ def run_handed(ctx: Context, args: object, kwargs: object, rec: metrics.Recorder
     batch = Batch(taken)
     envelope.add_message(batch, taken.messages[0], message, ctx.settings.max_events_per_message)
     held = _windows(ctx, batch)
-    _send(ctx, _commit(ctx, batch, set(held)), batch.res, rec)
+    seen: dict = {}
+    batches = _commit(ctx, batch, set(held), seen)
+    _trail(ctx, rec.trail, batch.events, held, seen, batches)
+    _send(ctx, batches, batch.res, rec)
     ctx.intake.ack([], 0, again={k.text().encode(): end for k, end in held.items()})
     _report(batch, rec)
     return batch.res
@@ -124,21 +129,24 @@ def _windows(ctx: Context, batch: Batch) -> dict[Key, int]:
     return ctx.windows.enter({e.key: width for e in batch.events}) if width > 0 and batch.events else {}
 
 
-def _commit(ctx: Context, batch: Batch, held: set[Key]) -> list[DeliveryBatch]:
-    """The transaction; when the store refuses the data, the events again one by one."""
+def _commit(ctx: Context, batch: Batch, held: set[Key], seen: dict) -> list[DeliveryBatch]:
+    """The transaction; when the store refuses the data, the events again one by one. ``seen``
+    gets what the trail needs: the keys that moved, those planned, the dead letters written."""
     enqueued = min((m.enqueued_at for m in batch.messages), default=None)
     try:
         with ctx.session_scope() as session:
             out = _plan(ctx, session, batch.events, held, batch.flushes, enqueued, batch.res, batch.letters,
-                        batch.again)
+                        batch.again, seen)
             repo.add_dead_letters(session, batch.letters)
+        seen["letters"] = batch.letters
         return out
     except PASSING:  # not the data's fault: the caller defers
         raise
     except DATA_ERRORS as exc:
         log.warning("the store refused a micro-batch of %d events (%s); trying them one by one",
                     len(batch.events), type(getattr(exc, "orig", exc)).__name__)
-        return _one_by_one(ctx, batch, held, enqueued)
+        seen.clear()
+        return _one_by_one(ctx, batch, held, enqueued, seen)
     except Exception as exc:  # a bug or a value nothing foresaw: keep the events, acknowledge the messages
         log.exception("ingest run failed; dead-lettering its %d events", len(batch.events))
         _replace_result(batch)
@@ -146,6 +154,8 @@ def _commit(ctx: Context, batch: Batch, held: set[Key]) -> list[DeliveryBatch]:
                                    for e in batch.events]
         with ctx.session_scope() as session:
             repo.add_dead_letters(session, letters)
+        seen.clear()
+        seen["letters"] = letters
         batch.res.dead_lettered += len(batch.events)
         return []
 
@@ -157,33 +167,40 @@ def _replace_result(batch: Batch) -> None:
     batch.res = kept
 
 
-def _plan(ctx: Context, session, events, held, flushes, enqueued, res, letters, again=frozenset()
+def _plan(ctx: Context, session, events, held, flushes, enqueued, res, letters, again=frozenset(), seen=None
           ) -> list[DeliveryBatch]:
     s = ctx.settings
     return plan.micro_batch(session, events, held=held, flushes=flushes, credentials=ctx.pools.credentials,
                             batch_size=s.batch_size, redeliver_after=s.redeliver_after, enqueued_at=enqueued,
-                            res=res, letters=letters, again=again)
+                            res=res, letters=letters, again=again, seen=seen)
 
 
-def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued) -> list[DeliveryBatch]:
+def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued, seen: dict) -> list[DeliveryBatch]:
     _replace_result(batch)
     with ctx.session_scope() as session:
         repo.add_dead_letters(session, batch.letters)
+    written = seen.setdefault("letters", [])
+    written += batch.letters
     out: list[DeliveryBatch] = []
     parts = [([e], set()) for e in batch.events] + ([([], batch.flushes)] if batch.flushes else [])
     for events, flushes in parts:
         letters: list[DeadLetter] = []
         one = IngestResult()
+        part: dict = {}
         try:
             with ctx.session_scope() as session:
-                out += _plan(ctx, session, events, held, flushes, enqueued, one, letters, batch.again)
+                out += _plan(ctx, session, events, held, flushes, enqueued, one, letters, batch.again, part)
                 repo.add_dead_letters(session, letters)
+            for name in ("moved", "planned"):
+                seen.setdefault(name, {}).update(part.get(name, {}))
+            written += letters
         except DATA_ERRORS as exc:
             orig = getattr(exc, "orig", exc)
             one = IngestResult(dead_lettered=len(events), invalid=len(events))
+            refused = [DeadLetter.event(e, "refused by the store", exception_text(orig)) for e in events]
             with ctx.session_scope() as session:
-                repo.add_dead_letters(session, [DeadLetter.event(e, "refused by the store", exception_text(orig))
-                                                for e in events])
+                repo.add_dead_letters(session, refused)
+            written += refused
             if flushes:
                 log.error("the store refused the flush of %d keys (%s); the sweep will try them again",
                           len(flushes), exception_text(orig))
@@ -191,7 +208,7 @@ def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued) -> list[De
     return out
 
 
-def _defer(ctx: Context, batch: Batch, exc: BaseException) -> None:
+def _defer(ctx: Context, batch: Batch, exc: BaseException, tr: trail.Trail) -> None:
     """The store or Redis out of reach, or the run out of time: every message due again after a
     jittered backoff, its try counted, or, out of tries, its events dead-lettered; flushes due again
     in a second. When even the dead letters cannot be written, those messages wait the longest
@@ -202,9 +219,11 @@ def _defer(ctx: Context, batch: Batch, exc: BaseException) -> None:
     if spent and not isinstance(exc, SoftTimeLimitExceeded):
         why = f"{tries} tries: {exception_text(exc)}"
         try:
+            letters = [DeadLetter.event(e, "out of tries", why, attempts=tries) for m in spent for e in m.events]
             with ctx.session_scope() as session:
-                repo.add_dead_letters(session, [DeadLetter.event(e, "out of tries", why, attempts=tries)
-                                                for m in spent for e in m.events])
+                repo.add_dead_letters(session, letters)
+            if tr.on(ctx.settings):
+                trail.letters(tr, letters)
             for m in spent:
                 waits.pop(m.id)
             ctx.intake.ack([m.id for m in spent], batch.taken.lease)
@@ -216,6 +235,32 @@ def _defer(ctx: Context, batch: Batch, exc: BaseException) -> None:
                 f"defer {len(waits)} ingest messages")
     log.warning("%s: %d ingest messages and %d flushes go again later, %d dead-lettered", exception_text(exc),
                 len(waits), len(batch.taken.flushes), len(batch.taken.messages) - len(waits))
+
+
+def _trail(ctx: Context, tr: trail.Trail, events, held: dict[Key, int], seen: dict,
+           batches: list[DeliveryBatch]) -> None:
+    """What became of the run's events, on the identities' trails (``worker.trail``)."""
+    if not tr.on(ctx.settings):
+        return
+    with stage("commit"):  # the trail's share of the CPU counts as the commit's
+        lines = trail.Trail()
+        try:
+            trail.letters(lines, seen.get("letters", ()))
+            trail.ingest(lines, events, held, seen, batches, lambda keys: _accepted(ctx, keys))
+        except Exception:  # the trail is worth less than the run: a bug in it costs the trail's lines only
+            log.exception("could not write the trail of %d events", len(events))
+            return
+        tr.merge(lines)
+
+
+def _accepted(ctx: Context, keys: list[Key]) -> dict[Key, int]:
+    """The store's accepted counts of ``keys`` (duplicate or stale?); none when it cannot say."""
+    try:
+        with ctx.session_scope() as session:
+            return {k: n for k in keys if (n := repo.counts(session, k)[0]) is not None}
+    except Exception as exc:  # the trail is worth less than the run: it says "stale" and goes on
+        log.warning("could not read %d accepted counts for the trail: %s", len(keys), exception_text(exc))
+        return {}
 
 
 def _send(ctx: Context, batches: list[DeliveryBatch], res: IngestResult, rec: metrics.Recorder) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import redis
 
+from worker.trail import Trail
+
 COUNTERS_KEY = "pushsync:metrics:counters"
 LATENCY_KEY = "pushsync:metrics:latency"
 # seconds from event enqueued to push accepted by FCM or APNs
@@ -28,11 +30,12 @@ def _field(*parts: str) -> str:
 
 
 class Recorder:
-    """Collects one task's figures and writes them in one round trip."""
+    """Collects one task's figures, and its trail (``worker.trail``), and writes them in one round trip."""
 
     def __init__(self):
         self.counts: dict[str, int] = {}
         self.latency: dict[str, float] = {}
+        self.trail = Trail()
 
     def add(self, *parts: str, n: int = 1) -> None:
         if n:
@@ -57,15 +60,17 @@ class Recorder:
             self.counts[key] = self.counts.get(key, 0) + n
         for key, seconds in other.latency.items():
             self.latency[key] = self.latency.get(key, 0.0) + seconds
+        self.trail.merge(other.trail)
 
     def _lat(self, platform: str, what: str, n: int) -> None:
         key = _field(platform, what)
         self.latency[key] = self.latency.get(key, 0) + n
 
     def flush(self, client: redis.Redis) -> None:
-        if not self.counts and not self.latency:
+        if not self.counts and not self.latency and not self.trail:
             return
         pipe = client.pipeline(transaction=False)
+        self.trail.write(pipe)
         for key, n in self.counts.items():
             pipe.hincrby(COUNTERS_KEY, key, n)
         for key, v in self.latency.items():

@@ -77,14 +77,14 @@ def _eligible(events: list[ChangeEvent], creds: dict, letters: list[DeadLetter],
 
 def micro_batch(session: Session, events: list[ChangeEvent], *, held: set[Key], flushes: set[Key],
                 credentials: Credentials, batch_size: int, redeliver_after: float, enqueued_at: float | None,
-                res: IngestResult, letters: list[DeadLetter], again: Set[ChangeEvent] = frozenset()
-                ) -> list[DeliveryBatch]:
+                res: IngestResult, letters: list[DeadLetter], again: Set[ChangeEvent] = frozenset(),
+                seen: dict | None = None) -> list[DeliveryBatch]:
     """One micro-batch: the events' keys not in ``held`` are leading edges, ``flushes`` the keys
     whose window ended. ``again`` are events of messages whose run died: one whose count is still
     the key's planned one is pushed again (that run may have died between its commit and its
     sends; a device ignores a count it has). Dead letters for the events refused go to
     ``letters`` (the caller writes them in this transaction). Returns the delivery batches, already
-    in the outbox."""
+    in the outbox. ``seen`` (for ``worker.trail``) gets the keys that moved and those planned."""
     creds = credentials(session, {e.pool for e in events} | {k.pool for k in flushes})
     eligible = _newest(_eligible(events, creds, letters, res), res)
     flushes = {k for k in flushes if creds.get(k.pool) is not None}
@@ -100,6 +100,9 @@ def micro_batch(session: Session, events: list[ChangeEvent], *, held: set[Key], 
     resend = {e.key: e.sync_count for e in eligible if e in again and e.key not in planned and e.key not in moved}
     if resend:
         planned.update(repo.still_planned(session, resend))
+    if seen is not None:
+        seen.setdefault("moved", {}).update(moved)
+        seen.setdefault("planned", {}).update(planned)
     return _batches(session, planned, creds, res, letters, batch_size=batch_size, redeliver_after=redeliver_after,
                     enqueued_at=enqueued_at)
 

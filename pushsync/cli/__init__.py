@@ -10,13 +10,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pushsync.cli import api, db, demo, device, dlq, ops, pool, publish, subscribe
+from pushsync.cli import api, db, demo, device, dlq, ops, pool, publish, subscribe, trace
 from pushsync.cli.common import CommandError, Parser, UsageProblem
 from pushsync.contract import ValidationError
 from pushsync.secrets import SecretError
 from pushsync.settings import SettingsError, get_settings
 
-GROUPS = (db, pool, device, subscribe, publish, ops, dlq, api, demo)
+GROUPS = (db, pool, device, subscribe, publish, ops, dlq, trace, api, demo)
 
 
 def _version() -> str:

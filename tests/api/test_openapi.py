@@ -56,21 +56,22 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(f
     # valid and invalid requests on any path: most are refused at authentication (another pool)
     anywhere = _schemathesis(fast, key, tmp_path)
     assert anywhere.returncode == 0, anywhere.stdout[-6000:] + anywhere.stderr[-2000:]
-    assert "Tested: 9" in anywhere.stdout, anywhere.stdout[-3000:]
+    assert "Tested: 11" in anywhere.stdout, anywhere.stdout[-3000:]
     # valid requests on the key's own pool, so that they reach the handlers and the store (the pool
     # pinned, invalid-data mode would count the pool it did not get to change as accepted)
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.format(pool=POOL))
     pinned = _schemathesis(fast, key, tmp_path, "--config-file", str(config), "--mode", "positive")
     assert pinned.returncode == 0, pinned.stdout[-6000:] + pinned.stderr[-2000:]
-    assert "Tested: 9" in pinned.stdout, pinned.stdout[-3000:]
+    assert "Tested: 11" in pinned.stdout, pinned.stdout[-3000:]
 
 
 def test_the_document_lists_every_operation_and_error_type(api):
     doc = api.call("GET", "/openapi.json").json()
     ops = {op["operationId"] for path in doc["paths"].values() for op in path.values()}
     assert {"RegisterDevice", "SubscribeToDataset", "UnsubscribeFromDataset", "SubscribeToAllDatasets",
-            "GetIdentityPoolConfiguration", "SetIdentityPoolConfiguration", "PublishEvents"} <= ops
+            "GetIdentityPoolConfiguration", "SetIdentityPoolConfiguration", "PublishEvents", "GetIdentityTrail",
+            "GetDatasetTrail"} <= ops
     types = set(doc["components"]["schemas"]["Error"]["properties"]["__type"]["enum"])
     assert {"InvalidParameterException", "NotAuthorizedException", "ResourceNotFoundException",
             "InvalidConfigurationException", "LimitExceededException", "TooManyRequestsException",
