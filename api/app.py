@@ -202,7 +202,8 @@ async def openapi(_request: Request):
     return Answer(document())
 
 
-async def _http_error(_request: Request, exc: HTTPException):
+async def _http_error(_request: Request, exc: Exception):
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
     if exc.status_code == 405:
         answer = MethodNotAllowed("this method is not allowed on this path").response()
         answer.headers["Allow"] = (exc.headers or {}).get("Allow", "")
@@ -216,7 +217,7 @@ def _by_method(**handlers):
     """One route per path, so that a 405 names every method the path has in its Allow header."""
     async def handle(request: Request):
         # Starlette answers HEAD on a GET route
-        return await handlers.get(request.method, handlers.get("GET"))(request)
+        return await (handlers.get(request.method) or handlers["GET"])(request)
     return handle, list(handlers)
 
 

@@ -7,8 +7,10 @@ A bad value stops the program with one line naming the variable (see ``SettingsE
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 from pushsync.redact import redact_url
@@ -176,7 +178,7 @@ PLACEHOLDER_MARKS = ("change-me", "changeme", "replace-me")
 
 
 def is_placeholder(secret: str | None) -> bool:
-    return bool(secret) and any(mark in secret.lower() for mark in PLACEHOLDER_MARKS)
+    return bool(secret and any(mark in secret.lower() for mark in PLACEHOLDER_MARKS))
 
 assert {f for f, _, _ in _VARS.values()} == {f.name for f in fields(Settings)}
 
@@ -259,11 +261,11 @@ def _parse_url(name: str, kind: str, raw: str) -> str:
     return raw
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    values = {}
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    source = os.environ if env is None else env
+    values: dict[str, Any] = {}  # each parsed to its field's kind by _parse
     for name, (field, kind, low) in _VARS.items():
-        raw = env.get(name)
+        raw = source.get(name)
         if raw is None or raw.strip() == "":
             continue
         values[field] = _parse(name, kind, low, raw)

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -93,7 +93,7 @@ def record(session: Session, batch: DeliveryBatch, outcomes: list[Outcome], resu
     temporary error are retried, in one batch that waits for the longest Retry-After among
     them and at least a jittered exponential backoff."""
     items = {item.key: item for item in batch.items}
-    invalid: dict[object, list[str]] = defaultdict(list)
+    invalid: dict[tuple[str, datetime | None], list[str]] = defaultdict(list)
     again: list[Item] = []
     letters: list[DeadLetter] = []
     wait = 0.0
@@ -149,6 +149,7 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         next_at = 0.0
     else:
         if requests:
+            assert creds is not None  # _unsendable answered for a batch without credentials
             # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
             with stage("send_wait"):  # this thread waits; the sending loop's thread does the work
                 outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),

@@ -27,7 +27,7 @@ import time
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from pushsync.contract import Key
+from pushsync.contract import ChangeEvent, Key
 from pushsync.messages import DeadLetter, DeliveryBatch, exception_text
 from pushsync.queues import EVENTS_QUEUE, RUNS_QUEUE
 from store import repo
@@ -182,7 +182,9 @@ def _one_by_one(ctx: Context, batch: Batch, held: set[Key], enqueued, seen: dict
     written = seen.setdefault("letters", [])
     written += batch.letters
     out: list[DeliveryBatch] = []
-    parts = [([e], set()) for e in batch.events] + ([([], batch.flushes)] if batch.flushes else [])
+    parts: list[tuple[list[ChangeEvent], set[Key]]] = [([e], set()) for e in batch.events]
+    if batch.flushes:
+        parts.append(([], batch.flushes))
     for events, flushes in parts:
         letters: list[DeadLetter] = []
         one = IngestResult()

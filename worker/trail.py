@@ -138,6 +138,7 @@ def ingest(tr: Trail, events: list[ChangeEvent], held: dict[Key, int], seen: dic
     counts = accepted(quiet[:READ_MAX]) if quiet else {}
     for k, e in newest.items():
         n = devices[(k.pool, k.identity, k.dataset, e.sync_count)]
+        fate: tuple[str, object]
         if k in moved:
             fate = ("held", held[k]) if k in held else ("pushed", n)
         elif k in planned and planned[k][0] == e.sync_count:
@@ -147,8 +148,8 @@ def ingest(tr: Trail, events: list[ChangeEvent], held: dict[Key, int], seen: dic
             fate = ("duplicate", "") if now == e.sync_count else ("stale", "" if now is None else now)
         tr.add(k.pool, k.identity, "e", k.dataset, e.sync_count, *fate)
     for k, (count, _origin) in planned.items():
-        e = newest.get(k)
-        if e is None or e.sync_count != count or k in held:
+        last = newest.get(k)
+        if last is None or last.sync_count != count or k in held:
             tr.add(k.pool, k.identity, "f", k.dataset, count, devices[(k.pool, k.identity, k.dataset, count)])
 
 
