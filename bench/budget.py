@@ -119,9 +119,10 @@ def _budget(before: dict, after: dict, pushes: int) -> dict:
     return out
 
 
-def run_one(sink: Sink, tmp: Path, *, events: int, db: str, transport: str) -> dict:
+def run_one(sink: Sink, tmp: Path, *, events: int, db: str, transport: str, extra: dict | None = None) -> dict:
     stage_dir = tmp / "stages"
-    env = Env(tmp, sink.info, db=db, extra={"PUSHSYNC_STAGE_DIR": str(stage_dir), **TRANSPORTS[transport]})
+    env = Env(tmp, sink.info, db=db,
+              extra={"PUSHSYNC_STAGE_DIR": str(stage_dir), **TRANSPORTS[transport], **(extra or {})})
     try:
         warm = 200
         env.import_devices(range(events + warm))

@@ -5,6 +5,11 @@ the trail's bytes in Redis: per event of the run (every trail key's MEMORY USAGE
 and per entry of a full trail (one of the run's entries written 100 times, the default PUSHSYNC_TRAIL_ENTRIES).
 
     python -m bench.trail_cost [--pairs N] [--events N]
+    python -m bench.trail_cost --cpu [--pairs N] [--events N]
+
+With --cpu: the CPU each push costs (µs, ``bench.budget``: the worker's processes, Redis,
+PostgreSQL), trail on and off alternating; CPU per push moves far less than throughput on a
+shared machine, where another tenant's load slows the run but does not add to its CPU time.
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--cpu", action="store_true", help="CPU per push (bench.budget) instead of throughput")
     args = ap.parse_args()
+    if args.cpu:
+        return cpu(args.pairs, args.events)
     tmp = Path(tempfile.mkdtemp(prefix="pushsync-trail-cost-"))
     rates: dict[str, list[int]] = {"on": [], "off": []}
     try:
@@ -73,6 +81,31 @@ def main() -> None:
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     print(json.dumps({"on": rates["on"], "off": rates["off"], "median_on": on, "median_off": off,
                       "ratio": round(on / off, 4), **BYTES}))
+
+
+def cpu(pairs: int, events: int) -> None:
+    from bench.budget import run_one
+
+    tmp = Path(tempfile.mkdtemp(prefix="pushsync-trail-cpu-"))
+    got: dict[str, list[dict]] = {"on": [], "off": []}
+    try:
+        with Sink(tmp / "sink") as sink:
+            for i in range(pairs):
+                for label in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                    extra = {} if label == "on" else {"PUSHSYNC_TRAIL_ENTRIES": "0"}
+                    out = run_one(sink, tmp / f"{label}-{i}", events=events, db="postgresql", transport="curl",
+                                  extra=extra)
+                    us = out["us_per_push"]
+                    got[label].append({k: us[k] for k in ("worker_total", "redis", "postgres", "all_total")})
+                    print(f"[{label} {i}] {json.dumps(got[label][-1])} ({out['seconds']} s)", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary = {}
+    for key in ("worker_total", "redis", "all_total"):
+        on = statistics.median(r[key] for r in got["on"])
+        off = statistics.median(r[key] for r in got["off"])
+        summary[key] = {"on": on, "off": off, "ratio": round(on / off, 4)}
+    print(json.dumps({"us_per_push_median": summary, "runs": got}))
 
 
 if __name__ == "__main__":

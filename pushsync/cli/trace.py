@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from pushsync import contract
-from pushsync.cli.common import CommandError, ensure_schema, session
+from pushsync.cli.common import CommandError, counted, ensure_schema, session
 from pushsync.redact import redact_url
 from pushsync.settings import get_settings
 
@@ -34,7 +34,7 @@ def load(pool_id: str, identity_id: str, dataset: str | None) -> dict:
 def human(out: dict, trail_on: bool) -> list[str]:
     """The trail as lines for a terminal (every string in it was made printable by the reader)."""
     what = f"{out['identity']} in {out['pool']}" + (f", dataset {out['dataset']}" if out["dataset"] else "")
-    head = f"trail of {what}: {len(out['events'])} events"
+    head = f"trail of {what}: {counted(len(out['events']), 'event')}"
     if out["expires_in"] is not None:
         head += f", kept {out['expires_in'] / 3600:.1f} h more"
     if out["skipped"]:

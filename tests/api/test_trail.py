@@ -76,7 +76,7 @@ def test_the_command_prints_the_trail_and_its_json(pipe, api, keys, traced):
     ident, good, dead = traced
     body = _settled(api, keys, ident)
     out = pipe.cli("trace", POOL, ident.upper()).stdout.splitlines()
-    assert out[0].startswith(f"trail of {ident} in {POOL}: 1 events, kept ")
+    assert out[0].startswith(f"trail of {ident} in {POOL}: 1 event, kept ")
     assert out[1].endswith("  notes  count 3  pushed to 2 devices")
     devices = {line.split()[2]: line for line in out[2:]}
     assert set(devices) == {good, dead} and all(line.startswith("    ") for line in out[2:])

@@ -159,7 +159,7 @@ def test_replay_drops_a_delivery_whose_count_is_stale(pipe, emulator):
     publish_counts(pipe, POOL, set(tokens.values()), dataset, 2)
     wait_for(lambda: tally(emulator.requests(), tokens, dataset, 2)["delivered"] == 1, what="count 2")
     r = pipe.cli("dlq", "replay", "--all")
-    assert "1 deliveries dropped as stale" in r.stdout
+    assert "1 delivery dropped as stale" in r.stdout
     time.sleep(1.0)
     assert tally(emulator.requests(), tokens, dataset, 1)["delivered"] == 0
 

@@ -112,7 +112,7 @@ def test_dlq_replay_does_not_follow_the_phone_to_its_new_user(pipe, emulator):
     emulator.clear_faults()
     pipe.device(POOL, new_user, "APNS", tok)
     before = skipped(pipe, "not_owned")
-    assert "1 deliveries" in pipe.cli("dlq", "replay", str(letter["id"])).stdout
+    assert "1 delivery" in pipe.cli("dlq", "replay", str(letter["id"])).stdout
     wait_for(lambda: skipped(pipe, "not_owned") > before, what="the replayed push to be skipped")
     assert accepted(emulator, tok) == []
 
@@ -212,7 +212,7 @@ def test_an_event_dead_lettered_for_missing_fcm_credentials_replays_once_they_ar
     [letter] = wait_for(lambda: letters(pipe, pool=pool), what="the FCM dead letter")
     assert "pool has no FCM credentials" in letter["reason"]
     pipe.cli("pool", "create", pool, "--fcm-service-account", pipe.emulator.info["service_account"])
-    assert "1 deliveries" in pipe.cli("dlq", "replay", str(letter["id"])).stdout
+    assert "1 delivery" in pipe.cli("dlq", "replay", str(letter["id"])).stdout
     wait_for(lambda: accepted(emulator, gcm), what="the replayed FCM push")
     assert accepted(emulator, gcm) == [(user, "notes", "1")] and accepted(emulator, apns) == [(user, "notes", "1")]
 
