@@ -17,7 +17,7 @@ class UsageProblem(Exception):
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 device``, ``2 devices``: the command's own sentences read as English."""
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 class Parser(argparse.ArgumentParser):
