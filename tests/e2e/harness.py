@@ -205,7 +205,7 @@ def seed(pipe: Pipeline, pool: str, n_identities: int, per_identity: int, datase
             lines.append(json.dumps({"identityPoolId": pool, "identityId": ident, "platform": plat,
                                      "token": tok, "datasets": [dataset]}))
     r = pipe.cli("device", "import", "-", input="\n".join(lines) + "\n")
-    assert f"imported {len(lines)} devices" in r.stdout, r.stdout + r.stderr
+    assert f"imported {len(lines)} device" in r.stdout, r.stdout + r.stderr  # 1 device, 2 devices
     return tokens
 
 
