@@ -259,7 +259,7 @@ def _accepted(ctx: Context, keys: list[Key]) -> dict[Key, int]:
     """The store's accepted counts of ``keys`` (duplicate or stale?); none when it cannot say."""
     try:
         with ctx.session_scope() as session:
-            return {k: n for k in keys if (n := repo.counts(session, k)[0]) is not None}
+            return repo.accepted_counts(session, keys)
     except Exception as exc:  # the trail is worth less than the run: it says "stale" and goes on
         log.warning("could not read %d accepted counts for the trail: %s", len(keys), exception_text(exc))
         return {}

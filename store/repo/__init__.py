@@ -15,7 +15,7 @@ from store.repo.apikeys import (
     token_secret,
 )
 from store.repo.common import NotFound
-from store.repo.counts import accept, counts, pending, plan, still_planned
+from store.repo.counts import accept, accepted_counts, counts, pending, plan, still_planned
 from store.repo.dead_letters import (
     add_dead_letters,
     count_dead_letters,
@@ -57,7 +57,8 @@ from store.repo.subscriptions import (
 
 __all__ = [
     "Grant", "api_key_grant", "create_api_key", "list_api_keys", "revoke_api_key", "set_token_secret",
-    "token_secret", "NotFound", "PoolCredentials", "Target", "accept", "add_dead_letters", "add_outbox", "counts",
+    "token_secret", "NotFound", "PoolCredentials", "Target", "accept", "accepted_counts", "add_dead_letters",
+    "add_outbox", "counts",
     "defer_outbox", "reschedule_outbox", "settle_outbox", "take_due_outbox", "count_dead_letters",
     "dead_letters_by_id", "deactivate_devices", "delete_dead_letters", "delete_inactive_devices",
     "delivery_targets", "import_devices", "known_datasets", "list_dead_letters", "pending", "plan",

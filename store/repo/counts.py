@@ -109,6 +109,17 @@ def counts(session: Session, key: Key) -> tuple[int | None, int | None]:
     return (row[0], row[1]) if row else (None, None)
 
 
+def accepted_counts(session: Session, keys: Iterable[Key]) -> dict[Key, int]:
+    """The accepted count of each key the store knows (one query per 300 keys)."""
+    out: dict[Key, int] = {}
+    c = _TABLE.c
+    for chunk in chunks(sorted(set(keys)), 300):
+        rows = session.execute(select(c.pool_id, c.identity_id, c.dataset_name, c.sync_count)
+                               .where(tuple_(c.pool_id, c.identity_id, c.dataset_name).in_(chunk)))
+        out.update({Key(p, i, d): n for p, i, d, n in rows if n is not None})
+    return out
+
+
 def pending(session: Session, changed_before: datetime, limit: int = 1000) -> list[Key]:
     """Datasets whose newest accepted count was never planned and that last changed before
     ``changed_before``: a flush that Redis forgot or a dead worker never ran (ix_datasets_pending)."""

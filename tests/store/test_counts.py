@@ -33,6 +33,9 @@ def test_accept_only_moves_forward_and_plan_takes_what_is_accepted_once(pools):
         assert repo.still_planned(s, {k: 6}) == {k: (6, "0b6f3c9e-1d2a-4e5f-8a9b-0c1d2e3f4a5b")}
         assert _accept(s, IDENT, "ds", 7) is True
         assert repo.counts(s, k) == (7, 6) and repo.still_planned(s, {k: 6}) == {}  # 7 will be pushed
+        # the trail's read: many keys in one query, the unknown ones left out
+        assert repo.accepted_counts(s, [k, Key(POOL, IDENT2, "ds"), Key(POOL, IDENT, "never")]) == {
+            k: 7, Key(POOL, IDENT2, "ds"): 0}
 
 
 def test_keys_only_locked_by_accept_change_nothing_and_pending_finds_what_was_never_planned(pools):
