@@ -67,7 +67,8 @@ TRAIL_EVENT = {"type": "object", "required": ["time", "dataset", "count", "fate"
                               "devices": {"type": "array", "items": TRAIL_DEVICE}}}
 TRAIL = {"type": "object", "required": ["pool", "identity", "dataset", "entries", "skipped", "expires_in", "events"],
          "properties": {"pool": _S, "identity": _S, "dataset": _N, "entries": {"type": "integer", "minimum": 0},
-                        "skipped": {"type": "integer", "minimum": 0}, "expires_in": {"type": ["integer", "null"]},
+                        "skipped": {"type": "integer", "minimum": 0}, "omitted": {"type": "integer", "minimum": 0},
+                        "expires_in": {"type": ["integer", "null"]},
                         "events": {"type": "array", "items": TRAIL_EVENT}}}
 
 

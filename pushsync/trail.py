@@ -102,9 +102,10 @@ def _line(ms: int, line: str) -> dict:
     raise ValueError("not a trail line")
 
 
-def _lines(entries) -> tuple[list[dict], int]:
-    """Every line of every entry (oldest first), and how many were skipped."""
-    out, skipped = [], 0
+def _lines(entries) -> tuple[list[dict], int, int]:
+    """Every line of every entry (oldest first), how many were skipped, and how many the worker
+    left out (an entry's lines past its cap)."""
+    out, skipped, omitted = [], 0, 0
     for entry in entries:
         try:
             stamp, _, text = (entry.decode() if isinstance(entry, bytes) else str(entry)).partition("\n")
@@ -115,11 +116,14 @@ def _lines(entries) -> tuple[list[dict], int]:
             skipped += 1
             continue
         for line in text.split("\n"):
+            if line.startswith("x\t") and line[2:].isdigit() and len(line) < 12:
+                omitted += int(line[2:])
+                continue
             try:
                 out.append(_line(ms, line))
             except (ValueError, OverflowError):
                 skipped += 1
-    return out, skipped
+    return out, skipped, omitted
 
 
 def _events(lines: list[dict]) -> list[dict]:
@@ -157,7 +161,8 @@ def read(client: redis.Redis, pool: str, identity: str, dataset: str | None = No
     except redis.ResponseError:  # not a list: nothing the worker wrote
         raw, skipped = [], 1
     ttl = client.ttl(k)
-    lines, bad = _lines(reversed(raw if isinstance(raw, list) else []))
+    lines, bad, omitted = _lines(reversed(raw if isinstance(raw, list) else []))
     events = [e for e in _events(lines) if dataset is None or e["dataset"] == dataset]
     return {"pool": pool, "identity": identity, "dataset": dataset, "entries": len(raw), "skipped": skipped + bad,
-            "expires_in": ttl if isinstance(ttl, int) and ttl >= 0 else None, "events": events[::-1]}
+            "omitted": omitted, "expires_in": ttl if isinstance(ttl, int) and ttl >= 0 else None,
+            "events": events[::-1]}

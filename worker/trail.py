@@ -10,6 +10,7 @@ clock, ms), then its lines, one per fact, tab-separated:
     e  dataset  count  fate  detail                   an event at ingest (``FATES``)
     f  dataset  count  devices                        a count planned by a window's flush (or the sweep)
     d  dataset  count  device  token  outcome  detail one push (``OUTCOMES``); the token's first 8 characters
+    x  how many                                       lines of this entry left out (past LINES_MAX)
 
 A list, not a stream: a stream's first node takes about 4.7 kB however small its one entry (Redis
 7 allocates the node whole), a list with one entry of an event pushed to five devices about 0.5 kB,
@@ -32,6 +33,9 @@ from worker.senders.base import Kind
 __all__ = ["FATES", "OUTCOMES", "TRAIL", "Trail", "delivery", "ingest", "key", "letters"]
 # the stale events of one run whose accepted count is read to tell a duplicate from a stale one
 READ_MAX = 100
+# lines of one entry at most (an identity's 20 datasets pushed to its 100 devices in one run would be
+# 2,000): the rest is one "x <how many>" line, so an entry stays under about 25 kB
+LINES_MAX = 300
 
 # KEYS: the lists; ARGV: entries kept, TTL (s), then one entry's lines per key. pcall: a key that
 # is not a list (someone else's) is left as it is, the others are written.
@@ -65,6 +69,7 @@ class Trail:
 
     def __init__(self):
         self.lines: dict[str, list[str]] = {}
+        self.omitted: dict[str, int] = {}  # lines past LINES_MAX, per key: one "x" line says how many
         self.entries = self.ttl = 0
 
     def on(self, settings) -> bool:
@@ -73,11 +78,22 @@ class Trail:
         return self.entries > 0
 
     def add(self, pool: str, identity: str, *fields: object) -> None:
-        self.lines.setdefault(key(pool, identity), []).append("\t".join(map(str, fields)))
+        k = key(pool, identity)
+        lines = self.lines.setdefault(k, [])
+        if len(lines) < LINES_MAX:
+            lines.append("\t".join(map(str, fields)))
+        else:
+            self.omitted[k] = self.omitted.get(k, 0) + 1
 
     def merge(self, other: Trail) -> None:
         for k, lines in other.lines.items():
-            self.lines.setdefault(k, []).extend(lines)
+            mine = self.lines.setdefault(k, [])
+            room = max(0, LINES_MAX - len(mine))
+            mine.extend(lines[:room])
+            dropped = len(lines) - min(room, len(lines)) + other.omitted.get(k, 0)
+            if dropped:
+                self.omitted[k] = self.omitted.get(k, 0) + dropped
+        other.omitted = {}
         self.entries, self.ttl = max(self.entries, other.entries), max(self.ttl, other.ttl)
         other.lines = {}
 
@@ -86,12 +102,13 @@ class Trail:
 
     def write(self, pipe) -> None:
         """The lines as one script call on ``pipe`` (the figures' pipeline)."""
-        if not self.lines or self.entries <= 0:
-            self.lines = {}
+        lines, omitted = self.lines, self.omitted
+        self.lines, self.omitted = {}, {}
+        if not lines or self.entries <= 0:
             return
-        keys = list(self.lines)
-        pipe.eval(_WRITE, len(keys), *keys, self.entries, self.ttl, *("\n".join(v) for v in self.lines.values()))
-        self.lines = {}
+        for k, n in omitted.items():
+            lines[k].append(f"x\t{n}")
+        pipe.eval(_WRITE, len(lines), *lines, self.entries, self.ttl, *("\n".join(v) for v in lines.values()))
 
 
 def letters(tr: Trail, written: Iterable[DeadLetter]) -> None:

@@ -39,6 +39,8 @@ def human(out: dict, trail_on: bool) -> list[str]:
         head += f", kept {out['expires_in'] / 3600:.1f} h more"
     if out["skipped"]:
         head += f"; {out['skipped']} unreadable entries skipped"
+    if out.get("omitted"):
+        head += f"; {out['omitted']} lines left out by the worker (an entry holds at most 300)"
     if not trail_on:
         head += " (the trail is off: PUSHSYNC_TRAIL_ENTRIES or PUSHSYNC_TRAIL_DAYS is 0)"
     lines = [head]

@@ -224,3 +224,21 @@ def test_dataset_filter(run):
     _runs(run)
     assert [e["dataset"] for e in _trail(run, dataset="photos")["events"]] == ["photos"]
     assert sorted(e["dataset"] for e in _trail(run)["events"]) == ["notes", "photos"]
+
+
+def test_an_entry_keeps_at_most_its_cap_of_lines_and_says_how_many_it_left_out(run):
+    """One task's lines for one identity (up to 20 datasets to 100 devices each) are capped, and the
+    trail says what it left out rather than growing an entry without bound."""
+    tr = trail.Trail()
+    tr.on(run.ctx.settings)
+    for n in range(trail.LINES_MAX + 40):
+        tr.add(POOL, IDENT, "d", "notes", 1, f"dev{n}", "tok", "sent", "")
+    more = trail.Trail()
+    more.add(POOL, IDENT, "d", "notes", 1, "late", "tok", "sent", "")
+    tr.merge(more)  # an inline delivery's lines join the run's
+    pipe = run.ctx.redis.pipeline(transaction=False)
+    tr.write(pipe)
+    pipe.execute()
+    out = _trail(run)
+    assert out["omitted"] == 41 and out["skipped"] == 0
+    assert len(out["events"][0]["devices"]) == trail.LINES_MAX
