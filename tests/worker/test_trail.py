@@ -23,7 +23,7 @@ from .conftest import FCM_ONLY
 def run(store_settings, engine):
     r = harness.Run(store_settings)
     r.build(harness.Clock())
-    r.set(coalesce_window=0.0)
+    # the shipped settings: coalescing on (1 s windows), default batch sizes
     r.ctx.redis.flushdb()
     yield r
     r.ctx.redis.flushdb()
@@ -70,6 +70,7 @@ def test_a_pushed_event_and_its_sent_pushes_newest_first(run):
     devs = _devices(run)
     _publish(run, 5)
     _runs(run)
+    run.clock.advance(1.5)  # past the shipped 1 s window: 6 is a leading edge again
     _publish(run, 6)
     _runs(run)
     out = _trail(run)
@@ -85,7 +86,6 @@ def test_a_pushed_event_and_its_sent_pushes_newest_first(run):
 
 
 def test_held_by_a_window_then_pushed_by_its_flush(run):
-    run.set(coalesce_window=1.0)
     _devices(run, n=1)
     _publish(run, 1)
     _runs(run)
@@ -114,6 +114,7 @@ def test_stale_and_duplicate_events(run):
     fates = [(e["count"], e["fate"], e["detail"], e["devices"]) for e in _trail(run)["events"]]
     assert fates[:2] == [(5, "duplicate", "", []), (3, "stale", "5", [])]
     # in one run: the older of two is coalesced into the newer, an equal one is a duplicate
+    run.clock.advance(1.5)  # past the window the 5 opened
     run.publish([{"identityPoolId": POOL, "identityId": IDENT, "datasetName": "notes", "syncCount": n}
                  for n in (7, 8, 8)])
     _runs(run)
