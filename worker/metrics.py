@@ -104,29 +104,40 @@ def _text(raw: bytes | str, errors: str = "strict") -> str:
     return raw.decode(errors=errors) if isinstance(raw, bytes) else raw
 
 
+# counters with one label (the platform, or the reason of a skip); "failed" has two
+_ONE_LABEL = ("sent", "invalidated", "events", "dead_lettered", "skipped")
+
+
+def _fields(client: redis.Redis, key: str, parse, bad: list[int]):
+    """(field, number) of a hash of ours; a field that is not ours (not text, not a number) is counted in
+    ``bad`` and left out, so that one stray field does not take the whole page down."""
+    for k, v in client.hgetall(key).items():
+        try:
+            yield _text(k), parse(_text(v))
+        except (ValueError, UnicodeDecodeError):
+            bad[0] += 1
+
+
 def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | None) -> dict:
     """Everything `pushsync stats` shows and `pushsync metrics` serves."""
-    counters = {_text(k): int(v) for k, v in client.hgetall(COUNTERS_KEY).items()}
-    raw_latency = {_text(k): float(v) for k, v in client.hgetall(LATENCY_KEY).items()}
     out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "skipped": {},
                  "latency": {}}
-    for key, n in counters.items():
+    bad = [0]
+    for key, n in _fields(client, COUNTERS_KEY, int, bad):
         kind, *labels = key.split(SEP)
-        if kind == "sent":
-            out["sent"][labels[0]] = n
-        elif kind == "failed":
+        if kind in _ONE_LABEL and len(labels) == 1:
+            out[kind][labels[0]] = n
+        elif kind == "failed" and len(labels) == 2:
             out["failed"].setdefault(labels[0], {})[labels[1]] = n
-        elif kind == "invalidated":
-            out["invalidated"][labels[0]] = n
-        elif kind == "events":
-            out["events"][labels[0]] = n
-        elif kind == "dead_lettered":
-            out["dead_lettered"][labels[0]] = n
-        elif kind == "skipped":
-            out["skipped"][labels[0]] = n
-    for key, v in raw_latency.items():
-        platform, what = key.split(SEP, 1)
-        out["latency"].setdefault(platform, {})[what] = v
+        else:
+            bad[0] += 1
+    for key, v in _fields(client, LATENCY_KEY, float, bad):
+        platform, sep, what = key.partition(SEP)
+        if sep and math.isfinite(v):
+            out["latency"].setdefault(platform, {})[what] = v
+        else:
+            bad[0] += 1
+    out["unreadable_fields"] = bad[0]
     out["queues"] = queue_depths(client, queues)
     out["dead_letters"] = dead_letters
     out["at"] = time.time()

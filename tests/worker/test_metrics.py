@@ -110,6 +110,15 @@ def test_figures_from_many_tasks_add_up_in_redis_and_read_back(client):
     assert snap["queues"]["events"] == 0
     lines = {line.split(":", 1)[0]: " ".join(line.split(":", 1)[1].split()) for line in metrics.summary_lines(snap)}
     assert lines["GCM"].startswith("sent 30, failed 0") and lines["skipped"] == "stale 6"
+    # fields that are not ours (not a number, no label, an unknown kind, bytes that are not text) are
+    # counted and left out: the page and `stats` go on showing the rest
+    client.hset(metrics.COUNTERS_KEY, mapping={"sent|GCM|x": 1, "sent": 2, "failed|GCM": 3, "sent|FCM": "lots",
+                                               b"\xff": 4, "nonsense|a": 5})
+    client.hset(metrics.LATENCY_KEY, mapping={"nolabel": 1.0, "GCM|sum": "nan"})
+    snap = metrics.snapshot(client, ["events"], dead_letters=4)
+    assert snap["sent"] == {"GCM": 30} and snap["failed"] == {"APNS": {"TooManyRequests": 3}}
+    assert snap["unreadable_fields"] == 8 and snap["latency"]["GCM"]["count"] == 30
+    assert metrics.summary_lines(snap)
 
 
 def test_pool_key_figures_of_gone_workers_and_junk_are_left_out(client):
