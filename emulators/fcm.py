@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -128,6 +129,8 @@ class FCMEmulator:
         fault = self.state.fault_for("fcm", token)
         await self._unanswered(request, entry, fault)
         response = self._check(request, project, message, token)
+        if response is None:
+            response = self._quota(project)
         if response is None and fault and fault.body is not None:
             response = web.Response(status=fault.status or 400, body=fault.body.encode(),
                                     headers=fault.headers or {}, content_type="application/json")
@@ -170,6 +173,16 @@ class FCMEmulator:
             self.state.record({**entry, "status": 0, "reason": "dropped"})
             request.transport.abort()
             raise ConnectionResetError("dropped by fault rule")
+
+    def _quota(self, project: str) -> web.Response | None:
+        """Past the project's quota: 429 QUOTA_EXCEEDED with the seconds left of its window, as
+        FCM answers (``State.over_quota``; refused requests count too)."""
+        left = self.state.over_quota(project)
+        if left is None:
+            return None
+        response = fcm_error(429, "QUOTA_EXCEEDED", "Quota exceeded for the project's messages per minute.")
+        response.headers["Retry-After"] = str(max(1, math.ceil(left)))
+        return response
 
     def _check(self, request: web.Request, project: str, message, token) -> web.Response | None:
         auth = request.headers.get("Authorization", "")

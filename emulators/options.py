@@ -16,6 +16,22 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 0.1 to 3600 seconds, got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default="emulator-state",
                    help="where keys, emulator.json, ports.json and pushes.jsonl go (its ports are kept there)")
@@ -34,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-host", help="host name clients use (put in the URLs and the certificate), "
                                          "e.g. the compose service name")
     p.add_argument("--quiet", action="store_true", help="do not print each push")
+    p.add_argument("--fcm-quota", type=_count, metavar="N", default=0,
+                   help="refuse a project's messages past N a quota window (every request counts, refused "
+                        "ones too) with 429 QUOTA_EXCEEDED and Retry-After, as FCM does past its quota "
+                        "(default 0: no quota)")
+    p.add_argument("--fcm-quota-window", type=_seconds, metavar="SECONDS", default=60.0,
+                   help="the quota's window (default 60: FCM's quota is per minute)")
 
 
 def pushsync_env(info: dict) -> dict[str, str]:

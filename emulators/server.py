@@ -77,6 +77,18 @@ def control_app(state: State) -> web.Application:
         state.apns_max_streams = streams
         return web.json_response({"max_concurrent_streams": streams})
 
+    async def fcm_quota(r):
+        """Set the FCM quota (``--fcm-quota``) of a running emulator: {"quota": N, "window": SECONDS}."""
+        body = await r.json()
+        quota = body.get("quota") if isinstance(body, dict) else None
+        window = body.get("window", state.fcm_quota_window) if isinstance(body, dict) else None
+        if (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0 or isinstance(window, bool)
+                or not isinstance(window, (int, float)) or not 0.1 <= window <= 3600):
+            return web.json_response({"error": "quota: an integer >= 0; window: 0.1 to 3600 seconds"}, status=400)
+        state.fcm_quota, state.fcm_quota_window = quota, float(window)
+        state.quota_used.clear()
+        return web.json_response({"quota": quota, "window": float(window)})
+
     async def dead(r):
         state.dead_tokens.add((await r.json())["token"])
         return web.json_response({"dead_tokens": len(state.dead_tokens)})
@@ -90,6 +102,7 @@ def control_app(state: State) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_post("/faults", add_fault)
     app.router.add_post("/apns/settings", apns_settings)
+    app.router.add_post("/fcm/quota", fcm_quota)
     app.router.add_delete("/faults", clear_faults)
     app.router.add_post("/tokens/dead", dead)
     app.router.add_post("/reset", reset)
@@ -180,7 +193,8 @@ async def serve(args: argparse.Namespace) -> None:
     if moved:
         print(moved, file=sys.stderr, flush=True)
     paths = ensure_material(directory, token_uri, (args.public_host,) if args.public_host else ())
-    state = State(log_file=open(directory / "pushes.jsonl", "a"), quiet=args.quiet)
+    state = State(log_file=open(directory / "pushes.jsonl", "a"), quiet=args.quiet, fcm_quota=args.fcm_quota,
+                  fcm_quota_window=args.fcm_quota_window)
 
     loop = asyncio.get_running_loop()
     keys = KeyRing()

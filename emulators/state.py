@@ -60,6 +60,28 @@ class State:
     # streams refused past it, before and after the client acknowledged the setting
     apns_max_streams: int | None = None
     apns_refused: Counter = field(default_factory=Counter)
+    # FCM's quota per project: at most fcm_quota requests (refused ones count) per window of
+    # fcm_quota_window seconds, the windows counted from the first request (0: no quota)
+    fcm_quota: int = 0
+    fcm_quota_window: float = 60.0
+    quota_used: dict[str, list] = field(default_factory=dict)  # project -> [window start, requests]
+    quota_refused: Counter = field(default_factory=Counter)
+
+    def over_quota(self, project: str, now: float | None = None) -> float | None:
+        """Count one request of ``project``; the seconds until its window ends when it is past the
+        quota (the request is refused), else None."""
+        if self.fcm_quota <= 0:
+            return None
+        now = time.monotonic() if now is None else now
+        used = self.quota_used.setdefault(project, [now, 0])
+        if now >= used[0] + self.fcm_quota_window:
+            used[0] += (now - used[0]) // self.fcm_quota_window * self.fcm_quota_window
+            used[1] = 0
+        used[1] += 1
+        if used[1] <= self.fcm_quota:
+            return None
+        self.quota_refused[project] += 1
+        return used[0] + self.fcm_quota_window - now
 
     def saw_peer(self, what: str, peer) -> None:
         self.peers.setdefault(what, set()).add(tuple(peer) if peer else None)
@@ -105,7 +127,7 @@ class State:
         conns.update({f"{what}-peers": len(p) for what, p in self.peers.items()})
         return {"connections": conns, "requests": dict(by_status),
                 "oauth_tokens_issued": self.oauth_issued, "faults": [f.__dict__ for f in self.faults],
-                "apns_refused_streams": dict(self.apns_refused)}
+                "apns_refused_streams": dict(self.apns_refused), "fcm_quota_refused": dict(self.quota_refused)}
 
     def reset(self) -> None:
         self.requests.clear()
@@ -116,3 +138,5 @@ class State:
         self.peers.clear()
         self.apns_max_streams = None
         self.apns_refused.clear()
+        self.quota_used.clear()
+        self.quota_refused.clear()

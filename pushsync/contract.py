@@ -14,6 +14,9 @@ SOURCE = "cognito-sync"
 PLATFORMS = ("GCM", "APNS", "APNS_SANDBOX")
 _PLATFORM_ALIASES = {"GCM": "GCM", "FCM": "GCM", "APNS": "APNS", "APNS_SANDBOX": "APNS_SANDBOX"}
 MAX_SYNC_COUNT = 2**63
+# FCM's default quota: 600,000 messages a minute per Firebase project; a pool's budget unless set
+DEFAULT_FCM_RATE = 600_000
+MAX_FCM_RATE = 100_000_000
 
 _ID_RE = re.compile(r"[\w-]+:[0-9a-fA-F-]+", re.ASCII)
 _DATASET_RE = re.compile(r"[a-zA-Z0-9_.:-]+")
@@ -76,6 +79,19 @@ def platform(value: Any) -> str:
     if normal is None:
         raise ValidationError("platform", "must be one of GCM (or FCM), APNS, APNS_SANDBOX", value)
     return normal
+
+
+def fcm_rate(value: Any) -> int:
+    """A pool's FCM budget as ``pool create --fcm-rate`` takes it: ``N/min``, ``N/s`` or ``N`` (a minute)."""
+    text = str(value).strip().lower().replace("_", "").replace(",", "")
+    per = 1
+    for suffix, factor in (("/min", 1), ("/m", 1), ("/s", 60)):
+        if text.endswith(suffix):
+            text, per = text[: -len(suffix)], factor
+            break
+    if not text.isdigit() or not 1 <= int(text) * per <= MAX_FCM_RATE:
+        raise ValidationError("--fcm-rate", f"must be N/min or N/s, 1 to {MAX_FCM_RATE} a minute", value)
+    return int(text) * per
 
 
 def device_token(value: Any, platform_name: str) -> str:

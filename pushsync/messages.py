@@ -85,6 +85,8 @@ class DeliveryBatch:
     rejected: tuple[Rejected, ...] = field(default=(), compare=False)
     duplicates: int = field(default=0, compare=False)
     id: str | None = None  # its row in the store's outbox, settled once its outcomes are recorded
+    # its pushes hold FCM budget slots already (worker.budget): they waited for them, they go
+    budgeted: bool = False
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"pool": self.pool, "platform": self.platform,
@@ -93,17 +95,24 @@ class DeliveryBatch:
             out["enqueued_at"] = self.enqueued_at
         if self.id is not None:
             out["id"] = self.id
+        if self.budgeted:
+            out["budgeted"] = True
         return out
 
     def again(self, items: list[Item]) -> DeliveryBatch:
         """The same batch for a later attempt, with only ``items``."""
         return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt + 1, self.enqueued_at, id=self.id)
 
+    def held(self, items: list[Item], batch_id: str) -> DeliveryBatch:
+        """The same attempt of ``items``, in an outbox row of its own, its budget slots reserved."""
+        return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt, self.enqueued_at, id=batch_id,
+                             budgeted=True)
+
     @classmethod
     def from_json(cls, raw: Any) -> DeliveryBatch:
         if not isinstance(raw, dict):
             raise MessageError(f"a delivery batch must be a JSON object, got {type(raw).__name__}")
-        unknown = set(raw) - {"pool", "platform", "items", "attempt", "enqueued_at", "id"}
+        unknown = set(raw) - {"pool", "platform", "items", "attempt", "enqueued_at", "id", "budgeted"}
         if unknown:
             raise MessageError(f"unknown keys in a delivery batch: {sorted(map(str, unknown))[:5]}")
         try:
@@ -148,7 +157,7 @@ class DeliveryBatch:
         except ValidationError:
             batch_id = None  # only names an outbox row: ignore rather than refuse
         return cls(pool, platform, tuple(chosen.values()), attempt, enqueued_at, tuple(rejected), duplicates,
-                   batch_id)
+                   batch_id, raw.get("budgeted") is True)
 
 
 @dataclass(frozen=True)

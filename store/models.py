@@ -34,6 +34,8 @@ class Pool(Base):
     # FCM: the service account file as given (JSON text); it holds a private key.
     fcm_service_account: Mapped[str | None] = mapped_column(Text)
     fcm_project_id: Mapped[str | None] = mapped_column(String(128))
+    # FCM pushes a minute that the workers send for this pool's project (None: the default; 0006)
+    fcm_rate: Mapped[int | None] = mapped_column(Integer)
     # APNs token auth: the .p8 key (PEM), its key id, the team id and the app's bundle id.
     apns_key: Mapped[str | None] = mapped_column(Text)
     apns_key_id: Mapped[str | None] = mapped_column(String(32))

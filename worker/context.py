@@ -21,6 +21,7 @@ from pushsync.queues import DELIVER_TASK, RUN_TASK, RUNS_QUEUE, queue_for
 from pushsync.settings import Settings, get_settings
 from store.db import session_scope
 from worker import aio, retry, stages
+from worker.budget import Budget
 from worker.coalesce import Windows
 from worker.dispatch import Dispatcher
 from worker.health import PROGRESS_KEY, Heartbeat, Progress
@@ -76,6 +77,7 @@ class Context:
     senders: Senders = None  # type: ignore[assignment]
     intake: Intake = None  # type: ignore[assignment]
     windows: Windows = None  # type: ignore[assignment]
+    budget: Budget = None  # type: ignore[assignment]
     progress: Progress = None  # type: ignore[assignment]
     heartbeat: Heartbeat | None = None
     dispatcher: Dispatcher | None = None
@@ -86,6 +88,7 @@ class Context:
         self.senders = self.senders or Senders(self.settings)
         self.intake = self.intake or Intake(self.redis, self.settings.visibility_timeout, self.clock)
         self.windows = self.windows or Windows(self.redis, self.clock)
+        self.budget = self.budget or Budget(self.redis, self.clock)
         self.progress = self.progress or Progress(self.redis)
 
     def now(self) -> float:

@@ -30,7 +30,7 @@ from pushsync.settings import Settings
 from store import repo
 from store.models import utcnow
 from store.repo import PoolCredentials, Target
-from worker import metrics, retry, trail
+from worker import budget, metrics, retry, trail
 from worker.context import Context
 from worker.errors import TRANSIENT
 from worker.pools import PoolCache
@@ -49,12 +49,16 @@ class DeliveryResult:
     deactivated: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    held: int = 0  # waiting in the retry set for their FCM budget slots (worker.budget)
     retry_batch: DeliveryBatch | None = None
     retry_in: float = 0.0
+    # the held pushes: (batch, seconds until its slots), each in an outbox row of its own
+    later: list[tuple[DeliveryBatch, float]] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
         out.pop("retry_batch")
+        out.pop("later")
         return out
 
 
@@ -138,6 +142,8 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         requests = plan(batch, targets, result)
     outcomes: list[Outcome] = []
     unsendable = _unsendable(batch, creds, settings.max_attempts) if requests else None
+    if requests and not unsendable:
+        requests = budget.within(ctx, batch, creds, requests, result)
     if unsendable:
         why, detail = unsendable
         sending = {r.key for r in requests}
@@ -154,6 +160,7 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
             with stage("send_wait"):  # this thread waits; the sending loop's thread does the work
                 outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
                                         timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
+            budget.lower_on_quota(ctx, batch, creds, outcomes)
         with stage("record"):
             result = _record(ctx, batch, outcomes, result)
         next_at = ctx.now() + result.retry_in
@@ -188,6 +195,7 @@ def _record(ctx: Context, batch: DeliveryBatch, outcomes: list[Outcome], before:
         try:
             with ctx.session_scope() as session:
                 record(session, batch, outcomes, result, settings)
+                budget.hold(ctx, session, result.later, schedule=not retry_published)
                 if result.retry_batch is None:
                     repo.settle_outbox(session, batch.id)
                 else:
@@ -197,7 +205,7 @@ def _record(ctx: Context, batch: DeliveryBatch, outcomes: list[Outcome], before:
                     # queued before the outcomes commit: a failure in between re-sends, never loses
                     if not retry_published:
                         ctx.publish.retry(result.retry_batch, result.retry_in)
-                        retry_published = True
+                retry_published = True
             return result
         except TRANSIENT as exc:
             if wait is None:

@@ -54,6 +54,9 @@ def _counters(snap: dict) -> Iterator[Metric]:
                    "the batch identity's (not_owned), or a newer sync count was planned since (stale); and messages "
                    "an older pushsync sent to events, skipped (old_task).", ["why"],
                    [((k,), n) for k, n in sorted(snap.get("skipped", {}).items())])
+    yield _counter("pushsync_pushes_held_total", "Pushes that waited in the retry set for a slot of their FCM "
+                   "project's rate budget (fcm_budget) instead of going at once.", ["why"],
+                   [((k,), n) for k, n in sorted(snap.get("held", {}).items())])
 
 
 def _states(snap: dict) -> Iterator[Metric]:

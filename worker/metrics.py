@@ -95,6 +95,7 @@ def record_delivery(rec: Recorder, batch, result, outcomes, accepted_at: float) 
     rec.add("dead_lettered", "delivery", n=result.dead_lettered)
     rec.add("skipped", "not_owned", n=result.skipped)
     rec.add("skipped", "stale", n=result.stale + batch.duplicates)
+    rec.add("held", "fcm_budget", n=result.held)
     if batch.enqueued_at is not None:
         rec.observe(platform, accepted_at - batch.enqueued_at, n=result.sent)
 
@@ -105,7 +106,7 @@ def _text(raw: bytes | str, errors: str = "strict") -> str:
 
 
 # counters with one label (the platform, or the reason of a skip); "failed" has two
-_ONE_LABEL = ("sent", "invalidated", "events", "dead_lettered", "skipped")
+_ONE_LABEL = ("sent", "invalidated", "events", "dead_lettered", "skipped", "held")
 
 
 def _fields(client: redis.Redis, key: str, parse, bad: list[int]):
@@ -121,7 +122,7 @@ def _fields(client: redis.Redis, key: str, parse, bad: list[int]):
 def snapshot(client: redis.Redis, queues: Iterable[str], dead_letters: int | None) -> dict:
     """Everything `pushsync stats` shows and `pushsync metrics` serves."""
     out: dict = {"sent": {}, "failed": {}, "invalidated": {}, "events": {}, "dead_lettered": {}, "skipped": {},
-                 "latency": {}}
+                 "held": {}, "latency": {}}
     bad = [0]
     for key, n in _fields(client, COUNTERS_KEY, int, bad):
         kind, *labels = key.split(SEP)
@@ -171,6 +172,8 @@ def summary_lines(snap: dict) -> list[str]:
                      + (f" ({', '.join(f'{r} {n}' for r, n in sorted(failed.items()))})" if failed else "")
                      + f", tokens invalidated {snap['invalidated'].get(platform, 0)}"
                      + (f", mean enqueue-to-accepted {mean:.3f} s" if mean is not None else ""))
+    if snap.get("held"):
+        lines.append("held:          " + ", ".join(f"{k} {v}" for k, v in sorted(snap["held"].items())))
     if snap.get("skipped"):
         lines.append("skipped:       " + ", ".join(f"{k} {v}" for k, v in sorted(snap["skipped"].items())))
     unreadable = {w: n for w, n in sorted(snap.get("pools_key_unreadable", {}).items()) if n}

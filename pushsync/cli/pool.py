@@ -19,16 +19,18 @@ def create(args) -> int:
            if args.fcm_service_account else None)
     apns_given = any([args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic])
     apns = load_apns_key(args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic) if apns_given else None
+    rate = contract.fcm_rate(args.fcm_rate) if args.fcm_rate is not None else None
     by_ref = {"fcm_reference": args.fcm_service_account, "apns_reference": args.apns_key} if args.by_reference else {}
     if args.by_reference and not (fcm or apns):
         raise ValidationError("--by-reference", "needs --fcm-service-account or --apns-key")
     ensure_schema()
     with session() as s:
-        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns, **by_ref)
+        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns, fcm_rate=rate, **by_ref)
     enabled = [name for name, cred in (("GCM", fcm), ("APNS", apns)) if cred]
     how = "by file reference" if args.by_reference else "encrypted with PUSHSYNC_SECRET_KEY"
     print(f"pool {pool_id} {'created' if created else 'updated'}"
-          + (f"; push credentials set for {', '.join(enabled)} ({how})" if enabled else ""))
+          + (f"; push credentials set for {', '.join(enabled)} ({how})" if enabled else "")
+          + (f"; FCM budget {rate} pushes a minute" if rate is not None else ""))
     return 0
 
 
@@ -73,6 +75,9 @@ def register(sub) -> None:
     c.add_argument("--apns-key-id", metavar="ID")
     c.add_argument("--apns-team-id", metavar="ID")
     c.add_argument("--apns-topic", metavar="BUNDLE_ID")
+    c.add_argument("--fcm-rate", metavar="N/min",
+                   help="FCM pushes a minute that all workers together send for this pool's project "
+                        f"(default {contract.DEFAULT_FCM_RATE}/min, FCM's default quota); also N/s")
     c.add_argument("--by-reference", action="store_true",
                    help="store the files' paths instead of their content (encrypted); the workers read them")
     c.set_defaults(func=create)

@@ -12,6 +12,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from pushsync import secrets
+from pushsync.contract import DEFAULT_FCM_RATE
 from pushsync.secrets import Keyring, SecretError
 from pushsync.settings import get_settings
 from store.models import Device, Pool, utcnow
@@ -33,6 +34,8 @@ class PoolCredentials:
     # why the credentials could not be opened (no key opens them, a key file is gone): the pool
     # then has none, and what needs them is dead-lettered with this reason
     error: str | None = None
+    # FCM pushes a minute for this pool's project (``pool create --fcm-rate``; worker.budget)
+    fcm_rate: int = DEFAULT_FCM_RATE
 
     def has(self, platform: str) -> bool:
         if self.error:
@@ -44,8 +47,10 @@ class PoolCredentials:
 
 def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | None = None,
                 apns: dict | None = None, keyring: Keyring | None = None,
-                fcm_reference: str | None = None, apns_reference: str | None = None) -> bool:
-    """Create the pool or update the credentials given; returns True if it was created.
+                fcm_reference: str | None = None, apns_reference: str | None = None,
+                fcm_rate: int | None = None) -> bool:
+    """Create the pool or update the credentials (and the FCM rate) given; returns True if it was
+    created.
 
     Key material is sealed with ``keyring`` (default: PUSHSYNC_SECRET_KEY) and refused without
     a key (``SecretError``); with a ``*_reference`` (a file path) only the path is stored."""
@@ -69,6 +74,8 @@ def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | N
         pool.apns_key_id = apns["key_id"]
         pool.apns_team_id = apns["team_id"]
         pool.apns_topic = apns["topic"]
+    if fcm_rate is not None:
+        pool.fcm_rate = fcm_rate
     pool.updated_at = utcnow()
     session.flush()
     return created
@@ -110,6 +117,7 @@ def pool_summary(session: Session, pool_id: str) -> dict:
         "fcm": fcm,
         "apns": apns,
         "devices": counts,
+        "fcmRatePerMinute": pool.fcm_rate or DEFAULT_FCM_RATE,
         "createdAt": pool.created_at.isoformat(),
         "updatedAt": pool.updated_at.isoformat(),
     }
@@ -140,6 +148,7 @@ def pool_credentials(session: Session, pool_id: str, keyring: Keyring | None = N
         apns_key_id=pool.apns_key_id,
         apns_team_id=pool.apns_team_id,
         apns_topic=pool.apns_topic,
+        fcm_rate=pool.fcm_rate or DEFAULT_FCM_RATE,
     )
 
 

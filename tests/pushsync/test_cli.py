@@ -14,7 +14,7 @@ def test_db_upgrade_is_idempotent(db_url):
     for _ in range(2):
         r = run_cli(db_url, "db", "upgrade")
         assert r.returncode == 0, r.stderr
-        assert "revision 0005" in r.stdout
+        assert "revision 0006" in r.stdout
 
 
 def test_commands_before_db_upgrade_say_so(tmp_path):
