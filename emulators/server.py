@@ -48,6 +48,22 @@ from emulators.ports import PORTS_FILE, EmulatorError, bind_all, keep, token_uri
 from emulators.state import Fault, State
 
 
+def _fcm_quota(state: State):
+    async def fcm_quota(r):
+        """Set the FCM quota (``--fcm-quota``) of a running emulator: {"quota": N, "window": SECONDS}."""
+        body = await r.json()
+        quota = body.get("quota") if isinstance(body, dict) else None
+        window = body.get("window", state.fcm_quota_window) if isinstance(body, dict) else None
+        if (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0 or isinstance(window, bool)
+                or not isinstance(window, (int, float)) or not 0.1 <= window <= 3600):
+            return web.json_response({"error": "quota: an integer >= 0; window: 0.1 to 3600 seconds"}, status=400)
+        state.fcm_quota, state.fcm_quota_window = quota, float(window)
+        state.quota_used.clear()
+        return web.json_response({"quota": quota, "window": float(window)})
+
+    return fcm_quota
+
+
 def control_app(state: State) -> web.Application:
     async def requests(_r):
         return web.json_response(state.requests)
@@ -77,18 +93,6 @@ def control_app(state: State) -> web.Application:
         state.apns_max_streams = streams
         return web.json_response({"max_concurrent_streams": streams})
 
-    async def fcm_quota(r):
-        """Set the FCM quota (``--fcm-quota``) of a running emulator: {"quota": N, "window": SECONDS}."""
-        body = await r.json()
-        quota = body.get("quota") if isinstance(body, dict) else None
-        window = body.get("window", state.fcm_quota_window) if isinstance(body, dict) else None
-        if (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0 or isinstance(window, bool)
-                or not isinstance(window, (int, float)) or not 0.1 <= window <= 3600):
-            return web.json_response({"error": "quota: an integer >= 0; window: 0.1 to 3600 seconds"}, status=400)
-        state.fcm_quota, state.fcm_quota_window = quota, float(window)
-        state.quota_used.clear()
-        return web.json_response({"quota": quota, "window": float(window)})
-
     async def dead(r):
         state.dead_tokens.add((await r.json())["token"])
         return web.json_response({"dead_tokens": len(state.dead_tokens)})
@@ -102,7 +106,7 @@ def control_app(state: State) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_post("/faults", add_fault)
     app.router.add_post("/apns/settings", apns_settings)
-    app.router.add_post("/fcm/quota", fcm_quota)
+    app.router.add_post("/fcm/quota", _fcm_quota(state))
     app.router.add_delete("/faults", clear_faults)
     app.router.add_post("/tokens/dead", dead)
     app.router.add_post("/reset", reset)

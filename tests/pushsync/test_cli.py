@@ -59,10 +59,24 @@ def test_pool_create_with_credentials_and_show_redacts_secrets(db_url, creds):
     (["not-a-pool"], "identityPoolId"),
     ([POOL, "--apns-key-id", "ABC123DEFG"], "--apns-key"),
     ([POOL, "--fcm-service-account", "/no/such/file.json"], "--fcm-service-account"),
+    ([POOL, "--fcm-rate", "fast"], "--fcm-rate"),
+    ([POOL, "--fcm-rate", "0/min"], "--fcm-rate"),
 ])
 def test_pool_create_bad_input_exits_2(db_url, args, field):
     r = run_cli(db_url, "pool", "create", *args)
     assert field in one_error_line(r, 2)
+
+
+def test_pool_create_sets_the_fcm_budget_and_a_refused_rate_writes_nothing(db_url):
+    r = run_cli(db_url, "pool", "create", POOL, "--fcm-rate", "100/s")
+    assert r.returncode == 0 and "FCM budget 6000 pushes a minute" in r.stdout, r.stderr
+    assert json.loads(run_cli(db_url, "pool", "show", POOL).stdout)["fcmRatePerMinute"] == 6000
+    one_error_line(run_cli(db_url, "pool", "create", POOL, "--fcm-rate", "-1"), 2)
+    run_cli(db_url, "pool", "create", POOL)  # credentials again, the rate left as it was
+    assert json.loads(run_cli(db_url, "pool", "show", POOL).stdout)["fcmRatePerMinute"] == 6000
+    r = run_cli(db_url, "pool", "create", "us-east-1:00000000-0000-0000-0000-00000000abcd")
+    assert json.loads(run_cli(db_url, "pool", "show", "us-east-1:00000000-0000-0000-0000-00000000abcd").stdout
+                      )["fcmRatePerMinute"] == 600_000
 
 
 def test_pool_create_refuses_wrong_key_files(db_url, creds, tmp_path):

@@ -48,13 +48,14 @@ def _samples(page: str) -> dict[tuple, float]:
             for family in text_string_to_metric_families(page) for s in family.samples}
 
 
-def test_the_families_keep_their_names_and_types_and_the_pool_key_gauge_is_new():
-    page = exporter.prometheus(_snap(sent={"GCM": 1}, events={"received": 2}))
+def test_the_families_keep_their_names_and_types_and_the_pool_key_gauge_and_held_counter_are_new():
+    page = exporter.prometheus(_snap(sent={"GCM": 1}, events={"received": 2}, held={"fcm_budget": 3}))
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", page, re.M))
-    assert types == {**BEFORE, "pushsync_pools_key_unreadable": "gauge"}
+    assert types == {**BEFORE, "pushsync_pools_key_unreadable": "gauge", "pushsync_pushes_held_total": "counter"}
     samples = _samples(page)
     assert samples[("pushsync_pushes_sent_total", (("platform", "GCM"),))] == 1
     assert samples[("pushsync_events_total", (("outcome", "received"),))] == 2
+    assert samples[("pushsync_pushes_held_total", (("why", "fcm_budget"),))] == 3
     assert not any(name.endswith("_created") for name, _ in samples)  # no extra series per counter
 
 
