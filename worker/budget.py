@@ -57,10 +57,11 @@ local interval, n, burst, horizon = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumb
 local slow = tonumber(redis.call('GET', KEYS[2]) or '')
 if slow and slow >= 1 and slow <= 100 then interval = interval * slow end
 local free = tonumber(redis.call('GET', KEYS[1]) or '')
--- a value that is not a time, or one beyond the horizon, is not ours: start again from now
+-- a value that is not a time, or one beyond the horizon (never stored here), is not ours: start again
 if not free or free > now + horizon then free = now - burst end
 if free < now - burst then free = now - burst end
-local after = free + n * interval
+-- what would wait past the horizon waits at its edge: the budget stays there, it does not start over
+local after = math.min(free + n * interval, now + horizon)
 redis.call('SET', KEYS[1], string.format('%.3f', after), 'PX', math.floor(after - now + burst + 60000))
 return {string.format('%.3f', free), string.format('%.6f', interval), now}
 """
@@ -113,7 +114,12 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None,
     second of slots (``worker.budget``). A batch that waited for its slots once goes as it is."""
     if batch.platform != "GCM" or batch.budgeted or creds is None or not creds.fcm_project_id:
         return requests
-    waits = ctx.budget.reserve(creds.fcm_project_id, creds.fcm_rate, len(requests))
+    try:
+        waits = ctx.budget.reserve(creds.fcm_project_id, creds.fcm_rate, len(requests))
+    except redis.RedisError as exc:  # the budget is worth less than the pushes: they go, a 429 slows them
+        log.warning("could not reserve FCM budget for %d pushes of project %s (%s); sent without it",
+                    len(requests), creds.fcm_project_id, exc)
+        return requests
     groups = slots(waits)
     if not groups:
         return requests
@@ -128,14 +134,17 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None,
 def lower_on_quota(ctx, batch: DeliveryBatch, creds: PoolCredentials, outcomes: list[Outcome]) -> None:
     """FCM refused pushes for the project's quota (429): its budget goes slower while FCM asks."""
     refused = [o for o in outcomes if o.status == 429]
-    if batch.platform == "GCM" and refused and creds.fcm_project_id:
-        wait = max((o.retry_after or 0.0) for o in refused)
-        try:
-            ctx.budget.lower(creds.fcm_project_id, wait)
-        except TRANSIENT as exc:  # the refused pushes retry after Retry-After all the same
-            log.warning("could not lower the FCM budget of project %s: %s", creds.fcm_project_id, exc)
-        log.warning("FCM refused %d pushes of project %s for quota; its budget is halved for %.0f s",
-                    len(refused), creds.fcm_project_id, max(SLOW_MIN_S, wait))
+    if batch.platform != "GCM" or not refused or not creds.fcm_project_id:
+        return
+    wait = max((o.retry_after or 0.0) for o in refused)
+    try:
+        ctx.budget.lower(creds.fcm_project_id, wait)
+    except TRANSIENT as exc:  # the refused pushes retry after Retry-After all the same
+        log.warning("FCM refused %d pushes of project %s for quota; could not lower its budget: %s",
+                    len(refused), creds.fcm_project_id, exc)
+        return
+    log.warning("FCM refused %d pushes of project %s for quota; its budget is halved for %.0f s",
+                len(refused), creds.fcm_project_id, max(SLOW_MIN_S, min(wait, HORIZON_S)))
 
 
 def hold(ctx, session: Session, later: list[tuple[DeliveryBatch, float]], schedule: bool) -> None:

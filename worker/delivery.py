@@ -166,16 +166,16 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         next_at = ctx.now() + result.retry_in
     if rec.trail.on(settings):
         with stage("record"):
-            _trail(rec.trail, batch, targets, outcomes, result, next_at, unsendable)
+            _trail(rec.trail, batch, targets, outcomes, result, next_at, unsendable, ctx.now())
     with stage("metrics"):
         metrics.record_delivery(rec, batch, result, outcomes, accepted_at=ctx.now())
     return result
 
 
-def _trail(tr: trail.Trail, batch: DeliveryBatch, targets, outcomes, result, next_at, unsendable) -> None:
+def _trail(tr: trail.Trail, batch: DeliveryBatch, targets, outcomes, result, next_at, unsendable, now) -> None:
     lines = trail.Trail()
     try:
-        trail.delivery(lines, batch, targets, outcomes, result, next_at, unsendable)
+        trail.delivery(lines, batch, targets, outcomes, result, next_at, unsendable, now)
     except Exception:  # the trail is worth less than the outcomes, which are recorded already
         log.exception("could not write the trail of %d pushes", len(batch.items))
         return

@@ -177,11 +177,13 @@ def _letter_key(d: DeadLetter) -> tuple:
 
 
 def delivery(tr: Trail, batch: DeliveryBatch, targets: dict, outcomes: list, result, next_at: float,
-             unsendable: tuple[str, str] | None = None) -> None:
+             unsendable: tuple[str, str] | None = None, now: float = 0.0) -> None:
     """Each push of a delivery batch: what the send-time check, the service or the policy made of it.
-    ``next_at``: when a retried push is due again (epoch seconds)."""
+    ``next_at``: when a retried push is due again (epoch seconds); a push held for the FCM budget
+    goes at ``now`` and its wait."""
     answers = {o.key: o for o in outcomes}
     again = set(result.retry_batch.items) if result.retry_batch is not None else set()
+    waiting = {i.key: now + wait for held, wait in result.later for i in held.items}
     for item in batch.items:
         t = targets.get(item.key)
         token = t.token[:TOKEN_SHOWN] if t is not None else ""
@@ -194,6 +196,8 @@ def delivery(tr: Trail, batch: DeliveryBatch, targets: dict, outcomes: list, res
             fate = ("stale", t.planned_count)
         elif unsendable is not None:
             fate = ("dead", clean(f"{unsendable[0]}: {unsendable[1]}"))
+        elif item.key in waiting:
+            fate = ("waiting", f"{waiting[item.key]:.3f}")
         elif o is None:
             continue  # not sent: nothing to say (a batch whose send failed is retried whole)
         elif o.kind is Kind.OK:

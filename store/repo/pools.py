@@ -81,6 +81,11 @@ def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | N
     return created
 
 
+def _fcm_rate(pool: Pool) -> int:
+    """The pool's FCM budget a minute: its own, or FCM's default quota when it set none."""
+    return pool.fcm_rate or DEFAULT_FCM_RATE
+
+
 def pool_summary(session: Session, pool_id: str) -> dict:
     """The pool's settings with every secret left out (safe to print)."""
     pool = session.get(Pool, pool_id)
@@ -117,7 +122,7 @@ def pool_summary(session: Session, pool_id: str) -> dict:
         "fcm": fcm,
         "apns": apns,
         "devices": counts,
-        "fcmRatePerMinute": pool.fcm_rate or DEFAULT_FCM_RATE,
+        "fcmRatePerMinute": _fcm_rate(pool),
         "createdAt": pool.created_at.isoformat(),
         "updatedAt": pool.updated_at.isoformat(),
     }
@@ -148,7 +153,7 @@ def pool_credentials(session: Session, pool_id: str, keyring: Keyring | None = N
         apns_key_id=pool.apns_key_id,
         apns_team_id=pool.apns_team_id,
         apns_topic=pool.apns_topic,
-        fcm_rate=pool.fcm_rate or DEFAULT_FCM_RATE,
+        fcm_rate=_fcm_rate(pool),
     )
 
 

@@ -64,6 +64,37 @@ def test_no_reservation_reaches_past_the_horizon(retry_redis):
     assert waits[0] == 0.0 and max(waits) <= budget.HORIZON_S
 
 
+def test_a_backlog_past_the_horizon_waits_at_its_edge_and_does_not_start_the_budget_again(retry_redis):
+    b = Budget(retry_redis)
+    waits = b.reserve("proj", 60, 5000, now=1000.0)  # one a second: 5,000 s of slots
+    assert waits[-1] == budget.HORIZON_S
+    # the next caller waits at the edge too: a budget past its horizon is not a fresh one
+    assert b.reserve("proj", 60, 3, now=1000.0) == [budget.HORIZON_S] * 3
+
+
+def test_redis_away_or_refusing_sends_the_pushes_without_the_budget(retry_redis):
+    from types import SimpleNamespace
+
+    import redis
+
+    from worker.delivery import DeliveryResult
+    from worker.senders.base import PushRequest
+
+    from ..e2e.harness import free_port
+
+    creds = SimpleNamespace(fcm_project_id="proj", fcm_rate=60)
+    batch = DeliveryBatch(POOL, "GCM", ())
+    requests = [PushRequest(device_id=f"d{n}", token="t", dataset="notes", identity_id=IDENT, data={})
+                for n in range(5)]
+    away = SimpleNamespace(budget=Budget(redis.Redis(port=free_port(), socket_connect_timeout=1)))
+    result = DeliveryResult()
+    assert budget.within(away, batch, creds, requests, result) == requests and result.held == 0
+    retry_redis.set(budget.BUDGET + "proj", "x")
+    retry_redis.lpush(budget.SLOW + "proj", "not a string")  # WRONGTYPE: a Redis error of another kind
+    refusing = SimpleNamespace(budget=Budget(retry_redis))
+    assert budget.within(refusing, batch, creds, requests, result) == requests and result.held == 0
+
+
 def test_slots_group_the_waiting_pushes_by_second():
     assert budget.slots([0.0, 0.0, 0.3, 0.9, 1.0, 1.2]) == {1.0: [2, 3, 4], 2.0: [5]}
     assert budget.slots([0.0]) == {}
@@ -116,6 +147,25 @@ def test_a_fan_out_past_the_budget_sends_a_burst_and_holds_the_rest_in_the_retry
     assert sorted(tokens) == [f"tok-{n:03d}" for n in range(35)]
     with session_scope(engine) as s:
         assert not list(s.execute(text("SELECT id FROM outbox")))
+
+
+def test_the_trail_says_which_pushes_wait_for_the_budget_and_when_they_go(run, engine):
+    from pushsync.trail import read
+    from worker import delivery, metrics
+
+    with session_scope(engine) as s:
+        repo.upsert_pool(s, POOL, fcm_service_account=FCM_ONLY, fcm_rate=610)
+        for n in range(15):
+            repo.subscribe(s, POOL, IDENT, ["notes"], repo.register_device(s, POOL, IDENT, "GCM", f"tok-{n:03d}"))
+    run.publish(_ev(IDENT, 5))
+    run.runs()
+    rec = metrics.Recorder()
+    delivery.deliver_message(run.ctx, run.queued.pop(), rec)
+    run.ctx.flush_metrics(rec)
+    devices = [d for e in read(run.ctx.redis, POOL, IDENT)["events"] for d in e["devices"]]
+    outcomes = sorted(d["outcome"] for d in devices)
+    assert outcomes == ["sent"] * 11 + ["waiting"] * 4
+    assert all("FCM budget" in d["text"] for d in devices if d["outcome"] == "waiting")
 
 
 def test_a_fan_out_within_the_budget_goes_at_once(run, engine):
