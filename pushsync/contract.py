@@ -6,6 +6,7 @@ its rule, so that the CLI, the Python client and the worker all refuse the same 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -92,6 +93,21 @@ def fcm_rate(value: Any) -> int:
     if not text.isdigit() or not 1 <= int(text) * per <= MAX_FCM_RATE:
         raise ValidationError("--fcm-rate", f"must be N/min or N/s, 1 to {MAX_FCM_RATE} a minute", value)
     return int(text) * per
+
+
+MAX_WINDOW = 86_400.0
+
+
+def window(value: Any, flag: str) -> float:
+    """A pool's coalescing window as ``pool create --apns-window/--fcm-window`` takes it: seconds,
+    0 to a day (a width at or below PUSHSYNC_COALESCE_WINDOW leaves ingest's window alone)."""
+    try:
+        seconds = float(str(value).strip().lower().removesuffix("s"))
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WINDOW:  # NaN fails this too
+        raise ValidationError(flag, f"must be seconds from 0 to {MAX_WINDOW:.0f}", value)
+    return seconds
 
 
 def device_token(value: Any, platform_name: str) -> str:

@@ -103,10 +103,11 @@ class DeliveryBatch:
         """The same batch for a later attempt, with only ``items``."""
         return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt + 1, self.enqueued_at, id=self.id)
 
-    def held(self, items: list[Item], batch_id: str) -> DeliveryBatch:
-        """The same attempt of ``items``, in an outbox row of its own, its budget slots reserved."""
+    def held(self, items: list[Item], batch_id: str, budgeted: bool = True) -> DeliveryBatch:
+        """The same attempt of ``items``, in an outbox row of its own: its budget slots reserved
+        (``budgeted``), or waiting for the end of its pool's window (``worker.pacing``)."""
         return DeliveryBatch(self.pool, self.platform, tuple(items), self.attempt, self.enqueued_at, id=batch_id,
-                             budgeted=True)
+                             budgeted=budgeted)
 
     @classmethod
     def from_json(cls, raw: Any) -> DeliveryBatch:

@@ -20,7 +20,7 @@ DETAIL_MAX = 200
 TOKEN_SHOWN = 8  # as worker.logs.short_token shows a token
 # what an event's line says became of it at ingest, and what a push's line says became of it
 FATES = ("pushed", "held", "coalesced", "stale", "duplicate", "dead", "again")
-OUTCOMES = ("sent", "invalid", "retry", "waiting", "skipped", "stale", "dead")
+OUTCOMES = ("sent", "invalid", "retry", "waiting", "paced", "skipped", "stale", "dead")
 # entries read at most (a trail is capped at PUSHSYNC_TRAIL_ENTRIES; this bounds a key someone else filled)
 READ_MAX = 10_000
 
@@ -77,6 +77,8 @@ def device_text(outcome: str, detail: str) -> str:
         return f"retried: next attempt at {_iso(_number(detail) * 1000)}"
     if outcome == "waiting":
         return f"waiting for its slot in the FCM budget: goes at {_iso(_number(detail) * 1000)}"
+    if outcome == "paced":
+        return f"held by the pool's window for the platform: goes at {_iso(_number(detail) * 1000)}"
     if outcome == "skipped":
         return ("skipped: the device moved to another identity" if detail == "moved"
                 else "skipped: the device is no longer subscribed to the dataset (unsubscribed, moved to another "

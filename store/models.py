@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -36,6 +37,9 @@ class Pool(Base):
     fcm_project_id: Mapped[str | None] = mapped_column(String(128))
     # FCM pushes a minute that the workers send for this pool's project (None: the default; 0006)
     fcm_rate: Mapped[int | None] = mapped_column(Integer)
+    # the pool's coalescing window per platform, seconds (None: PUSHSYNC_COALESCE_WINDOW; 0007)
+    apns_window: Mapped[float | None] = mapped_column(Float)
+    fcm_window: Mapped[float | None] = mapped_column(Float)
     # APNs token auth: the .p8 key (PEM), its key id, the team id and the app's bundle id.
     apns_key: Mapped[str | None] = mapped_column(Text)
     apns_key_id: Mapped[str | None] = mapped_column(String(32))

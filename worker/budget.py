@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from datetime import timedelta
 
@@ -155,4 +154,4 @@ def hold(ctx, session: Session, later: list[tuple[DeliveryBatch, float]], schedu
         repo.add_outbox(session, [(held.id, held.platform, held.to_json())],
                         due_at=utcnow() + timedelta(seconds=wait + ctx.settings.redeliver_after))
         if schedule:
-            retry.schedule(ctx.redis, "deliver", held.to_json(), time.time() + wait)
+            retry.schedule(ctx.redis, "deliver", held.to_json(), ctx.now() + wait)

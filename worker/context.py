@@ -27,6 +27,7 @@ from worker.dispatch import Dispatcher
 from worker.health import PROGRESS_KEY, Heartbeat, Progress
 from worker.intake import Intake
 from worker.metrics import Recorder
+from worker.pacing import Pacing
 from worker.pools import KeyCheck, PoolCache
 from worker.senders.cache import Senders
 from worker.stages import stage
@@ -78,6 +79,7 @@ class Context:
     intake: Intake = None  # type: ignore[assignment]
     windows: Windows = None  # type: ignore[assignment]
     budget: Budget = None  # type: ignore[assignment]
+    pacing: Pacing = None  # type: ignore[assignment]
     progress: Progress = None  # type: ignore[assignment]
     heartbeat: Heartbeat | None = None
     dispatcher: Dispatcher | None = None
@@ -89,6 +91,7 @@ class Context:
         self.intake = self.intake or Intake(self.redis, self.settings.visibility_timeout, self.clock)
         self.windows = self.windows or Windows(self.redis, self.clock)
         self.budget = self.budget or Budget(self.redis, self.clock)
+        self.pacing = self.pacing or Pacing(self.redis, self.clock)
         self.progress = self.progress or Progress(self.redis)
 
     def now(self) -> float:

@@ -30,7 +30,7 @@ from pushsync.settings import Settings
 from store import repo
 from store.models import utcnow
 from store.repo import PoolCredentials, Target
-from worker import budget, metrics, retry, trail
+from worker import budget, metrics, pacing, retry, trail
 from worker.context import Context
 from worker.errors import TRANSIENT
 from worker.pools import PoolCache
@@ -50,6 +50,7 @@ class DeliveryResult:
     retried: int = 0
     dead_lettered: int = 0
     held: int = 0  # waiting in the retry set for their FCM budget slots (worker.budget)
+    paced: int = 0  # waiting in the retry set for the end of their pool's window (worker.pacing)
     retry_batch: DeliveryBatch | None = None
     retry_in: float = 0.0
     # the held pushes: (batch, seconds until its slots), each in an outbox row of its own
@@ -143,7 +144,7 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
     outcomes: list[Outcome] = []
     unsendable = _unsendable(batch, creds, settings.max_attempts) if requests else None
     if requests and not unsendable:
-        requests = budget.within(ctx, batch, creds, requests, result)
+        requests = budget.within(ctx, batch, creds, pacing.within(ctx, batch, creds, requests, result), result)
     if unsendable:
         why, detail = unsendable
         sending = {r.key for r in requests}

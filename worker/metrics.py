@@ -96,6 +96,7 @@ def record_delivery(rec: Recorder, batch, result, outcomes, accepted_at: float) 
     rec.add("skipped", "not_owned", n=result.skipped)
     rec.add("skipped", "stale", n=result.stale + batch.duplicates)
     rec.add("held", "fcm_budget", n=result.held)
+    rec.add("held", "window", n=result.paced)
     if batch.enqueued_at is not None:
         rec.observe(platform, accepted_at - batch.enqueued_at, n=result.sent)
 

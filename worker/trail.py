@@ -180,10 +180,11 @@ def delivery(tr: Trail, batch: DeliveryBatch, targets: dict, outcomes: list, res
              unsendable: tuple[str, str] | None = None, now: float = 0.0) -> None:
     """Each push of a delivery batch: what the send-time check, the service or the policy made of it.
     ``next_at``: when a retried push is due again (epoch seconds); a push held for the FCM budget
-    goes at ``now`` and its wait."""
+    or its pool's window goes at ``now`` and its wait."""
     answers = {o.key: o for o in outcomes}
     again = set(result.retry_batch.items) if result.retry_batch is not None else set()
-    waiting = {i.key: now + wait for held, wait in result.later for i in held.items}
+    waiting = {i.key: ("waiting" if held.budgeted else "paced", now + wait) for held, wait in result.later
+               for i in held.items}
     for item in batch.items:
         t = targets.get(item.key)
         token = t.token[:TOKEN_SHOWN] if t is not None else ""
@@ -197,7 +198,7 @@ def delivery(tr: Trail, batch: DeliveryBatch, targets: dict, outcomes: list, res
         elif unsendable is not None:
             fate = ("dead", clean(f"{unsendable[0]}: {unsendable[1]}"))
         elif item.key in waiting:
-            fate = ("waiting", f"{waiting[item.key]:.3f}")
+            fate = (waiting[item.key][0], f"{waiting[item.key][1]:.3f}")
         elif o is None:
             continue  # not sent: nothing to say (a batch whose send failed is retried whole)
         elif o.kind is Kind.OK:

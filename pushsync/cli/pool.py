@@ -20,17 +20,22 @@ def create(args) -> int:
     apns_given = any([args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic])
     apns = load_apns_key(args.apns_key, args.apns_key_id, args.apns_team_id, args.apns_topic) if apns_given else None
     rate = contract.fcm_rate(args.fcm_rate) if args.fcm_rate is not None else None
+    windows = {platform: contract.window(given, flag) for platform, given, flag in
+               (("APNS", args.apns_window, "--apns-window"), ("GCM", args.fcm_window, "--fcm-window"))
+               if given is not None}
     by_ref = {"fcm_reference": args.fcm_service_account, "apns_reference": args.apns_key} if args.by_reference else {}
     if args.by_reference and not (fcm or apns):
         raise ValidationError("--by-reference", "needs --fcm-service-account or --apns-key")
     ensure_schema()
     with session() as s:
-        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns, fcm_rate=rate, **by_ref)
+        created = repo.upsert_pool(s, pool_id, fcm_service_account=fcm, apns=apns, fcm_rate=rate, windows=windows,
+                                   **by_ref)
     enabled = [name for name, cred in (("GCM", fcm), ("APNS", apns)) if cred]
     how = "by file reference" if args.by_reference else "encrypted with PUSHSYNC_SECRET_KEY"
     print(f"pool {pool_id} {'created' if created else 'updated'}"
           + (f"; push credentials set for {', '.join(enabled)} ({how})" if enabled else "")
-          + (f"; FCM budget {rate} pushes a minute" if rate is not None else ""))
+          + (f"; FCM budget {rate} pushes a minute" if rate is not None else "")
+          + "".join(f"; {'FCM' if p == 'GCM' else 'APNs'} window {w:g} s" for p, w in windows.items()))
     return 0
 
 
@@ -78,6 +83,12 @@ def register(sub) -> None:
     c.add_argument("--fcm-rate", metavar="N/min",
                    help="FCM pushes a minute that all workers together send for this pool's project "
                         f"(default {contract.DEFAULT_FCM_RATE}/min, FCM's default quota); also N/s")
+    for name, service in (("apns", "APNs"), ("fcm", "FCM")):
+        c.add_argument(f"--{name}-window", metavar="SECONDS",
+                       help=f"coalescing window of this pool's {service} pushes: at most one push per device and "
+                            "dataset at the start of a window and one with the newest count at its end "
+                            "(default PUSHSYNC_COALESCE_WINDOW, 1 s; Apple's guidance for background pushes is "
+                            "two or three an hour: 1200)")
     c.add_argument("--by-reference", action="store_true",
                    help="store the files' paths instead of their content (encrypted); the workers read them")
     c.set_defaults(func=create)

@@ -36,6 +36,10 @@ class PoolCredentials:
     error: str | None = None
     # FCM pushes a minute for this pool's project (``pool create --fcm-rate``; worker.budget)
     fcm_rate: int = DEFAULT_FCM_RATE
+    # the pool's own coalescing window per platform, seconds (``--apns-window``, ``--fcm-window``;
+    # None: PUSHSYNC_COALESCE_WINDOW's); one wider than ingest's is kept at send time (worker.pacing)
+    apns_window: float | None = None
+    fcm_window: float | None = None
 
     def has(self, platform: str) -> bool:
         if self.error:
@@ -48,9 +52,9 @@ class PoolCredentials:
 def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | None = None,
                 apns: dict | None = None, keyring: Keyring | None = None,
                 fcm_reference: str | None = None, apns_reference: str | None = None,
-                fcm_rate: int | None = None) -> bool:
-    """Create the pool or update the credentials (and the FCM rate) given; returns True if it was
-    created.
+                fcm_rate: int | None = None, windows: dict[str, float] | None = None) -> bool:
+    """Create the pool or update the credentials, the FCM rate and the windows (platform "APNS" or
+    "GCM" -> seconds) given; returns True if it was created.
 
     Key material is sealed with ``keyring`` (default: PUSHSYNC_SECRET_KEY) and refused without
     a key (``SecretError``); with a ``*_reference`` (a file path) only the path is stored."""
@@ -76,6 +80,8 @@ def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | N
         pool.apns_topic = apns["topic"]
     if fcm_rate is not None:
         pool.fcm_rate = fcm_rate
+    for platform, seconds in (windows or {}).items():
+        setattr(pool, "fcm_window" if platform == "GCM" else "apns_window", seconds)
     pool.updated_at = utcnow()
     session.flush()
     return created
@@ -84,6 +90,12 @@ def upsert_pool(session: Session, pool_id: str, *, fcm_service_account: dict | N
 def _fcm_rate(pool: Pool) -> int:
     """The pool's FCM budget a minute: its own, or FCM's default quota when it set none."""
     return pool.fcm_rate or DEFAULT_FCM_RATE
+
+
+def _window(own: float | None) -> float:
+    """A pool's window as it works: its own, or the deployment's PUSHSYNC_COALESCE_WINDOW."""
+    ingest = get_settings().coalesce_window
+    return max(own, ingest) if own is not None else ingest
 
 
 def pool_summary(session: Session, pool_id: str) -> dict:
@@ -123,6 +135,7 @@ def pool_summary(session: Session, pool_id: str) -> dict:
         "apns": apns,
         "devices": counts,
         "fcmRatePerMinute": _fcm_rate(pool),
+        "windowSeconds": {"APNS": _window(pool.apns_window), "GCM": _window(pool.fcm_window)},
         "createdAt": pool.created_at.isoformat(),
         "updatedAt": pool.updated_at.isoformat(),
     }
@@ -154,6 +167,8 @@ def pool_credentials(session: Session, pool_id: str, keyring: Keyring | None = N
         apns_team_id=pool.apns_team_id,
         apns_topic=pool.apns_topic,
         fcm_rate=_fcm_rate(pool),
+        apns_window=pool.apns_window,
+        fcm_window=pool.fcm_window,
     )
 
 

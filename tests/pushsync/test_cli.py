@@ -14,7 +14,7 @@ def test_db_upgrade_is_idempotent(db_url):
     for _ in range(2):
         r = run_cli(db_url, "db", "upgrade")
         assert r.returncode == 0, r.stderr
-        assert "revision 0006" in r.stdout
+        assert "revision 0007" in r.stdout
 
 
 def test_commands_before_db_upgrade_say_so(tmp_path):
@@ -61,10 +61,20 @@ def test_pool_create_with_credentials_and_show_redacts_secrets(db_url, creds):
     ([POOL, "--fcm-service-account", "/no/such/file.json"], "--fcm-service-account"),
     ([POOL, "--fcm-rate", "fast"], "--fcm-rate"),
     ([POOL, "--fcm-rate", "0/min"], "--fcm-rate"),
+    ([POOL, "--apns-window", "-5"], "--apns-window"),
+    ([POOL, "--fcm-window", "a while"], "--fcm-window"),
 ])
 def test_pool_create_bad_input_exits_2(db_url, args, field):
     r = run_cli(db_url, "pool", "create", *args)
     assert field in one_error_line(r, 2)
+
+
+def test_pool_create_sets_a_window_per_platform_and_a_refused_one_writes_nothing(db_url):
+    r = run_cli(db_url, "pool", "create", POOL, "--apns-window", "1200")
+    assert r.returncode == 0 and "APNs window 1200 s" in r.stdout, r.stderr
+    one_error_line(run_cli(db_url, "pool", "create", POOL, "--apns-window", "1e9", "--fcm-window", "5"), 2)
+    shown = json.loads(run_cli(db_url, "pool", "show", POOL).stdout)["windowSeconds"]
+    assert shown == {"APNS": 1200.0, "GCM": 1.0}  # the refused call wrote neither
 
 
 def test_pool_create_sets_the_fcm_budget_and_a_refused_rate_writes_nothing(db_url):

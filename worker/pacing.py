@@ -1,0 +1,124 @@
+"""A pool's own coalescing window per platform: the same leading-and-trailing window as ingest's,
+wider, per device and dataset, checked at send time.
+
+Ingest coalesces every dataset with PUSHSYNC_COALESCE_WINDOW (1 s). Apple asks for no more than two
+or three background pushes an hour per device, so a pool may set a wider window for a platform
+(``pool create --apns-window 1200``, ``--fcm-window``). That window sits here, after the send-time
+check in ``worker.delivery``: a push to a device whose window for the dataset is closed is sent at
+once and opens one (the leading edge); a push while it is open waits in the retry set until its
+end (the trailing edge), where the send-time check drops all but the newest planned count, which
+goes and opens the next window. So a dataset changing all the time costs each device one push a
+window, and the newest count still arrives at most one window after the last change.
+
+Redis decides only *when*, as for ingest's windows: ``pushsync:pace:<pool>:<platform>:<device>:<dataset>``
+holds "<window end ms>:<count sent>". *What* goes is the store's (the planned count at send time).
+A push whose count is not above the one its open window sent is dropped (the device has that
+count or a newer one: a duplicate entry, a re-sent outbox row). Retries (attempt 2 and later) and
+pushes that waited for their FCM budget slots pass: they were let through once already. Redis
+away -> the pushes go without the window (a push too many, never one too few).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+
+import redis
+
+from pushsync.messages import DeliveryBatch
+from store.repo import PoolCredentials
+from worker.senders.base import PushRequest
+
+log = logging.getLogger("pushsync.tasks")
+
+PACE = "pushsync:pace:"
+# a window key outlives its window by this much (ms), as ingest's do
+KEEP_MS = 60_000
+
+# KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms), keep (ms), then one count
+# per key. Returns now (ms), then per key: 0 (send: it opened a window), -1 (drop: its open window
+# sent this count or a newer one) or the open window's end (ms: wait until then).
+_ENTER = """
+local now = tonumber(ARGV[1])
+if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
+local width, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+-- counts compared as decimal text: they reach 2^63, past what a Lua number holds exactly
+local function covered(a, b) if #a ~= #b then return #a < #b end return a <= b end
+local out = {now}
+for i, key in ipairs(KEYS) do
+  local count = ARGV[3 + i]
+  local raw = redis.call('GET', key) or ''
+  local sep = string.find(raw, ':', 1, true)
+  local ends = sep and tonumber(string.sub(raw, 1, sep - 1))
+  local sent = sep and string.sub(raw, sep + 1)
+  if sent and not (sent == '0' or string.match(sent, '^[1-9]%d*$')) then sent = nil end
+  -- bytes that are not ours, or a window longer than its width (the width was lowered): a new window
+  if ends and sent and ends > now and ends <= now + width then
+    if covered(count, sent) then out[i + 1] = -1 else out[i + 1] = ends end
+  else
+    redis.call('SET', key, string.format('%.0f:%s', now + width, ARGV[3 + i]), 'PX', width + keep)
+    out[i + 1] = 0
+  end
+end
+return out
+"""
+
+
+class Pacing:
+    """``clock``: None for Redis's own time (production); a function for a test's clock."""
+
+    def __init__(self, client: redis.Redis, clock=None):
+        self.client, self.clock = client, clock
+        self._enter = client.register_script(_ENTER)
+
+    def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, int]], width: float,
+              now: float | None = None) -> list[float | None]:
+        """``pushes``: (device id, dataset, count). For each, in order: 0.0 (send now), None (drop)
+        or the seconds until its open window ends (wait)."""
+        if not pushes:
+            return []
+        now = now if now is not None else (self.clock() if self.clock else None)
+        at = -1 if now is None else int(now * 1000)
+        keys = [f"{PACE}{pool}:{platform}:{device}:{dataset}" for device, dataset, _ in pushes]
+        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), KEEP_MS, *(str(n) for _, _, n in pushes)])
+        at = int(at)
+        return [0.0 if int(v) == 0 else None if int(v) < 0 else max(0.001, (int(v) - at) / 1000) for v in out]
+
+
+def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
+    """The pool's window for the platform where it is wider than ingest's, else 0 (none here)."""
+    own = creds.fcm_window if platform == "GCM" else creds.apns_window
+    return own if own is not None and own > ingest_width else 0.0
+
+
+def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: list[PushRequest],
+           result) -> list[PushRequest]:
+    """The pushes whose window lets them go now; those inside an open window go to
+    ``result.later`` until its end (one batch per second of ends), the covered ones are dropped."""
+    if creds is None or batch.attempt > 1 or batch.budgeted:
+        return requests
+    wide = width(creds, batch.platform, ctx.settings.coalesce_window)
+    if not wide or not requests:
+        return requests
+    items = {item.key: item for item in batch.items}
+    try:
+        verdicts = ctx.pacing.enter(batch.pool, batch.platform,
+                                    [(r.device_id, r.dataset, items[r.key].sync_count) for r in requests], wide)
+    except redis.RedisError as exc:  # the window is worth less than the pushes: they go
+        log.warning("could not read the %s windows of %d pushes of pool %s (%s); sent without them",
+                    batch.platform, len(requests), batch.pool, exc)
+        return requests
+    groups: dict[float, list] = {}
+    now = []
+    for r, verdict in zip(requests, verdicts, strict=True):
+        if verdict is None:
+            result.stale += 1
+        elif verdict == 0:
+            now.append(r)
+        else:
+            groups.setdefault(math.ceil(verdict), []).append(items[r.key])
+    for wait, held in groups.items():
+        result.later.append((batch.held(held, str(uuid.uuid4()), budgeted=False), float(wait)))
+        result.paced += len(held)
+    return now
