@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import baselines, budget, scenarios
+from bench import baselines, budget, fairness, scenarios
 from bench.sink import Sink
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -26,9 +26,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _sizes(quick: bool) -> dict:
     if quick:
         return {"events": 2000, "workers": (1, 2), "latency_s": 5, "store": (1000, 10_000), "memory_s": 30,
-                "memory_rate": 200, "queued": 20_000, "naive": 300, "budget": 2000}
+                "memory_rate": 200, "queued": 20_000, "naive": 300, "budget": 2000,
+                "fairness": (20_000, 10)}
     return {"events": 20_000, "workers": (1, 2, 4), "latency_s": 10, "store": (1000, 100_000, 1_000_000),
-            "memory_s": 300, "memory_rate": 500, "queued": 1_000_000, "naive": 2000, "budget": 10_000}
+            "memory_s": 300, "memory_rate": 500, "queued": 1_000_000, "naive": 2000, "budget": 10_000,
+            "fairness": (200_000, 30)}
 
 
 def run(only: set[str] | None, quick: bool, db: str) -> dict:
@@ -61,6 +63,10 @@ def run(only: set[str] | None, quick: bool, db: str) -> dict:
                 res["budget"] = _show("budget", budget.budget(sink, tmp / "budget", events=size["budget"], db=db))
             if want("coalescing"):
                 res["coalescing"] = _show("coalescing", scenarios.coalescing(sink, tmp / "coalescing", db=db))
+            if want("fairness"):
+                flood, seconds = size["fairness"]
+                res["fairness"] = _show("fairness", fairness.fairness(sink, tmp / "fairness", flood=flood,
+                                                                      seconds=seconds, db=db))
             if want("naive"):
                 res["naive"] = _show("naive", baselines.naive(sink, tmp / "naive", pushes=size["naive"]))
             if want("store"):
