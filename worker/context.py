@@ -26,6 +26,7 @@ from worker.coalesce import Windows
 from worker.dispatch import Dispatcher
 from worker.health import PROGRESS_KEY, Heartbeat, Progress
 from worker.intake import Intake
+from worker.lanes import Lanes
 from worker.metrics import Recorder
 from worker.pacing import Pacing
 from worker.pools import KeyCheck, PoolCache
@@ -80,6 +81,7 @@ class Context:
     windows: Windows = None  # type: ignore[assignment]
     budget: Budget = None  # type: ignore[assignment]
     pacing: Pacing = None  # type: ignore[assignment]
+    lanes: Lanes = None  # type: ignore[assignment]
     progress: Progress = None  # type: ignore[assignment]
     heartbeat: Heartbeat | None = None
     dispatcher: Dispatcher | None = None
@@ -92,6 +94,7 @@ class Context:
         self.windows = self.windows or Windows(self.redis, self.clock)
         self.budget = self.budget or Budget(self.redis, self.clock)
         self.pacing = self.pacing or Pacing(self.redis, self.clock)
+        self.lanes = self.lanes or Lanes(self.redis, self.clock)
         self.progress = self.progress or Progress(self.redis)
 
     def now(self) -> float:

@@ -177,7 +177,7 @@ def _one(batch: Batch, t: InFlight, max_events: int, now: float) -> None:
         batch.letters.append(DeadLetter.message(t.raw, "unreadable message", f"{t.size} bytes; the largest "
                                                 f"message a worker reads is {MAX_MESSAGE_BYTES}"))
         return
-    m = read(t, now)
+    m = batch.taken.parsed.get(t.id) or read(t, now)
     if isinstance(m, Unreadable):
         if m.task in OLD_TASKS:
             batch.skipped += 1

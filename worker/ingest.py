@@ -31,7 +31,7 @@ from pushsync.contract import ChangeEvent, Key
 from pushsync.messages import DeadLetter, DeliveryBatch, exception_text
 from pushsync.queues import EVENTS_QUEUE, RUNS_QUEUE
 from store import repo
-from worker import delivery, envelope, metrics, plan, trail
+from worker import delivery, envelope, lanes, metrics, plan, trail
 from worker.context import Context
 from worker.envelope import Batch
 from worker.errors import DATA_ERRORS, TRANSIENT
@@ -51,12 +51,15 @@ PASSING = (*TRANSIENT, redis.RedisError, SoftTimeLimitExceeded)
 
 
 def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
+    room = ctx.settings.ingest_batch_max
     try:
         with stage("take"):
-            taken = ctx.intake.take(ctx.settings.ingest_batch_max, FLUSHES_PER_RUN)
+            taken = ctx.intake.take(room, FLUSHES_PER_RUN, lanes.LOOKAHEAD * room, lanes.LOOKAHEAD_MESSAGES * room)
     except redis.RedisError as exc:  # nothing was taken: the dispatcher starts a run again later
         log.warning("could not take ingest messages: %s", exc)
         return IngestResult()
+    with stage("take"):
+        taken = lanes.share(ctx, taken, room)
     if taken.more:
         with stage("queue"):
             ctx.publish.trigger()  # more waits: another process may take it while this one works

@@ -41,6 +41,9 @@ DUE = "pushsync:inflight:due"
 ATTEMPTS = "pushsync:inflight:attempts"
 ABANDONS = "pushsync:inflight:abandons"
 LEASED = "pushsync:inflight:leased"
+# the pools' backlogs (worker.lanes): a list per pool, and pool -> when its lane was last served
+LANE = "pushsync:lane:"
+LANES = "pushsync:lanes"
 # kombu's Redis transport keeps a priority's messages in "<queue>\x06\x16<step>" (steps 0, 3, 6, 9;
 # step 0 is the queue itself) and takes them in this order; a test pins it
 PRIORITY_LISTS = (EVENTS_QUEUE, *(f"{EVENTS_QUEUE}\x06\x16{step}" for step in (3, 6, 9)))
@@ -63,23 +66,28 @@ local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
 """
 
-# KEYS: inflight, due, attempts, abandons, leased, flush, the queue's priority lists.
+# KEYS: inflight, due, attempts, abandons, leased, flush, lanes, the queue's priority lists.
 # ARGV: now, lease (ms), events wanted, flushes wanted, this take's id prefix, the envelope's bytes,
-# bytes per event, the largest message handed over whole, the bytes kept of a larger one. A
+# bytes per event, the largest message handed over whole, the bytes kept of a larger one, the
+# events' worth of new messages to look at (at least the events wanted: worker.lanes looks ahead)
+# and the most new messages to look at past the events wanted. A
 # message weighs what its size says it holds (at least one event), so that a run of single-event
 # messages takes ~200 of them and one of 100-event messages two; the message that crosses the
 # limit is the last. Ids are the take's own prefix and a number: unique whatever Redis forgot.
 _TAKE = _NOW + """
 local lease, limit, flimit, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local envelope, per_event, biggest, kept = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local window, most = math.max(limit, tonumber(ARGV[10])), tonumber(ARGV[11])
+local fresh = 0
 local till = now + lease
 local msgs, n, weight, alone = {}, 0, 0, false
-local function hand(id, raw, tries, ab)
+local function hand(id, raw, tries, ab, fresh)
   msgs[#msgs + 1] = id
   msgs[#msgs + 1] = #raw <= biggest and raw or string.sub(raw, 1, kept)
   msgs[#msgs + 1] = tries
   msgs[#msgs + 1] = ab
   msgs[#msgs + 1] = #raw
+  msgs[#msgs + 1] = fresh
   n = n + 1
   weight = weight + math.max(1, math.floor((math.min(#raw, biggest) - envelope) / per_event))
 end
@@ -101,20 +109,21 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     end
     redis.call('SADD', KEYS[5], id)
     redis.call('ZADD', KEYS[2], till, id)
-    hand(id, raw, tonumber(redis.call('HGET', KEYS[3], id)) or 0, ab)
+    hand(id, raw, tonumber(redis.call('HGET', KEYS[3], id)) or 0, ab, 0)
     if abandoned then alone = true break end
   end
 end
 if not alone then
-  for q = 7, #KEYS do
-    while weight < limit do
+  for q = 8, #KEYS do
+    while weight < limit or (weight < window and fresh < most) do
       local raw = redis.call('RPOP', KEYS[q])
       if not raw then break end
+      fresh = fresh + 1
       local id = prefix .. n
       redis.call('HSET', KEYS[1], id, raw)
       redis.call('ZADD', KEYS[2], till, id)
       redis.call('SADD', KEYS[5], id)
-      hand(id, raw, 0, 0)
+      hand(id, raw, 0, 0, 1)
     end
   end
 end
@@ -130,11 +139,11 @@ if #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
    or #redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1) > 0 then
   more = 1
 else
-  for q = 7, #KEYS do
+  for q = 8, #KEYS do
     if redis.call('LLEN', KEYS[q]) > 0 then more = 1 break end
   end
 end
-return {msgs, flushes, till, more, alone and 1 or 0}
+return {msgs, flushes, till, more, alone and 1 or 0, redis.call('ZRANGE', KEYS[7], 0, -1)}
 """
 
 # Fencing: a record is touched only while its lease is still the caller's (another run that took
@@ -181,9 +190,11 @@ return 1
 """
 
 # Is there work, how many run triggers wait, and in how many ms is the next retry or flush due?
+# KEYS: due, flush, the runs queue, lanes, the queue's priority lists.
 _STATUS = _NOW + """
 local work = 0
-for q = 4, #KEYS do
+if redis.call('ZCARD', KEYS[4]) > 0 then work = 1 end
+for q = 5, #KEYS do
   if redis.call('LLEN', KEYS[q]) > 0 then work = 1 break end
 end
 local nxt = -1
@@ -209,6 +220,7 @@ class InFlight:
     attempts: int
     abandons: int
     size: int = 0
+    fresh: bool = False  # new off ``events`` in this take (worker.lanes files it or keeps it)
 
     @property
     def oversize(self) -> bool:
@@ -222,6 +234,8 @@ class Taken:
     lease: int = 0  # the lease's end (ms): what ``ack`` and ``defer`` recognise the flushes by
     more: bool = False  # work was left behind: another run should start
     alone: bool = False  # a message whose run died, taken alone: nothing else may join it
+    lanes: list[str] = field(default_factory=list)  # pools with a backlog in a lane (worker.lanes)
+    parsed: dict = field(default_factory=dict)  # id -> the message as worker.lanes read it already
 
 
 def _ms(seconds: float) -> int:
@@ -241,16 +255,17 @@ class Intake:
     def _now(self) -> int:
         return -1 if self.clock is None else _ms(self.clock())
 
-    def take(self, events: int, flush_limit: int) -> Taken:
-        """Messages until they hold about ``events`` events (by their size), and up to
+    def take(self, events: int, flush_limit: int, window: int = 0, most: int = 0) -> Taken:
+        """Messages until they hold about ``events`` events (by their size), new ones until
+        ``window`` events or ``most`` messages (worker.lanes chooses among them), and up to
         ``flush_limit`` due flushes. A message whose run died is taken alone."""
-        msgs, flushes, lease, more, alone = self._take(
-            keys=[INFLIGHT, DUE, ATTEMPTS, ABANDONS, LEASED, FLUSH, *PRIORITY_LISTS],
+        msgs, flushes, lease, more, alone, lanes = self._take(
+            keys=[INFLIGHT, DUE, ATTEMPTS, ABANDONS, LEASED, FLUSH, LANES, *PRIORITY_LISTS],
             args=[self._now(), self.lease_ms, max(1, events), max(0, flush_limit), f"{uuid.uuid4().hex}:",
-                  ENVELOPE_BYTES, EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT])
-        messages = [InFlight(msgs[i].decode(), msgs[i + 1], int(msgs[i + 2]), int(msgs[i + 3]), int(msgs[i + 4]))
-                    for i in range(0, len(msgs), 5)]
-        return Taken(messages, list(flushes), int(lease), bool(more), bool(alone))
+                  ENVELOPE_BYTES, EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, max(events, window), most])
+        messages = [InFlight(msgs[i].decode(), msgs[i + 1], int(msgs[i + 2]), int(msgs[i + 3]), int(msgs[i + 4]),
+                             msgs[i + 5] == 1) for i in range(0, len(msgs), 6)]
+        return Taken(messages, list(flushes), int(lease), bool(more), bool(alone), [p.decode() for p in lanes])
 
     def defer(self, waits: dict[str, float], lease: int, flushes: dict[bytes, float] | None = None,
               count: bool = True) -> None:
@@ -275,7 +290,7 @@ class Intake:
 
     def status(self) -> tuple[bool, int, float | None]:
         """(work waiting now, run triggers waiting, seconds until the next retry or flush is due)."""
-        work, triggers, nxt = self._status(keys=[DUE, FLUSH, RUNS_QUEUE, *PRIORITY_LISTS], args=[self._now()])
+        work, triggers, nxt = self._status(keys=[DUE, FLUSH, RUNS_QUEUE, LANES, *PRIORITY_LISTS], args=[self._now()])
         return bool(work), int(triggers), (None if int(nxt) < 0 else int(nxt) / 1000)
 
     def wait(self, timeout: float) -> bool:

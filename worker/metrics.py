@@ -196,7 +196,7 @@ def summary_lines(snap: dict) -> list[str]:
 def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     """Messages waiting per queue; in the retry set; ingest messages taken by a run and not yet
     done with (in_flight: a run has them, or a retry waits for its time); coalescing flushes
-    scheduled (flushes)."""
+    scheduled (flushes); in the pools' lanes (laned)."""
     from worker import retry
     from worker.coalesce import FLUSH
     from worker.intake import DUE
@@ -210,7 +210,18 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     *lengths, in_flight, flushes = pipe.execute()
     depths = dict(zip(names, map(int, lengths), strict=True))
     depths.update(retry.depth(client))
-    depths.update(in_flight=int(in_flight), flushes=int(flushes))
+    depths.update(in_flight=int(in_flight), flushes=int(flushes), laned=_laned(client))
     return depths
+
+
+def _laned(client: redis.Redis) -> int:
+    """Ingest messages waiting in the pools' lanes (worker.lanes): a backlog filed by its pool."""
+    from worker.intake import LANE, LANES
+
+    pools = client.zrange(LANES, 0, 999)
+    pipe = client.pipeline(transaction=False)
+    for pool in pools:
+        pipe.llen(LANE.encode() + (pool if isinstance(pool, bytes) else str(pool).encode()))
+    return sum(int(n) for n in pipe.execute()) if pools else 0
 
 

@@ -1,0 +1,147 @@
+"""Fairness between pools at ingest (worker.lanes): a pool's backlog waits in its own lane, a pool
+without one is worked on by the next run, backlogs are served in turn, and nothing is lost on the
+way: not when a run is killed between its take and its filing, not when Redis refuses (real
+Redis database 7, store: SQLite and PostgreSQL, the shipped settings but a small run)."""
+
+from __future__ import annotations
+
+import redis
+from sqlalchemy import text
+
+from store import repo
+from store.db import session_scope
+from worker import ingest, intake, lanes, metrics
+from worker.intake import LANE, LANES
+
+from ..conftest import IDENT, POOL, POOL2
+from .conftest import FCM_ONLY, _nothing_left
+
+POOL3 = "ap-south-1:00000000-0000-4000-8000-000000000c0c"
+ROOM = 10  # events per run
+
+
+def _pools(engine, *pools) -> None:
+    with session_scope(engine) as s:
+        for pool in pools:
+            repo.upsert_pool(s, pool, fcm_service_account=FCM_ONLY)
+
+
+def _ident(n: int) -> str:
+    return f"{IDENT[:-6]}{n:06d}"
+
+
+def _flood(run, pool: str, n: int, start: int = 0) -> None:
+    for k in range(start, start + n):
+        run.publish({"identityPoolId": pool, "identityId": _ident(k), "datasetName": "notes", "syncCount": 1})
+
+
+def _accepted(engine, pool: str) -> int:
+    with session_scope(engine) as s:
+        return s.execute(text("SELECT count(*) FROM datasets WHERE pool_id = :p AND sync_count IS NOT NULL"),
+                         {"p": pool}).scalar_one()
+
+
+def _once(run) -> dict:
+    return ingest.run(run.ctx, metrics.Recorder()).as_dict()
+
+
+def test_an_event_of_a_pool_without_a_backlog_is_worked_on_by_the_next_run_whatever_another_queued(run, engine):
+    _pools(engine, POOL, POOL2)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 40)  # four runs' worth
+    _flood(run, POOL2, 1)  # behind all of them on ``events``
+    _once(run)  # the pools it looked at in turn: B's one event, nine of A's; A's other 31 in its lane
+    assert (_accepted(engine, POOL2), _accepted(engine, POOL)) == (1, 9)
+    assert run.ctx.lanes.depth() == {POOL: 31}
+    # A's backlog is in its lane and A keeps publishing: B's next event still goes first
+    _flood(run, POOL, 40, start=40)
+    run.publish({"identityPoolId": POOL2, "identityId": _ident(1), "datasetName": "notes", "syncCount": 1})
+    _once(run)
+    assert _accepted(engine, POOL2) == 2 and _accepted(engine, POOL) == 9 + 1  # a tenth of the room for A
+    run.runs()
+    assert _accepted(engine, POOL) == 80 and _nothing_left(run)
+
+
+def test_backlogs_are_served_in_turn_and_each_gets_its_share(run, engine):
+    _pools(engine, POOL, POOL2, POOL3)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 30)
+    _flood(run, POOL2, 30, start=100)
+    _flood(run, POOL3, 30, start=200)
+    _once(run)  # A and B in turn, the rest of the look-ahead filed in their lanes
+    _once(run)  # C in turn (it had no lane), the rest of it filed: three lanes
+    assert set(run.ctx.lanes.depth()) == {POOL, POOL2, POOL3}
+    before = {p: _accepted(engine, p) for p in (POOL, POOL2, POOL3)}
+    for _ in range(3):
+        _once(run)
+    gained = {p: _accepted(engine, p) - before[p] for p in before}
+    assert all(9 <= n <= 11 for n in gained.values()), gained  # a third of every run each, not A's first
+    run.runs()
+    assert {p: _accepted(engine, p) for p in before} == {POOL: 30, POOL2: 30, POOL3: 30}
+    assert _nothing_left(run) and run.ctx.redis.zcard(LANES) == 0
+    assert not run.ctx.redis.keys(LANE + "*")
+
+
+def test_the_dispatcher_sees_work_when_only_a_lane_holds_messages(run, engine):
+    _pools(engine, POOL)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 30)
+    _once(run)
+    assert run.ctx.redis.llen("events") == 0 and run.ctx.lanes.depth()[POOL] > 0
+    work, _triggers, _due = run.ctx.intake.status()
+    assert work
+
+
+def test_a_run_killed_between_its_take_and_its_filing_loses_nothing(run, engine):
+    _pools(engine, POOL, POOL2)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 30)
+    _flood(run, POOL2, 2, start=500)
+    # what a run does first; then it dies (SIGKILL): no filing, no ack
+    taken = run.ctx.intake.take(ROOM, 0, lanes.LOOKAHEAD * ROOM, lanes.LOOKAHEAD_MESSAGES * ROOM)
+    assert len(taken.messages) == 32
+    run.clock.advance(run.ctx.settings.visibility_timeout + 1)  # its lease runs out
+    run.runs()
+    assert (_accepted(engine, POOL), _accepted(engine, POOL2)) == (30, 2)
+    assert _nothing_left(run)
+
+
+def test_filing_is_fenced_by_the_lease(run, engine):
+    _pools(engine, POOL)
+    _flood(run, POOL, 3)
+    taken = run.ctx.intake.take(ROOM, 0, ROOM, ROOM)
+    assert run.ctx.lanes.file({t.id: POOL for t in taken.messages}, taken.lease + 1) == 0  # not its lease
+    assert run.ctx.redis.hlen(intake.INFLIGHT) == 3 and run.ctx.redis.zcard(LANES) == 0
+    assert run.ctx.lanes.file({t.id: POOL for t in taken.messages}, taken.lease) == 3
+    assert run.ctx.redis.hlen(intake.INFLIGHT) == 0 and run.ctx.lanes.depth() == {POOL: 3}
+
+
+def test_redis_refusing_the_filing_makes_the_run_take_all_it_looked_at(run, engine, monkeypatch):
+    _pools(engine, POOL, POOL2)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 15)
+
+    def refuse(*_a, **_k):
+        raise redis.ResponseError("OOM command not allowed")
+    monkeypatch.setattr(run.ctx.lanes, "file", refuse)
+    _once(run)
+    assert _accepted(engine, POOL) == 15 and _nothing_left(run)
+
+
+def test_messages_that_name_no_pool_are_read_in_turn_and_dead_lettered(run, engine):
+    _pools(engine, POOL)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 20)
+    run.ctx.redis.lpush("events", b"not a celery message", b'{"body": 5}')
+    _flood(run, POOL, 5, start=20)
+    run.runs()
+    assert _accepted(engine, POOL) == 25 and _nothing_left(run)
+    with session_scope(engine) as s:
+        assert len([d for d in repo.list_dead_letters(s) if d["kind"] == "message"]) == 2
+
+
+def test_pool_of_reads_the_first_events_pool_and_nothing_else(run, engine):
+    _flood(run, POOL, 1)
+    run.ctx.redis.lpush("events", b"\xff\xfe", b'{"body": "W10=", "properties": {"body_encoding": "base64"}}')
+    taken = run.ctx.intake.take(ROOM, 0, ROOM, ROOM)
+    assert sorted(lanes.pool_of(t) for t in taken.messages) == ["", "", POOL]
