@@ -68,9 +68,8 @@ if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2]
 
 # KEYS: inflight, due, attempts, abandons, leased, flush, lanes, the queue's priority lists.
 # ARGV: now, lease (ms), events wanted, flushes wanted, this take's id prefix, the envelope's bytes,
-# bytes per event, the largest message handed over whole, the bytes kept of a larger one, the
-# events' worth of new messages to look at (at least the events wanted: worker.lanes looks ahead)
-# and the most new messages to look at past the events wanted. A
+# bytes per event, the largest message handed over whole, the bytes kept of a larger one, then
+# how far new messages are looked at past the events wanted (worker.lanes): events, messages. A
 # message weighs what its size says it holds (at least one event), so that a run of single-event
 # messages takes ~200 of them and one of 100-event messages two; the message that crosses the
 # limit is the last. Ids are the take's own prefix and a number: unique whatever Redis forgot.

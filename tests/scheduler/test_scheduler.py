@@ -149,7 +149,7 @@ def test_record_queue_depths_reports_what_is_waiting(client, monkeypatch):
         retry.schedule(client, "deliver", retry_batch("GCM", 1), time.time() + 60)
         depths = tasks.record_queue_depths.run()
         assert depths == {"events": 0, "push.fcm": 0, "push.apns": 2, "retry": 1, "retry_claimed": 0,
-                          "in_flight": 0, "flushes": 0}
+                          "in_flight": 0, "flushes": 0, "laned": 0}
         assert client.keys("pushsync:queue_depths*") == []  # a log line, nothing left in Redis
     finally:
         settings.get_settings.cache_clear()
