@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
-from pushsync.queues import QUEUES
+from pushsync.queues import EVENTS_QUEUE, QUEUES
 
 BEAT_KEY = "pushsync:workers:beat"
 PROGRESS_KEY = "pushsync:workers:progress"
@@ -86,6 +86,9 @@ def judge(client: redis.Redis, node: str, stall: float, now: float | None = None
     if idle <= stall:
         return Verdict(node, True, f"{node} finished a task {max(idle, 0):.0f} s ago")
     waiting = {q: n for q, n in zip(names, _depths(client, names), strict=True) if n}
+    laned = lane_depth(client) if EVENTS_QUEUE in names else 0
+    if laned:  # ingest messages filed by pool (worker.lanes) wait for this worker's runs as well
+        waiting["the pools' lanes"] = laned
     if waiting:
         held = ", ".join(f"{q} holds {n}" for q, n in waiting.items())
         return Verdict(node, False, f"{node} is stuck: {held}, and it finished no task for {idle:.0f} s")
@@ -99,6 +102,17 @@ def census(client: redis.Redis, stall: float, now: float | None = None) -> dict[
              if now - _float(t) <= stall]
     stuck = sum(1 for n in alive if not judge(client, n, stall, now).healthy)
     return {"alive": len(alive), "stuck": stuck}
+
+
+def lane_depth(client: redis.Redis) -> int:
+    """Ingest messages waiting in the pools' lanes (worker.lanes): a backlog filed by its pool."""
+    from worker.intake import LANE, LANES
+
+    pools = client.zrange(LANES, 0, 999)
+    pipe = client.pipeline(transaction=False)
+    for pool in pools:
+        pipe.llen(LANE.encode() + (pool if isinstance(pool, bytes) else str(pool).encode()))
+    return sum(int(n) for n in pipe.execute()) if pools else 0
 
 
 def _depths(client: redis.Redis, queues: list[str]) -> list[int]:

@@ -76,8 +76,7 @@ if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2]
 _TAKE = _NOW + """
 local lease, limit, flimit, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local envelope, per_event, biggest, kept = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local window, most = math.max(limit, tonumber(ARGV[10])), tonumber(ARGV[11])
-local fresh = 0
+local window, most, fresh = math.max(limit, tonumber(ARGV[10])), tonumber(ARGV[11]), 0
 local till = now + lease
 local msgs, n, weight, alone = {}, 0, 0, false
 local function hand(id, raw, tries, ab, fresh)
@@ -264,7 +263,8 @@ class Intake:
                   ENVELOPE_BYTES, EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, max(events, window), most])
         messages = [InFlight(msgs[i].decode(), msgs[i + 1], int(msgs[i + 2]), int(msgs[i + 3]), int(msgs[i + 4]),
                              msgs[i + 5] == 1) for i in range(0, len(msgs), 6)]
-        return Taken(messages, list(flushes), int(lease), bool(more), bool(alone), [p.decode() for p in lanes])
+        laned = [p.decode(errors="replace") for p in lanes]  # a member not ours must not fail every run
+        return Taken(messages, list(flushes), int(lease), bool(more), bool(alone), laned)
 
     def defer(self, waits: dict[str, float], lease: int, flushes: dict[bytes, float] | None = None,
               count: bool = True) -> None:

@@ -221,6 +221,8 @@ def choose(lanes: Lanes, taken: Taken, room: int, now: float | None = None) -> T
                 if not groups[pool]:
                     del groups[pool]
         lanes.file(filed, taken.lease)
+        for mid in filed:  # read again when a run takes it from its lane: not kept here meanwhile
+            taken.parsed.pop(mid, None)
     if taken.alone or not laned:
         return replace(taken, messages=keep)
     used = sum(weight(t) for t in keep)
@@ -228,6 +230,9 @@ def choose(lanes: Lanes, taken: Taken, room: int, now: float | None = None) -> T
     share = room - used if not light else min(room - used, max(1, int(room * LIGHT_SHARE)))
     more = True  # a lane holds messages still, or did a moment ago: a run too many costs a take
     if share > 0:
-        got, more = lanes.take(share, taken.lease)
-        keep += got
+        try:  # what was filed is filed: Redis refusing now costs this run its lanes' share only
+            got, more = lanes.take(share, taken.lease)
+            keep += got
+        except redis.RedisError as exc:
+            log.warning("could not take ingest messages from the pools' lanes (%s); later runs will", exc)
     return replace(taken, messages=keep, more=taken.more or more)

@@ -215,13 +215,8 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
 
 
 def _laned(client: redis.Redis) -> int:
-    """Ingest messages waiting in the pools' lanes (worker.lanes): a backlog filed by its pool."""
-    from worker.intake import LANE, LANES
+    from worker.health import lane_depth
 
-    pools = client.zrange(LANES, 0, 999)
-    pipe = client.pipeline(transaction=False)
-    for pool in pools:
-        pipe.llen(LANE.encode() + (pool if isinstance(pool, bytes) else str(pool).encode()))
-    return sum(int(n) for n in pipe.execute()) if pools else 0
+    return lane_depth(client)
 
 

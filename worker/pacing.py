@@ -12,8 +12,10 @@ window, and the newest count still arrives at most one window after the last cha
 
 Redis decides only *when*, as for ingest's windows: ``pushsync:pace:<pool>:<platform>:<device>:<dataset>``
 holds "<window end ms>:<count sent>". *What* goes is the store's (the planned count at send time).
-A push whose count is not above the one its open window sent is dropped (the device has that
-count or a newer one: a duplicate entry, a re-sent outbox row). Retries (attempt 2 and later) and
+A push whose count is below the one its open window sent is dropped (the device has a newer
+one). One with the same count waits for the window's end like a newer one: the send that opened
+the window may not have happened (a stalled send run again at the same attempt), so it is sent
+again then, a push too many at worst. Retries (attempt 2 and later) and
 pushes that waited for their FCM budget slots pass: they were let through once already. Redis
 away -> the pushes go without the window (a push too many, never one too few).
 """
@@ -38,13 +40,14 @@ KEEP_MS = 60_000
 
 # KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms), keep (ms), then one count
 # per key. Returns now (ms), then per key: 0 (send: it opened a window), -1 (drop: its open window
-# sent this count or a newer one) or the open window's end (ms: wait until then).
+# sent a newer count) or the open window's end (ms: wait until then; the count it sent waits too,
+# since the send that opened the window may have failed before it was made).
 _ENTER = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
 local width, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
 -- counts compared as decimal text: they reach 2^63, past what a Lua number holds exactly
-local function covered(a, b) if #a ~= #b then return #a < #b end return a <= b end
+local function older(a, b) if #a ~= #b then return #a < #b end return a < b end
 local out = {now}
 for i, key in ipairs(KEYS) do
   local count = ARGV[3 + i]
@@ -55,7 +58,7 @@ for i, key in ipairs(KEYS) do
   if sent and not (sent == '0' or string.match(sent, '^[1-9]%d*$')) then sent = nil end
   -- bytes that are not ours, or a window longer than its width (the width was lowered): a new window
   if ends and sent and ends > now and ends <= now + width then
-    if covered(count, sent) then out[i + 1] = -1 else out[i + 1] = ends end
+    if older(count, sent) then out[i + 1] = -1 else out[i + 1] = ends end
   else
     redis.call('SET', key, string.format('%.0f:%s', now + width, ARGV[3 + i]), 'PX', width + keep)
     out[i + 1] = 0
@@ -72,16 +75,17 @@ class Pacing:
         self.client, self.clock = client, clock
         self._enter = client.register_script(_ENTER)
 
-    def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, int]], width: float,
+    def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]], width: float,
               now: float | None = None) -> list[float | None]:
-        """``pushes``: (device id, dataset, count). For each, in order: 0.0 (send now), None (drop)
+        """``pushes``: (device id, identity, dataset, count). For each, in order: 0.0 (send now), None (drop)
         or the seconds until its open window ends (wait)."""
         if not pushes:
             return []
         now = now if now is not None else (self.clock() if self.clock else None)
         at = -1 if now is None else int(now * 1000)
-        keys = [f"{PACE}{pool}:{platform}:{device}:{dataset}" for device, dataset, _ in pushes]
-        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), KEEP_MS, *(str(n) for _, _, n in pushes)])
+        # the identity too: a device that moved to another user starts a window of its own there
+        keys = [f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}" for device, identity, dataset, _ in pushes]
+        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), KEEP_MS, *(str(n) for *_, n in pushes)])
         at = int(at)
         return [0.0 if int(v) == 0 else None if int(v) < 0 else max(0.001, (int(v) - at) / 1000) for v in out]
 
@@ -104,7 +108,8 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: l
     items = {item.key: item for item in batch.items}
     try:
         verdicts = ctx.pacing.enter(batch.pool, batch.platform,
-                                    [(r.device_id, r.dataset, items[r.key].sync_count) for r in requests], wide)
+                                    [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
+                                     for r in requests], wide)
     except redis.RedisError as exc:  # the window is worth less than the pushes: they go
         log.warning("could not read the %s windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)

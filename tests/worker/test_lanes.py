@@ -145,3 +145,20 @@ def test_pool_of_reads_the_first_events_pool_and_nothing_else(run, engine):
     run.ctx.redis.lpush("events", b"\xff\xfe", b'{"body": "W10=", "properties": {"body_encoding": "base64"}}')
     taken = run.ctx.intake.take(ROOM, 0, ROOM, ROOM)
     assert sorted(lanes.pool_of(t) for t in taken.messages) == ["", "", POOL]
+
+
+def test_redis_refusing_the_lanes_take_leaves_what_was_filed_for_the_next_runs(run, engine, monkeypatch):
+    _pools(engine, POOL, POOL2)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 30)
+    _once(run)  # A's backlog in its lane
+    _flood(run, POOL2, 1, start=300)
+
+    def refuse(*_a, **_k):
+        raise redis.ConnectionError("gone")
+    with monkeypatch.context() as m:
+        m.setattr(run.ctx.lanes, "take", refuse)
+        assert _once(run)["received"] == 1  # B's event; A's lane is left as it was, not worked on twice
+    assert run.ctx.lanes.depth() == {POOL: 20}
+    run.runs()
+    assert (_accepted(engine, POOL), _accepted(engine, POOL2)) == (30, 1) and _nothing_left(run)

@@ -26,46 +26,49 @@ BIG = 2**63 - 1
 
 def test_a_window_sends_its_first_push_holds_newer_counts_to_its_end_and_drops_what_it_sent(retry_redis):
     p = Pacing(retry_redis)
-    assert p.enter("p", "APNS", [("d1", "notes", 5), ("d2", "notes", 5)], 10.0, now=1000.0) == [0.0, 0.0]
-    # inside the window: a newer count waits for its end; the count sent (or an older one) is covered
-    assert p.enter("p", "APNS", [("d1", "notes", 6), ("d1", "notes", 5), ("d1", "notes", 4)], 10.0,
-                   now=1004.0) == [pytest.approx(6.0), None, None]
+    assert p.enter("p", "APNS", [("d1", "i", "notes", 5), ("d2", "i", "notes", 5)], 10.0, now=1000.0) == [0.0, 0.0]
+    # inside the window: a newer count waits for its end, and so does the count sent (its send may
+    # have failed before it was made); an older one is dropped
+    assert p.enter("p", "APNS", [("d1", "i", "notes", 6), ("d1", "i", "notes", 5), ("d1", "i", "notes", 4)], 10.0,
+                   now=1004.0) == [pytest.approx(6.0), pytest.approx(6.0), None]
+    # the same device under another identity (it changed user) has a window of its own
+    assert p.enter("p", "APNS", [("d1", "j", "notes", 1)], 10.0, now=1004.0) == [0.0]
     # another dataset, platform or pool has a window of its own
-    assert p.enter("p", "APNS", [("d1", "todo", 1)], 10.0, now=1004.0) == [0.0]
-    assert p.enter("p", "APNS_SANDBOX", [("d1", "notes", 6)], 10.0, now=1004.0) == [0.0]
-    assert p.enter("q", "APNS", [("d1", "notes", 6)], 10.0, now=1004.0) == [0.0]
+    assert p.enter("p", "APNS", [("d1", "i", "todo", 1)], 10.0, now=1004.0) == [0.0]
+    assert p.enter("p", "APNS_SANDBOX", [("d1", "i", "notes", 6)], 10.0, now=1004.0) == [0.0]
+    assert p.enter("q", "APNS", [("d1", "i", "notes", 6)], 10.0, now=1004.0) == [0.0]
     # at its end the newest count goes and opens the next window
-    assert p.enter("p", "APNS", [("d1", "notes", 6)], 10.0, now=1010.0) == [0.0]
-    assert p.enter("p", "APNS", [("d1", "notes", 6)], 10.0, now=1011.0) == [None]
-    ttl = retry_redis.pttl(f"{pacing.PACE}p:APNS:d1:notes")
+    assert p.enter("p", "APNS", [("d1", "i", "notes", 6)], 10.0, now=1010.0) == [0.0]
+    assert p.enter("p", "APNS", [("d1", "i", "notes", 5)], 10.0, now=1011.0) == [None]
+    ttl = retry_redis.pttl(f"{pacing.PACE}p:APNS:d1:i:notes")
     assert 10_000 < ttl <= 10_000 + pacing.KEEP_MS
 
 
 def test_counts_near_two_to_the_63_are_compared_exactly(retry_redis):
     p = Pacing(retry_redis)
-    assert p.enter("p", "APNS", [("d", "n", BIG - 1)], 10.0, now=1000.0) == [0.0]
+    assert p.enter("p", "APNS", [("d", "i", "n", BIG - 1)], 10.0, now=1000.0) == [0.0]
     # as Lua numbers (doubles) these two are equal; as counts one is newer
-    assert p.enter("p", "APNS", [("d", "n", BIG), ("d", "n", BIG - 1)], 10.0, now=1001.0) == [
+    assert p.enter("p", "APNS", [("d", "i", "n", BIG), ("d", "i", "n", BIG - 2)], 10.0, now=1001.0) == [
         pytest.approx(9.0), None]
 
 
 @pytest.mark.parametrize("stored", [b"garbage", b"5000:", b"x:5", b":", b"1e300:5", b"1005000:07", "\u00e9".encode()])
 def test_bytes_in_redis_that_are_not_a_window_open_a_new_one(retry_redis, stored):
-    retry_redis.set(f"{pacing.PACE}p:APNS:d:n", stored)
-    assert Pacing(retry_redis).enter("p", "APNS", [("d", "n", 3)], 10.0, now=1000.0) == [0.0]
-    assert retry_redis.get(f"{pacing.PACE}p:APNS:d:n") == b"1010000:3"
+    retry_redis.set(f"{pacing.PACE}p:APNS:d:i:n", stored)
+    assert Pacing(retry_redis).enter("p", "APNS", [("d", "i", "n", 3)], 10.0, now=1000.0) == [0.0]
+    assert retry_redis.get(f"{pacing.PACE}p:APNS:d:i:n") == b"1010000:3"
 
 
 def test_a_window_longer_than_the_width_is_a_lowered_width_and_starts_again(retry_redis):
     p = Pacing(retry_redis)
-    p.enter("p", "APNS", [("d", "n", 3)], 1200.0, now=1000.0)
-    assert p.enter("p", "APNS", [("d", "n", 4)], 10.0, now=1001.0) == [0.0]  # the operator shortened it
+    p.enter("p", "APNS", [("d", "i", "n", 3)], 1200.0, now=1000.0)
+    assert p.enter("p", "APNS", [("d", "i", "n", 4)], 10.0, now=1001.0) == [0.0]  # the operator shortened it
 
 
 def test_redis_time_is_the_clock_without_a_test_clock(retry_redis):
     p = Pacing(retry_redis)
-    assert p.enter("p", "APNS", [("d", "n", 3)], 30.0) == [0.0]
-    [wait] = p.enter("p", "APNS", [("d", "n", 4)], 30.0)
+    assert p.enter("p", "APNS", [("d", "i", "n", 3)], 30.0) == [0.0]
+    [wait] = p.enter("p", "APNS", [("d", "i", "n", 4)], 30.0)
     assert 28.0 < wait <= 30.0
 
 
