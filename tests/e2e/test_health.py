@@ -166,6 +166,12 @@ def test_the_rule_on_hand_written_heartbeats_including_garbage(pipe):
     odd = health.judge(client, "odd@a", 3.0, now)
     assert not odd.healthy and "events holds 2" in odd.reason and health.BEAT_KEY not in odd.reason
     assert health.census(client, 3.0, now) == {"alive": 4, "stuck": 2}
+    # a backlog filed in the pools' lanes (worker.lanes) is work waiting too, and not-ours bytes there are not fatal
+    client.delete("events")
+    client.zadd("pushsync:lanes", {"pool-a": now, b"\xff": now})
+    client.rpush("pushsync:lane:pool-a", "m1", "m2", "m3")
+    lanes = health.judge(client, "fresh@a", 3.0, now)
+    assert not lanes.healthy and "the pools' lanes holds 3" in lanes.reason
     assert health.node_name(["-c", "2", "--hostname=w@example"]) == "w@example"
     assert health.node_name([]) == f"celery@{socket.gethostname()}"
     # a long task is not a stall: the check waits at least the task time limit
