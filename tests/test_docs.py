@@ -32,7 +32,8 @@ def test_the_docs_build_strictly(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     site = tmp_path / "site"
     concepts = (site / "concepts" / "index.html").read_text()
-    assert concepts.count('<pre class="mermaid">') == 3  # the flow, the coalescing timeline, a push's life
+    # the flow, the coalescing timeline, a pool's window per platform, a push's life
+    assert concepts.count('<pre class="mermaid">') == 4
     settings = (site / "reference" / "settings" / "index.html").read_text()
     assert "PUSHSYNC_COALESCE_WINDOW" in settings
     cli = (site / "reference" / "cli" / "index.html").read_text()
