@@ -35,6 +35,8 @@ from dataclasses import replace
 
 import redis
 
+from pushsync import contract
+from pushsync.contract import ValidationError
 from pushsync.messages import RAW_KEPT
 from worker import envelope
 from worker.intake import (
@@ -95,7 +97,8 @@ if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2]
 local lease, room, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local envelope, per_event, biggest, kept, lane = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
   tonumber(ARGV[8]), ARGV[9]
-local pools = redis.call('ZRANGE', KEYS[4], 0, -1)
+-- at most a pool per event of room, those served longest ago: forged pool ids cannot make a take walk them all
+local pools = redis.call('ZRANGE', KEYS[4], 0, room - 1)
 local msgs, n, weight = {}, 0, 0
 local function from(pool, limit, served)
   local got = 0
@@ -147,7 +150,10 @@ def pool_of(t: InFlight, now: float | None = None, parsed: dict | None = None) -
         parsed[t.id] = m
     first = m.events[0] if isinstance(m, envelope.Message) and m.events else None
     pool = first.get("identityPoolId") if isinstance(first, dict) else None
-    return pool if isinstance(pool, str) and 0 < len(pool) <= 64 and pool.isprintable() else ""
+    try:  # a pool id that cannot be one (its event is dead-lettered) makes no lane of its own
+        return contract.pool_id(pool)
+    except ValidationError:
+        return ""
 
 
 class Lanes:

@@ -199,6 +199,7 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     scheduled (flushes); in the pools' lanes (laned)."""
     from worker import retry
     from worker.coalesce import FLUSH
+    from worker.health import lane_depth
     from worker.intake import DUE
 
     pipe = client.pipeline(transaction=False)
@@ -210,13 +211,7 @@ def queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
     *lengths, in_flight, flushes = pipe.execute()
     depths = dict(zip(names, map(int, lengths), strict=True))
     depths.update(retry.depth(client))
-    depths.update(in_flight=int(in_flight), flushes=int(flushes), laned=_laned(client))
+    depths.update(in_flight=int(in_flight), flushes=int(flushes), laned=lane_depth(client))
     return depths
-
-
-def _laned(client: redis.Redis) -> int:
-    from worker.health import lane_depth
-
-    return lane_depth(client)
 
 

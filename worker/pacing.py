@@ -23,13 +23,13 @@ away -> the pushes go without the window (a push too many, never one too few).
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 
 import redis
 
 from pushsync.messages import DeliveryBatch
 from store.repo import PoolCredentials
+from worker import budget
 from worker.senders.base import PushRequest
 
 log = logging.getLogger("pushsync.tasks")
@@ -114,16 +114,11 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: l
         log.warning("could not read the %s windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)
         return requests
-    groups: dict[float, list] = {}
-    now = []
-    for r, verdict in zip(requests, verdicts, strict=True):
-        if verdict is None:
-            result.stale += 1
-        elif verdict == 0:
-            now.append(r)
-        else:
-            groups.setdefault(math.ceil(verdict), []).append(items[r.key])
-    for wait, held in groups.items():
-        result.later.append((batch.held(held, str(uuid.uuid4()), budgeted=False), float(wait)))
+    result.stale += verdicts.count(None)  # the device has a newer count than these
+    going = [(r, v) for r, v in zip(requests, verdicts, strict=True) if v is not None]
+    groups = budget.slots([v for _, v in going])  # one retry entry per second of window ends, as the budget's
+    for wait, indexes in groups.items():
+        held = [items[going[i][0].key] for i in indexes]
+        result.later.append((batch.held(held, str(uuid.uuid4()), budgeted=False), wait))
         result.paced += len(held)
-    return now
+    return [r for r, v in going if v == 0]

@@ -162,3 +162,4 @@ def test_redis_refusing_the_lanes_take_leaves_what_was_filed_for_the_next_runs(r
     assert run.ctx.lanes.depth() == {POOL: 20}
     run.runs()
     assert (_accepted(engine, POOL), _accepted(engine, POOL2)) == (30, 1) and _nothing_left(run)
+
