@@ -55,11 +55,13 @@ class DeliveryResult:
     retry_in: float = 0.0
     # the held pushes: (batch, seconds until its slots), each in an outbox row of its own
     later: list[tuple[DeliveryBatch, float]] = dataclasses.field(default_factory=list)
+    # pushes their pool's window dropped (counted in stale): (device, dataset) -> the count it sent
+    covered: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
-        out.pop("retry_batch")
-        out.pop("later")
+        for kept in ("retry_batch", "later", "covered"):
+            out.pop(kept)
         return out
 
 

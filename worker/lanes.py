@@ -2,8 +2,8 @@
 pool's event is not queued behind it.
 
 Producers put every pool's messages on the one ``events`` list, oldest first, and the pool is only
-inside each message's body. So a run looks further ahead than it works: ``take`` hands it up to
-``LOOKAHEAD`` runs' worth of new messages, and the run reads each one's pool (``choose``):
+inside each message's body. So a run looks further ahead than it works: ``take`` hands it
+up to ``lookahead`` of new messages, and the run reads each one's pool (``choose``):
 
 - a message of a pool that has no lane is *light*: it is worked on in this run, as long as the
   run's events fit PUSHSYNC_INGEST_BATCH_MAX; the first that does not fit, and every later one of
@@ -56,9 +56,13 @@ from worker.intake import (
 
 log = logging.getLogger("pushsync.tasks")
 
-# how many runs' worth of new events a run looks at to find the light ones, and at most how many
-# messages (each is read to know its pool: a run of single-event messages reads 1,000, not 4,000)
-LOOKAHEAD = 20
+# How far a run looks ahead for light messages: up to LOOKAHEAD runs' worth of new events, at
+# most LOOKAHEAD_EVENTS events (about LOOKAHEAD_EVENTS x 230 bytes: 11 MB a take) and at most
+# LOOKAHEAD_MESSAGES runs' worth of messages. Each message is read to know its pool (about 0.1 ms
+# for one of 100 events), so a burst of large messages is filed in a few runs, not dozens: a light
+# pool's event published behind 1,000 messages of 100 events is worked on by the third run, not the 25th.
+LOOKAHEAD = 250
+LOOKAHEAD_EVENTS = 50_000
 LOOKAHEAD_MESSAGES = 5
 # the most of a light run's room that goes to the lanes (a flood keeps moving)
 LIGHT_SHARE = 0.1
@@ -133,6 +137,11 @@ if #pools > 0 then
 end
 return {msgs, redis.call('ZCARD', KEYS[4])}
 """
+
+
+def lookahead(room: int) -> tuple[int, int]:
+    """How many new events, and at most how many messages, a run of ``room`` events looks at."""
+    return max(room, min(LOOKAHEAD * room, LOOKAHEAD_EVENTS)), LOOKAHEAD_MESSAGES * room
 
 
 def weight(t: InFlight) -> int:

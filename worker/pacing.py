@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 
 import redis
 
@@ -39,9 +40,10 @@ PACE = "pushsync:pace:"
 KEEP_MS = 60_000
 
 # KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms), keep (ms), then one count
-# per key. Returns now (ms), then per key: 0 (send: it opened a window), -1 (drop: its open window
-# sent a newer count) or the open window's end (ms: wait until then; the count it sent waits too,
-# since the send that opened the window may have failed before it was made).
+# per key. Returns now (ms), then per key: 0 (send: it opened a window), "-<count>" (drop: its open
+# window sent that newer count; as text, which keeps counts near 2^63 exact) or the open window's
+# end (ms: wait until then; the count it sent waits too, since the send that opened the window may
+# have failed before it was made).
 _ENTER = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
@@ -58,7 +60,7 @@ for i, key in ipairs(KEYS) do
   if sent and not (sent == '0' or string.match(sent, '^[1-9]%d*$')) then sent = nil end
   -- bytes that are not ours, or a window longer than its width (the width was lowered): a new window
   if ends and sent and ends > now and ends <= now + width then
-    if older(count, sent) then out[i + 1] = -1 else out[i + 1] = ends end
+    if older(count, sent) then out[i + 1] = '-' .. sent else out[i + 1] = ends end
   else
     redis.call('SET', key, string.format('%.0f:%s', now + width, ARGV[3 + i]), 'PX', width + keep)
     out[i + 1] = 0
@@ -66,6 +68,13 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+
+@dataclass(frozen=True)
+class Covered:
+    """A push dropped by its open window, which sent the newer ``count`` already."""
+
+    count: int
 
 
 class Pacing:
@@ -76,9 +85,9 @@ class Pacing:
         self._enter = client.register_script(_ENTER)
 
     def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]], width: float,
-              now: float | None = None) -> list[float | None]:
-        """``pushes``: (device id, identity, dataset, count). For each, in order: 0.0 (send now), None (drop)
-        or the seconds until its open window ends (wait)."""
+              now: float | None = None) -> list[float | Covered]:
+        """``pushes``: (device id, identity, dataset, count). For each, in order: 0.0 (send now), Covered
+        (drop) or the seconds until its open window ends (wait)."""
         if not pushes:
             return []
         now = now if now is not None else (self.clock() if self.clock else None)
@@ -87,7 +96,8 @@ class Pacing:
         keys = [f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}" for device, identity, dataset, _ in pushes]
         at, *out = self._enter(keys=keys, args=[at, int(width * 1000), KEEP_MS, *(str(n) for *_, n in pushes)])
         at = int(at)
-        return [0.0 if int(v) == 0 else None if int(v) < 0 else max(0.001, (int(v) - at) / 1000) for v in out]
+        return [Covered(int(v[1:])) if isinstance(v, bytes) and v.startswith(b"-") else
+                0.0 if int(v) == 0 else max(0.001, (int(v) - at) / 1000) for v in out]
 
 
 def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
@@ -114,8 +124,13 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: l
         log.warning("could not read the %s windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)
         return requests
-    result.stale += verdicts.count(None)  # the device has a newer count than these
-    going = [(r, v) for r, v in zip(requests, verdicts, strict=True) if v is not None]
+    going: list[tuple[PushRequest, float]] = []
+    for r, v in zip(requests, verdicts, strict=True):
+        if isinstance(v, Covered):  # the device has a newer count than this one: on the trail as stale
+            result.stale += 1
+            result.covered[r.key] = v.count
+        else:
+            going.append((r, v))
     groups = budget.slots([v for _, v in going])  # one retry entry per second of window ends, as the budget's
     for wait, indexes in groups.items():
         held = [items[going[i][0].key] for i in indexes]

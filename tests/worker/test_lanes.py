@@ -62,6 +62,23 @@ def test_an_event_of_a_pool_without_a_backlog_is_worked_on_by_the_next_run_whate
     assert _accepted(engine, POOL) == 80 and _nothing_left(run)
 
 
+def test_with_the_shipped_run_size_a_burst_of_large_messages_is_looked_past_in_three_runs(run, engine):
+    """The fairness benchmark's flood: another pool publishes 100 events to a message (publish_many),
+    1,000 messages in a burst; an event published behind them is worked on by the third run, not
+    only once a run's look-ahead of a few thousand events has crept to it (the 25th)."""
+    _pools(engine, POOL, POOL2)
+    room = run.ctx.settings.ingest_batch_max
+    assert room == 200  # the shipped size
+    for m in range(1000):
+        run.publish([{"identityPoolId": POOL, "identityId": _ident(m * 100 + k), "datasetName": "notes",
+                      "syncCount": 1} for k in range(100)])
+    run.publish({"identityPoolId": POOL2, "identityId": _ident(0), "datasetName": "notes", "syncCount": 1})
+    for _ in range(3):
+        _once(run)
+    assert _accepted(engine, POOL2) == 1
+    assert run.ctx.redis.llen("events") == 0 and run.ctx.lanes.depth()[POOL] > 900
+
+
 def test_backlogs_are_served_in_turn_and_each_gets_its_share(run, engine):
     _pools(engine, POOL, POOL2, POOL3)
     run.set(ingest_batch_max=ROOM)
@@ -98,7 +115,7 @@ def test_a_run_killed_between_its_take_and_its_filing_loses_nothing(run, engine)
     _flood(run, POOL, 30)
     _flood(run, POOL2, 2, start=500)
     # what a run does first; then it dies (SIGKILL): no filing, no ack
-    taken = run.ctx.intake.take(ROOM, 0, lanes.LOOKAHEAD * ROOM, lanes.LOOKAHEAD_MESSAGES * ROOM)
+    taken = run.ctx.intake.take(ROOM, 0, *lanes.lookahead(ROOM))
     assert len(taken.messages) == 32
     run.clock.advance(run.ctx.settings.visibility_timeout + 1)  # its lease runs out
     run.runs()

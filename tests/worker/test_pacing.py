@@ -11,11 +11,11 @@ from sqlalchemy import text
 
 from pushsync import contract
 from pushsync.contract import ValidationError
-from pushsync.messages import RetryEntry
+from pushsync.messages import DeliveryBatch, RetryEntry
 from store import repo
 from store.db import session_scope
 from worker import pacing, retry
-from worker.pacing import Pacing
+from worker.pacing import Covered, Pacing
 
 from ..conftest import IDENT, POOL
 from .conftest import FCM_ONLY, _ev
@@ -30,7 +30,7 @@ def test_a_window_sends_its_first_push_holds_newer_counts_to_its_end_and_drops_w
     # inside the window: a newer count waits for its end, and so does the count sent (its send may
     # have failed before it was made); an older one is dropped
     assert p.enter("p", "APNS", [("d1", "i", "notes", 6), ("d1", "i", "notes", 5), ("d1", "i", "notes", 4)], 10.0,
-                   now=1004.0) == [pytest.approx(6.0), pytest.approx(6.0), None]
+                   now=1004.0) == [pytest.approx(6.0), pytest.approx(6.0), Covered(5)]
     # the same device under another identity (it changed user) has a window of its own
     assert p.enter("p", "APNS", [("d1", "j", "notes", 1)], 10.0, now=1004.0) == [0.0]
     # another dataset, platform or pool has a window of its own
@@ -39,7 +39,7 @@ def test_a_window_sends_its_first_push_holds_newer_counts_to_its_end_and_drops_w
     assert p.enter("q", "APNS", [("d1", "i", "notes", 6)], 10.0, now=1004.0) == [0.0]
     # at its end the newest count goes and opens the next window
     assert p.enter("p", "APNS", [("d1", "i", "notes", 6)], 10.0, now=1010.0) == [0.0]
-    assert p.enter("p", "APNS", [("d1", "i", "notes", 5)], 10.0, now=1011.0) == [None]
+    assert p.enter("p", "APNS", [("d1", "i", "notes", 5)], 10.0, now=1011.0) == [Covered(6)]
     ttl = retry_redis.pttl(f"{pacing.PACE}p:APNS:d1:i:notes")
     assert 10_000 < ttl <= 10_000 + pacing.KEEP_MS
 
@@ -49,7 +49,7 @@ def test_counts_near_two_to_the_63_are_compared_exactly(retry_redis):
     assert p.enter("p", "APNS", [("d", "i", "n", BIG - 1)], 10.0, now=1000.0) == [0.0]
     # as Lua numbers (doubles) these two are equal; as counts one is newer
     assert p.enter("p", "APNS", [("d", "i", "n", BIG), ("d", "i", "n", BIG - 2)], 10.0, now=1001.0) == [
-        pytest.approx(9.0), None]
+        pytest.approx(9.0), Covered(BIG - 1)]
 
 
 @pytest.mark.parametrize("stored", [b"garbage", b"5000:", b"x:5", b":", b"1e300:5", b"1005000:07", "\u00e9".encode()])
@@ -184,3 +184,26 @@ def test_pool_show_says_the_windows_as_they_work(run, engine):
         assert repo.pool_summary(s, POOL)["windowSeconds"] == {"APNS": 1200.0, "GCM": 1.0}
         repo.upsert_pool(s, POOL, windows={"GCM": 0.0})  # below ingest's: ingest's
         assert repo.pool_summary(s, POOL)["windowSeconds"] == {"APNS": 1200.0, "GCM": 1.0}
+
+
+def test_a_push_its_window_drops_is_counted_stale_and_on_the_trail_with_the_count_the_window_sent(run, engine):
+    from pushsync.trail import read
+    from worker import delivery, metrics
+
+    _pool(engine, 60.0, devices=1)
+    run.set(inline_delivery_max=0)
+    run.publish(_ev(IDENT, 5))
+    run.runs()
+    [apns] = [b for b in map(DeliveryBatch.from_json, run.queued) if b.platform == "APNS"]
+    [item] = apns.items
+    # the device's window for the dataset is open and sent count 9, a count the store no longer
+    # plans (the dataset was removed and made again): the store's count 5 comes to it
+    assert run.ctx.pacing.enter(POOL, "APNS", [(item.device_id, IDENT, "notes", 9)], 60.0, now=run.clock()) == [0.0]
+    rec = metrics.Recorder()
+    result = delivery.deliver(run.ctx, apns, rec)
+    run.ctx.flush_metrics(rec)
+    assert (result.sent, result.stale, result.paced, result.covered) == (0, 1, 0, {item.key: 9})
+    assert not result.as_dict().get("covered")
+    devices = [d for e in read(run.ctx.redis, POOL, IDENT)["events"] for d in e["devices"] if d["outcome"] != "sent"]
+    assert [(d["outcome"], d["detail"]) for d in devices] == [("stale", "9")]
+    assert "count 9" in devices[0]["text"]
