@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import baselines, budget, fairness, scenarios
+from bench import baselines, budget, fairness, quota, scenarios
 from bench.sink import Sink
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,10 +27,10 @@ def _sizes(quick: bool) -> dict:
     if quick:
         return {"events": 2000, "workers": (1, 2), "latency_s": 5, "store": (1000, 10_000), "memory_s": 30,
                 "memory_rate": 200, "queued": 20_000, "naive": 300, "budget": 2000,
-                "fairness": (20_000, 10)}
+                "fairness": (20_000, 10), "quota": 20_000}
     return {"events": 20_000, "workers": (1, 2, 4), "latency_s": 10, "store": (1000, 100_000, 1_000_000),
             "memory_s": 300, "memory_rate": 500, "queued": 1_000_000, "naive": 2000, "budget": 10_000,
-            "fairness": (200_000, 30)}
+            "fairness": (200_000, 30), "quota": 1_000_000}
 
 
 def run(only: set[str] | None, quick: bool, db: str) -> dict:
@@ -67,6 +67,8 @@ def run(only: set[str] | None, quick: bool, db: str) -> dict:
                 flood, seconds = size["fairness"]
                 res["fairness"] = _show("fairness", fairness.fairness(sink, tmp / "fairness", flood=flood,
                                                                       seconds=seconds, db=db))
+            if want("quota"):  # the Python emulator with a quota, not the sink
+                res["quota"] = _show("quota", quota.quota(tmp / "quota", pushes=size["quota"], db=db))
             if want("naive"):
                 res["naive"] = _show("naive", baselines.naive(sink, tmp / "naive", pushes=size["naive"]))
             if want("store"):
@@ -146,6 +148,11 @@ def markdown(res: dict) -> str:
         co = res["coalescing"]
         rows.append(f"| coalescing: one dataset changed {co['changes']:,} times in {co['seconds']} s | "
                     f"{co['pushes_per_device']} pushes per device |")
+    if "quota" in res:
+        q = res["quota"]
+        rows.append(f"| FCM budget: {q['pushes']:,} pushes, budget and emulator quota {q['quota_per_minute']:,}/min | "
+                    f"{q['pushes_per_minute']:,} pushes/min, {q['refused_429']:,} refused ({q['refused_pct']} %), "
+                    f"{q['dead_letters']} dead letters, most in any 60 s {q['most_accepted_in_60s']:,} |")
     if "naive" in res:
         rows.append(f"| baseline: one Celery task per push, fresh client | {res['naive']['pushes_per_s']:,} pushes/s |")
     if "ceiling" in res:
@@ -161,7 +168,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a check that it all runs")
     ap.add_argument("--only", nargs="*",
-                    help="scenarios: ceiling single batched latency budget coalescing naive store memory")
+                    help="scenarios: ceiling single batched latency budget coalescing fairness quota naive store "
+                         "memory")
     ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     args = ap.parse_args()
     res = run(set(args.only) if args.only else None, args.quick, args.db)

@@ -152,6 +152,11 @@ class FCMEmulator:
             assert isinstance(response.body, bytes)  # a json_response's (fcm_error): the raw answer returned above
             err = json.loads(response.body)["error"]
             reason = err["details"][0]["errorCode"] if err["details"] else err["status"]
+        if response.status == 200 and isinstance(token, str):
+            android = message.get("android") if isinstance(message, dict) else None
+            collapse = android.get("collapse_key") if isinstance(android, dict) else None
+            if self.state.keep_offline(token, collapse, {"collapse_key": collapse, "data": entry["data"]}):
+                entry["kept_offline"] = True
         self.state.record({**entry, "status": response.status, "reason": reason})
         return response
 

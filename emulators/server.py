@@ -97,6 +97,24 @@ def control_app(state: State) -> web.Application:
         state.dead_tokens.add((await r.json())["token"])
         return web.json_response({"dead_tokens": len(state.dead_tokens)})
 
+    async def offline(r):
+        """An Android device goes offline ({"token": T}): FCM keeps its messages (State.keep_offline)."""
+        body = await r.json()
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            return web.json_response({"error": "token: a non-empty string"}, status=400)
+        state.offline.setdefault(token, {})
+        return web.json_response({"offline": token})
+
+    async def online(r):
+        """The device is back ({"token": T}): the messages FCM kept for it, as the device gets them."""
+        body = await r.json()
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or token not in state.offline:
+            return web.json_response({"error": "token: a device marked offline"}, status=400)
+        kept = state.offline.pop(token)
+        return web.json_response({"delivered": [*kept.get("plain", {}).values(), *kept.get("keyed", {}).values()]})
+
     async def reset(_r):
         state.reset()
         return web.json_response({"reset": True})
@@ -109,6 +127,8 @@ def control_app(state: State) -> web.Application:
     app.router.add_post("/fcm/quota", _fcm_quota(state))
     app.router.add_delete("/faults", clear_faults)
     app.router.add_post("/tokens/dead", dead)
+    app.router.add_post("/fcm/offline", offline)
+    app.router.add_post("/fcm/online", online)
     app.router.add_post("/reset", reset)
     return app
 

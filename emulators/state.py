@@ -44,6 +44,12 @@ class Fault:
         return self.token is None or self.token == token
 
 
+# What FCM keeps for an offline device ("Non-collapsible and collapsible messages" in Firebase's
+# documentation): the newest message of at most four collapse keys, and up to 100 without one
+OFFLINE_KEYS = 4
+OFFLINE_PLAIN = 100
+
+
 @dataclass
 class State:
     log_file: Any = None
@@ -66,6 +72,28 @@ class State:
     fcm_quota_window: float = 60.0
     quota_used: dict[str, list] = field(default_factory=dict)  # project -> [window start, requests]
     quota_refused: Counter = field(default_factory=Counter)
+    # Android devices that are offline: token -> the messages FCM keeps for it ("keyed": by
+    # collapse key, the most recently sent last; "plain": those without one), ``keep_offline``
+    offline: dict[str, dict[str, dict]] = field(default_factory=dict)
+
+    def keep_offline(self, token: str, collapse_key: str | None, entry: dict) -> bool:
+        """An accepted message for an offline device: kept to be delivered when it is back, as FCM
+        keeps them: a newer message replaces an older one of the same collapse key, and at most
+        OFFLINE_KEYS collapse keys are kept per device (FCM promises none in particular; this
+        keeps the most recent ones); messages without one are kept each, up to OFFLINE_PLAIN.
+        False when the device is online (delivered at once)."""
+        kept = self.offline.get(token)
+        if kept is None:
+            return False
+        if isinstance(collapse_key, str):
+            keyed = kept.setdefault("keyed", {})
+            keyed.pop(collapse_key, None)
+            keyed[collapse_key] = entry
+            while len(keyed) > OFFLINE_KEYS:
+                del keyed[next(iter(keyed))]
+        elif len(kept.setdefault("plain", {})) < OFFLINE_PLAIN:
+            kept["plain"][len(kept["plain"])] = entry
+        return True
 
     def over_quota(self, project: str, now: float | None = None) -> float | None:
         """Count one request of ``project``; the seconds until its window ends when it is past the
@@ -140,3 +168,4 @@ class State:
         self.apns_refused.clear()
         self.quota_used.clear()
         self.quota_refused.clear()
+        self.offline.clear()
