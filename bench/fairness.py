@@ -63,8 +63,9 @@ def _devices(env: Env, flood_identities: int) -> None:
     env.run("device", "import", "-", stdin="\n".join(lines))
 
 
-def _latencies(sink: Sink, sent: list[float]) -> list[float]:
-    """Per event of B, the time until the later of its two APNs pushes was accepted (ms)."""
+def _latencies(sink: Sink, sent: list[float]) -> list[tuple[float, float]]:
+    """Per event of B, when it was published and the time until the later of its two APNs pushes
+    was accepted (ms)."""
     mine = {apns_token(0, k) for k in (0, 1)}
     accepted = sorted(t for t, status, uri in sink.pushes()
                       if status == 200 and uri.startswith("/3/device/") and uri.rsplit("/", 1)[1] in mine)
@@ -72,7 +73,7 @@ def _latencies(sink: Sink, sent: list[float]) -> list[float]:
     for published in sent:
         after = [t for t in accepted if t >= published][:2]
         if len(after) == 2:
-            out.append((after[1] - published) * 1000)
+            out.append((published, (after[1] - published) * 1000))
     return out
 
 
@@ -113,8 +114,11 @@ def fairness(sink: Sink, tmp: Path, *, flood: int, seconds: int, db: str) -> dic
         sink.wait_for(flood + 5 * seconds, timeout=600, quiet_for=1.0)
         with_a = _latencies(sink, with_sent)
         a_pushes = sorted(t for t, status, uri in sink.pushes() if status == 200 and uri.startswith("/v1/"))
-        out = {"flood_events": flood, "b_seconds": seconds, "alone": _figures(alone, len(alone_sent)),
-               "with_flood": _figures(with_a, len(with_sent)),
+        start = flooded.get("start", 0)
+        out = {"flood_events": flood, "b_seconds": seconds, "alone": _figures([ms for _, ms in alone], len(alone_sent)),
+               "with_flood": _figures([ms for _, ms in with_a], len(with_sent)),
+               # B's events during the flood: seconds from the flood's start, latency (ms)
+               "with_flood_samples": [[round(t - start, 2), round(ms, 1)] for t, ms in with_a],
                "flood_published_s": round(flooded.get("published", 0) - flooded.get("start", 0), 1),
                "flood_drained_s": round(a_pushes[-1] - flooded["start"], 1) if a_pushes and flooded else None}
         if "p99_ms" in out["alone"] and "p99_ms" in out["with_flood"]:

@@ -82,7 +82,7 @@ def run(only: set[str] | None, quick: bool, db: str) -> dict:
 
 
 def _show(name: str, figures: dict) -> dict:
-    brief = {k: v for k, v in figures.items() if k not in ("cdf_ms", "samples")}
+    brief = {k: v for k, v in figures.items() if k not in ("cdf_ms", "samples", "with_flood_samples")}
     print(f"[{name}] {json.dumps(brief)}", flush=True)
     return figures
 
@@ -148,6 +148,11 @@ def markdown(res: dict) -> str:
         co = res["coalescing"]
         rows.append(f"| coalescing: one dataset changed {co['changes']:,} times in {co['seconds']} s | "
                     f"{co['pushes_per_device']} pushes per device |")
+    if "fairness" in res:
+        f = res["fairness"]
+        rows.append(f"| fairness: pool B's event a second, alone and while pool A publishes {f['flood_events']:,} "
+                    f"events | p99 {f['alone']['p99_ms']} ms alone, {f['with_flood']['p99_ms']} ms during the flood "
+                    f"({f['p99_ratio']}x); p50 {f['alone']['p50_ms']} / {f['with_flood']['p50_ms']} ms |")
     if "quota" in res:
         q = res["quota"]
         rows.append(f"| FCM budget: {q['pushes']:,} pushes, budget and emulator quota {q['quota_per_minute']:,}/min | "

@@ -11,6 +11,7 @@ import bz2
 import json
 import lzma
 import math
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -108,6 +109,29 @@ def read(taken: InFlight, now: float | None = None) -> Message | Unreadable:
         return m
     except Exception as exc:  # untrusted bytes: every way of failing ends here, by design
         return Unreadable(taken.id, taken.raw, "unreadable message", f"{type(exc).__name__}: {str(exc)[:150]}")
+
+
+# the first event's pool, as a plain JSON string (an escaped one is left to ``read``)
+_FIRST_POOL = re.compile(rb'"identityPoolId"\s*:\s*"([^"\\]{1,100})"')
+PEEK_CHARS = 4096  # of a base64 body: its first 3,072 bytes, where a producer's first event is
+
+
+def first_pool(raw: bytes) -> str | None:
+    """The pool named first in a plain message (kombu's JSON envelope, a base64 JSON body, not
+    compressed), from the start of its body alone: what ``worker.lanes`` needs to know of a
+    message it files, at a fifth of the cost of ``read`` for one of 100 events. None for any
+    other message (it is read whole). Only where a message waits depends on it: the run that
+    works on the message reads it whole and checks every event's pool."""
+    try:
+        envelope = json.loads(raw)
+        if (envelope.get("content-type", "application/json") != "application/json"
+                or (envelope.get("properties") or {}).get("body_encoding") != "base64"
+                or (envelope.get("headers") or {}).get("compression")):
+            return None
+        found = _FIRST_POOL.search(base64.b64decode(envelope["body"][:PEEK_CHARS]))
+        return found.group(1).decode() if found else None
+    except Exception:  # untrusted bytes: anything odd is read whole, which is total
+        return None
 
 
 def _unpack(body, kind) -> bytes:

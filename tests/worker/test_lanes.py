@@ -180,3 +180,31 @@ def test_redis_refusing_the_lanes_take_leaves_what_was_filed_for_the_next_runs(r
     run.runs()
     assert (_accepted(engine, POOL), _accepted(engine, POOL2)) == (30, 1) and _nothing_left(run)
 
+
+
+def test_a_plain_messages_pool_is_read_from_the_start_of_its_body_and_any_other_is_read_whole(run):
+    import base64
+    import json
+
+    from pushsync.queues import producer_app
+    from worker import envelope
+    from worker.intake import InFlight
+
+    ev = {"identityPoolId": POOL2, "identityId": _ident(1), "datasetName": "notes", "syncCount": 1}
+    run.publish(ev)  # one event, as publish sends it
+    run.publish([dict(ev, identityId=_ident(k)) for k in range(100)])  # 100, as publish_many does
+    producer_app().send_task("pushsync.ingest", args=[[ev]], queue="events", compression="zlib")
+    plain, many, packed = reversed(run.ctx.redis.lrange("events", 0, -1))
+    for raw in (plain, many):
+        assert envelope.first_pool(raw) == POOL2
+    assert envelope.first_pool(packed) is None  # compressed: read whole
+    body = json.dumps([[[ev]], {}, {}]).replace("eu-west", "eu\\u002dwest", 1)  # "-" escaped: the same JSON
+    escaped = json.dumps({"body": base64.b64encode(body.encode()).decode(), "content-type": "application/json",
+                          "headers": {"task": "pushsync.ingest"}, "properties": {"body_encoding": "base64"}}).encode()
+    for raw in (escaped, b"\xff not json", b"[1, 2]", json.dumps({"body": "x", "content-type": "application/x-python"
+                                                                          "-serialize"}).encode()):
+        assert envelope.first_pool(raw) is None
+    # whatever the peek leaves, the whole read finds: the escaped pool is the same pool
+    for raw in (plain, many, packed, escaped):
+        assert lanes.pool_of(InFlight("m", raw, 0, 0, len(raw)), now=1e9) == POOL2
+    assert lanes.pool_of(InFlight("m", b"[1, 2]", 0, 0, 6), now=1e9) == ""
