@@ -116,6 +116,21 @@ def write(res: dict) -> None:
         plot(res, RESULTS)
 
 
+def _budget_rows(res: dict) -> list[str]:
+    rows = []
+    if "fairness" in res:
+        f = res["fairness"]
+        rows.append(f"| fairness: pool B's event a second, alone and while pool A publishes {f['flood_events']:,} "
+                    f"events | p99 {f['alone']['p99_ms']} ms alone, {f['with_flood']['p99_ms']} ms during the flood "
+                    f"({f['p99_ratio']}x); p50 {f['alone']['p50_ms']} / {f['with_flood']['p50_ms']} ms |")
+    if "quota" in res:
+        q = res["quota"]
+        rows.append(f"| FCM budget: {q['pushes']:,} pushes, budget and emulator quota {q['quota_per_minute']:,}/min | "
+                    f"{q['pushes_per_minute']:,} pushes/min, {q['refused_429']:,} refused ({q['refused_pct']} %), "
+                    f"{q['dead_letters']} dead letters, most in any 60 s {q['most_accepted_in_60s']:,} |")
+    return rows
+
+
 def markdown(res: dict) -> str:
     rows = ["| scenario | figure |", "|---|---|"]
     for c, w in res.get("workers", {}).items():
@@ -148,16 +163,7 @@ def markdown(res: dict) -> str:
         co = res["coalescing"]
         rows.append(f"| coalescing: one dataset changed {co['changes']:,} times in {co['seconds']} s | "
                     f"{co['pushes_per_device']} pushes per device |")
-    if "fairness" in res:
-        f = res["fairness"]
-        rows.append(f"| fairness: pool B's event a second, alone and while pool A publishes {f['flood_events']:,} "
-                    f"events | p99 {f['alone']['p99_ms']} ms alone, {f['with_flood']['p99_ms']} ms during the flood "
-                    f"({f['p99_ratio']}x); p50 {f['alone']['p50_ms']} / {f['with_flood']['p50_ms']} ms |")
-    if "quota" in res:
-        q = res["quota"]
-        rows.append(f"| FCM budget: {q['pushes']:,} pushes, budget and emulator quota {q['quota_per_minute']:,}/min | "
-                    f"{q['pushes_per_minute']:,} pushes/min, {q['refused_429']:,} refused ({q['refused_pct']} %), "
-                    f"{q['dead_letters']} dead letters, most in any 60 s {q['most_accepted_in_60s']:,} |")
+    rows += _budget_rows(res)
     if "naive" in res:
         rows.append(f"| baseline: one Celery task per push, fresh client | {res['naive']['pushes_per_s']:,} pushes/s |")
     if "ceiling" in res:

@@ -64,6 +64,29 @@ def _fcm_quota(state: State):
     return fcm_quota
 
 
+def _fcm_offline(state: State):
+    """The control API's offline Android devices: POST /fcm/offline and /fcm/online."""
+    async def offline(r):
+        """An Android device goes offline ({"token": T}): FCM keeps its messages (State.keep_offline)."""
+        body = await r.json()
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            return web.json_response({"error": "token: a non-empty string"}, status=400)
+        state.offline.setdefault(token, {})
+        return web.json_response({"offline": token})
+
+    async def online(r):
+        """The device is back ({"token": T}): the messages FCM kept for it, as the device gets them."""
+        body = await r.json()
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or token not in state.offline:
+            return web.json_response({"error": "token: a device marked offline"}, status=400)
+        kept = state.offline.pop(token)
+        return web.json_response({"delivered": [*kept.get("plain", {}).values(), *kept.get("keyed", {}).values()]})
+
+    return offline, online
+
+
 def control_app(state: State) -> web.Application:
     async def requests(_r):
         return web.json_response(state.requests)
@@ -97,24 +120,6 @@ def control_app(state: State) -> web.Application:
         state.dead_tokens.add((await r.json())["token"])
         return web.json_response({"dead_tokens": len(state.dead_tokens)})
 
-    async def offline(r):
-        """An Android device goes offline ({"token": T}): FCM keeps its messages (State.keep_offline)."""
-        body = await r.json()
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            return web.json_response({"error": "token: a non-empty string"}, status=400)
-        state.offline.setdefault(token, {})
-        return web.json_response({"offline": token})
-
-    async def online(r):
-        """The device is back ({"token": T}): the messages FCM kept for it, as the device gets them."""
-        body = await r.json()
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or token not in state.offline:
-            return web.json_response({"error": "token: a device marked offline"}, status=400)
-        kept = state.offline.pop(token)
-        return web.json_response({"delivered": [*kept.get("plain", {}).values(), *kept.get("keyed", {}).values()]})
-
     async def reset(_r):
         state.reset()
         return web.json_response({"reset": True})
@@ -127,6 +132,7 @@ def control_app(state: State) -> web.Application:
     app.router.add_post("/fcm/quota", _fcm_quota(state))
     app.router.add_delete("/faults", clear_faults)
     app.router.add_post("/tokens/dead", dead)
+    offline, online = _fcm_offline(state)
     app.router.add_post("/fcm/offline", offline)
     app.router.add_post("/fcm/online", online)
     app.router.add_post("/reset", reset)

@@ -79,3 +79,15 @@ def test_past_four_changed_datasets_it_gets_four_each_the_newest_of_its_dataset(
     datasets = [m["data"]["datasetName"] for m in delivered]
     assert len(datasets) == OFFLINE_KEYS and len(set(datasets)) == OFFLINE_KEYS  # four datasets, none twice
     assert all(m["collapse_key"] == m["data"]["datasetName"] and m["data"]["syncCount"] == "2" for m in delivered)
+
+
+def test_the_control_api_refuses_a_device_it_cannot_take_offline_or_bring_back(emulator):
+    import urllib.error
+
+    import pytest
+
+    for path, body in (("/fcm/offline", {}), ("/fcm/offline", {"token": ""}), ("/fcm/offline", ["t"]),
+                       ("/fcm/online", {"token": "never-offline"})):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            emulator._call("POST", path, body)
+        assert err.value.code == 400 and b"token" in err.value.read()
