@@ -11,7 +11,7 @@ pushes that wait for their slot back to the queues), PostgreSQL, every other set
 The figures come from the emulator's own log (``pushes.jsonl``): requests accepted and refused,
 distinct devices reached, the most accepted in any 60 s, and the dead letters from the store.
 
-    python -m bench.run --only quota            # 1,000,000 pushes at 120,000 a minute (~9 min)
+    python -m bench.run --only quota            # 1,000,000 pushes at 120,000 a minute (~12 min)
     python -m bench.quota --pushes 20000        # any size, alone
 """
 

@@ -66,23 +66,31 @@ def _fcm_quota(state: State):
 
 def _fcm_offline(state: State):
     """The control API's offline Android devices: POST /fcm/offline and /fcm/online."""
+    async def token_of(r) -> str | None:
+        try:
+            body = await r.json()
+        except ValueError:
+            return None
+        token = body.get("token") if isinstance(body, dict) else None
+        return token if isinstance(token, str) and token else None
+
     async def offline(r):
         """An Android device goes offline ({"token": T}): FCM keeps its messages (State.keep_offline)."""
-        body = await r.json()
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
+        token = await token_of(r)
+        if token is None:
             return web.json_response({"error": "token: a non-empty string"}, status=400)
         state.offline.setdefault(token, {})
         return web.json_response({"offline": token})
 
     async def online(r):
-        """The device is back ({"token": T}): the messages FCM kept for it, as the device gets them."""
-        body = await r.json()
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or token not in state.offline:
+        """The device is back ({"token": T}): the messages FCM kept for it, as the device gets them, and
+        whether FCM discarded them all (more than OFFLINE_PLAIN without a collapse key)."""
+        token = await token_of(r)
+        if token is None or token not in state.offline:
             return web.json_response({"error": "token: a device marked offline"}, status=400)
         kept = state.offline.pop(token)
-        return web.json_response({"delivered": [*kept.get("plain", {}).values(), *kept.get("keyed", {}).values()]})
+        return web.json_response({"delivered": [*kept.get("plain", {}).values(), *kept.get("keyed", {}).values()],
+                                  "deleted_messages": bool(kept.get("deleted"))})
 
     return offline, online
 

@@ -74,13 +74,14 @@ class State:
     quota_refused: Counter = field(default_factory=Counter)
     # Android devices that are offline: token -> the messages FCM keeps for it ("keyed": by
     # collapse key, the most recently sent last; "plain": those without one), ``keep_offline``
-    offline: dict[str, dict[str, dict]] = field(default_factory=dict)
+    offline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def keep_offline(self, token: str, collapse_key: str | None, entry: dict) -> bool:
         """An accepted message for an offline device: kept to be delivered when it is back, as FCM
         keeps them: a newer message replaces an older one of the same collapse key, and at most
         OFFLINE_KEYS collapse keys are kept per device (FCM promises none in particular; this
-        keeps the most recent ones); messages without one are kept each, up to OFFLINE_PLAIN.
+        keeps the most recent ones); messages without one are kept each, and past OFFLINE_PLAIN of
+        them FCM discards everything it kept for the device (the app hears onDeletedMessages).
         False when the device is online (delivered at once)."""
         kept = self.offline.get(token)
         if kept is None:
@@ -91,8 +92,12 @@ class State:
             keyed[collapse_key] = entry
             while len(keyed) > OFFLINE_KEYS:
                 del keyed[next(iter(keyed))]
-        elif len(kept.setdefault("plain", {})) < OFFLINE_PLAIN:
-            kept["plain"][len(kept["plain"])] = entry
+        else:
+            plain = kept.setdefault("plain", {})
+            plain[len(plain)] = entry
+            if len(plain) > OFFLINE_PLAIN:  # FCM discards every stored message (onDeletedMessages)
+                kept.clear()
+                kept["deleted"] = True
         return True
 
     def over_quota(self, project: str, now: float | None = None) -> float | None:

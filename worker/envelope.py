@@ -111,26 +111,34 @@ def read(taken: InFlight, now: float | None = None) -> Message | Unreadable:
         return Unreadable(taken.id, taken.raw, "unreadable message", f"{type(exc).__name__}: {str(exc)[:150]}")
 
 
-# the first event's pool, as a plain JSON string (an escaped one is left to ``read``)
-_FIRST_POOL = re.compile(rb'"identityPoolId"\s*:\s*"([^"\\]{1,100})"')
+# The first event's pool where a producer of this project puts it: the first key of the first
+# event of a Celery protocol 2 body ([[event, ...]] or [[[event, ...]]]), as a plain JSON string of
+# the characters a pool id has. Anchored, so that a pool id anywhere else in the body is not taken
+# for it; anything else is no answer (None).
+_FIRST_POOL = re.compile(rb'\[\s*\[\s*(?:\[\s*)?\{\s*"identityPoolId"\s*:\s*"([\w:-]{1,100})"\s*[,}]')
 PEEK_CHARS = 4096  # of a base64 body: its first 3,072 bytes, where a producer's first event is
+PEEK_UNPACKED = 4096  # of a compressed body, the most unpacked to find it
 
 
 def first_pool(raw: bytes) -> str | None:
-    """The pool named first in a plain message (kombu's JSON envelope, a base64 JSON body, not
-    compressed), from the start of its body alone: what ``worker.lanes`` needs to know of a
-    message it files, at a fifth of the cost of ``read`` for one of 100 events. None for any
-    other message (it is read whole). Only where a message waits depends on it: the run that
-    works on the message reads it whole and checks every event's pool."""
+    """The pool of a message's first event as a producer of this project writes it (kombu's JSON
+    envelope, a base64 JSON body, maybe compressed), from the start of its body alone: what
+    ``worker.lanes`` needs to know of a message it files, at a fifth of the cost of ``read`` for
+    one of 100 events and a bounded cost for any message. None for any other message. Only
+    where a message waits depends on it: the run that works on the message reads it whole and
+    checks every event's pool."""
     try:
         envelope = json.loads(raw)
         if (envelope.get("content-type", "application/json") != "application/json"
-                or (envelope.get("properties") or {}).get("body_encoding") != "base64"
-                or (envelope.get("headers") or {}).get("compression")):
+                or (envelope.get("properties") or {}).get("body_encoding") != "base64"):
             return None
-        found = _FIRST_POOL.search(base64.b64decode(envelope["body"][:PEEK_CHARS]))
+        head = base64.b64decode(envelope["body"][:PEEK_CHARS])
+        packed = (envelope.get("headers") or {}).get("compression")
+        if packed:
+            head = _UNPACK[packed]().decompress(head, PEEK_UNPACKED)
+        found = _FIRST_POOL.match(head.lstrip())
         return found.group(1).decode() if found else None
-    except Exception:  # untrusted bytes: anything odd is read whole, which is total
+    except Exception:  # untrusted bytes (an unknown compression too): no answer
         return None
 
 
@@ -201,7 +209,7 @@ def _one(batch: Batch, t: InFlight, max_events: int, now: float) -> None:
         batch.letters.append(DeadLetter.message(t.raw, "unreadable message", f"{t.size} bytes; the largest "
                                                 f"message a worker reads is {MAX_MESSAGE_BYTES}"))
         return
-    m = batch.taken.parsed.get(t.id) or read(t, now)
+    m = read(t, now)
     if isinstance(m, Unreadable):
         if m.task in OLD_TASKS:
             batch.skipped += 1

@@ -233,7 +233,6 @@ class Taken:
     more: bool = False  # work was left behind: another run should start
     alone: bool = False  # a message whose run died, taken alone: nothing else may join it
     lanes: list[str] = field(default_factory=list)  # pools with a backlog in a lane (worker.lanes)
-    parsed: dict = field(default_factory=dict)  # id -> the message as worker.lanes read it already
 
 
 def _ms(seconds: float) -> int:

@@ -57,8 +57,8 @@ from worker.intake import (
 log = logging.getLogger("pushsync.tasks")
 
 # How far a run looks ahead for light messages: up to LOOKAHEAD runs' worth of new events, at
-# most LOOKAHEAD_EVENTS events (about LOOKAHEAD_EVENTS x 230 bytes: 11 MB a take) and at most
-# LOOKAHEAD_MESSAGES runs' worth of messages. Each message's pool is read from the start of its
+# most LOOKAHEAD_EVENTS events (by their size: about 11 MB, plus envelopes and a last message) and
+# at most LOOKAHEAD_MESSAGES runs' worth of messages. Each message's pool is read from the start of its
 # body (envelope.first_pool: about 25 µs for a message of 100 events), so a burst of large
 # messages is filed in a few runs, not dozens: a light pool's event published behind 1,000
 # messages of 100 events is worked on by the third run, not the 25th.
@@ -150,22 +150,16 @@ def weight(t: InFlight) -> int:
     return max(1, (min(t.size, MAX_MESSAGE_BYTES) - ENVELOPE_BYTES) // EVENT_BYTES)
 
 
-def pool_of(t: InFlight, now: float | None = None, parsed: dict | None = None) -> str:
-    """The pool of a message's first event, or "" for one that names none (it is read in turn and
-    dead-lettered by its run). A plain message's is read from the start of its body
-    (``envelope.first_pool``); any other is read whole, and what was read is kept in ``parsed``
-    (id -> it) for the run."""
+def pool_of(t: InFlight) -> str:
+    """The pool of a message's first event (``envelope.first_pool``), or "" for a message whose
+    pool cannot be read from the start of its body: one that names none, one that is not from a
+    producer of this project. Those share the lane "" and are read whole, and dead-lettered if
+    need be, by the run that works on them: the look-ahead never reads a message whole, so its
+    cost per message is bounded whatever the message holds."""
     if t.oversize:
         return ""
-    pool = envelope.first_pool(t.raw)
-    if pool is None:
-        m = envelope.read(t, now)
-        if parsed is not None:
-            parsed[t.id] = m
-        first = m.events[0] if isinstance(m, envelope.Message) and m.events else None
-        pool = first.get("identityPoolId") if isinstance(first, dict) else None
     try:  # a pool id that cannot be one (its event is dead-lettered) makes no lane of its own
-        return contract.pool_id(pool)
+        return contract.pool_id(envelope.first_pool(t.raw))
     except ValidationError:
         return ""
 
@@ -226,7 +220,7 @@ def choose(lanes: Lanes, taken: Taken, room: int, now: float | None = None) -> T
     if fresh:
         groups: dict[str, list[InFlight]] = {}
         for t in fresh:
-            groups.setdefault(pool_of(t, now, taken.parsed), []).append(t)
+            groups.setdefault(pool_of(t), []).append(t)
         filed = {t.id: pool for pool in groups.keys() & laned for t in groups.pop(pool)}
         used = sum(weight(t) for t in keep)
         while groups:
@@ -241,8 +235,6 @@ def choose(lanes: Lanes, taken: Taken, room: int, now: float | None = None) -> T
                 if not groups[pool]:
                     del groups[pool]
         lanes.file(filed, taken.lease)
-        for mid in filed:  # read again when a run takes it from its lane: not kept here meanwhile
-            taken.parsed.pop(mid, None)
     if taken.alone or not laned:
         return replace(taken, messages=keep)
     used = sum(weight(t) for t in keep)

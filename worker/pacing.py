@@ -57,7 +57,7 @@ for i, key in ipairs(KEYS) do
   local sep = string.find(raw, ':', 1, true)
   local ends = sep and tonumber(string.sub(raw, 1, sep - 1))
   local sent = sep and string.sub(raw, sep + 1)
-  if sent and not (sent == '0' or string.match(sent, '^[1-9]%d*$')) then sent = nil end
+  if sent and not (sent == '0' or (#sent <= 19 and string.match(sent, '^[1-9]%d*$'))) then sent = nil end
   -- bytes that are not ours, or a window longer than its width (the width was lowered): a new window
   if ends and sent and ends > now and ends <= now + width then
     if older(count, sent) then out[i + 1] = '-' .. sent else out[i + 1] = ends end
@@ -96,8 +96,10 @@ class Pacing:
         keys = [f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}" for device, identity, dataset, _ in pushes]
         at, *out = self._enter(keys=keys, args=[at, int(width * 1000), KEEP_MS, *(str(n) for *_, n in pushes)])
         at = int(at)
-        return [Covered(int(v[1:])) if isinstance(v, bytes) and v.startswith(b"-") else
-                0.0 if int(v) == 0 else max(0.001, (int(v) - at) / 1000) for v in out]
+        # a drop's count comes as text (bytes, or str from a client that decodes replies)
+        texts = [v.decode() if isinstance(v, bytes) else v for v in out]
+        return [Covered(int(v[1:])) if isinstance(v, str) and v.startswith("-") else
+                0.0 if int(v) == 0 else max(0.001, (int(v) - at) / 1000) for v in texts]
 
 
 def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import uuid
 
-from emulators.state import OFFLINE_KEYS, State
+from emulators.state import OFFLINE_KEYS, OFFLINE_PLAIN, State
 
 from ..conftest import POOL
 from .harness import Pipeline, new_identity, wait_for
@@ -30,6 +30,11 @@ def test_the_emulator_keeps_the_newest_message_of_at_most_four_collapse_keys():
     keyed = state.offline["t"]["keyed"]
     assert list(keyed) == ["a", "c", "d", "e"] and keyed["a"] == {"n": 3}  # "b" went: five keys, four kept
     assert list(state.offline["t"]["plain"].values()) == [{"n": 7}, {"n": 8}]  # not collapsible: each kept
+    for n in range(OFFLINE_PLAIN - 2):  # past 100 not collapsible, FCM discards all it kept
+        state.keep_offline("t", None, {"n": n})
+    assert len(state.offline["t"]["plain"]) == OFFLINE_PLAIN
+    state.keep_offline("t", None, {"n": 101})
+    assert state.offline["t"] == {"deleted": True}
 
 
 PUBLISH = ("import json, sys\nfrom pushsync.client import publish\n"
@@ -83,6 +88,7 @@ def test_past_four_changed_datasets_it_gets_four_each_the_newest_of_its_dataset(
 
 def test_the_control_api_refuses_a_device_it_cannot_take_offline_or_bring_back(emulator):
     import urllib.error
+    import urllib.request
 
     import pytest
 
@@ -91,3 +97,7 @@ def test_the_control_api_refuses_a_device_it_cannot_take_offline_or_bring_back(e
         with pytest.raises(urllib.error.HTTPError) as err:
             emulator._call("POST", path, body)
         assert err.value.code == 400 and b"token" in err.value.read()
+    request = urllib.request.Request(emulator.info["control_url"] + "/fcm/offline", data=b"{not json", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=10)
+    assert err.value.code == 400

@@ -182,8 +182,16 @@ def test_redis_refusing_the_lanes_take_leaves_what_was_filed_for_the_next_runs(r
 
 
 
-def test_a_plain_messages_pool_is_read_from_the_start_of_its_body_and_any_other_is_read_whole(run):
+def _envelope(body: str, **headers) -> bytes:
     import base64
+    import json
+
+    return json.dumps({"body": base64.b64encode(body.encode()).decode(), "content-type": "application/json",
+                       "headers": {"task": "pushsync.ingest", **headers},
+                       "properties": {"body_encoding": "base64"}}).encode()
+
+
+def test_the_look_ahead_reads_a_messages_pool_from_the_start_of_its_body_and_never_reads_it_whole(run):
     import json
 
     from pushsync.queues import producer_app
@@ -191,20 +199,47 @@ def test_a_plain_messages_pool_is_read_from_the_start_of_its_body_and_any_other_
     from worker.intake import InFlight
 
     ev = {"identityPoolId": POOL2, "identityId": _ident(1), "datasetName": "notes", "syncCount": 1}
-    run.publish(ev)  # one event, as publish sends it
+    run.publish(ev)  # one event, as a Celery client sends it
     run.publish([dict(ev, identityId=_ident(k)) for k in range(100)])  # 100, as publish_many does
-    producer_app().send_task("pushsync.ingest", args=[[ev]], queue="events", compression="zlib")
-    plain, many, packed = reversed(run.ctx.redis.lrange("events", 0, -1))
-    for raw in (plain, many):
+    for kind in ("zlib", "bzip2", "lzma"):
+        producer_app().send_task("pushsync.ingest", args=[[ev]], queue="events", compression=kind)
+    plain, many, gzip, bz2, lzma = reversed(run.ctx.redis.lrange("events", 0, -1))
+    for raw in (plain, many, gzip, bz2, lzma):  # compressed: the first 4 KB unpacked
         assert envelope.first_pool(raw) == POOL2
-    assert envelope.first_pool(packed) is None  # compressed: read whole
-    body = json.dumps([[[ev]], {}, {}]).replace("eu-west", "eu\\u002dwest", 1)  # "-" escaped: the same JSON
-    escaped = json.dumps({"body": base64.b64encode(body.encode()).decode(), "content-type": "application/json",
-                          "headers": {"task": "pushsync.ingest"}, "properties": {"body_encoding": "base64"}}).encode()
-    for raw in (escaped, b"\xff not json", b"[1, 2]", json.dumps({"body": "x", "content-type": "application/x-python"
-                                                                          "-serialize"}).encode()):
+    decoy = dict(ev, identityPoolId=POOL, identityId=_ident(2))
+    others = [
+        # the first pool escaped, a second event after it: not the second event's pool
+        json.dumps([[[ev, decoy]], {}, {}]).replace("eu-west", "eu\\u002dwest", 1),
+        # a pool id anywhere but the first key of the first event
+        json.dumps([[[{"identityId": _ident(1), "identityPoolId": POOL2}]], {}, {}]),
+        json.dumps([[[{"x": {"identityPoolId": POOL}}, ev]], {}, {}]),
+        json.dumps({"task": "pushsync.ingest", "args": [[ev]]}),  # protocol 1
+    ]
+    for body in others:
+        assert envelope.first_pool(_envelope(body)) is None, body
+    for raw in (b"\xff not json", b"[1, 2]", json.dumps({"body": "x", "content-type": "application/x-python-"
+                                                                                     "serialize"}).encode(),
+                _envelope(json.dumps([[[ev]], {}, {}]), compression="application/x-unknown")):
         assert envelope.first_pool(raw) is None
-    # whatever the peek leaves, the whole read finds: the escaped pool is the same pool
-    for raw in (plain, many, packed, escaped):
-        assert lanes.pool_of(InFlight("m", raw, 0, 0, len(raw)), now=1e9) == POOL2
-    assert lanes.pool_of(InFlight("m", b"[1, 2]", 0, 0, 6), now=1e9) == ""
+    # a run's look-ahead: the pool where it can be read, else the lane "" (read whole by the run
+    # that works on it), never a whole read here
+    assert [lanes.pool_of(InFlight("m", raw, 0, 0, len(raw))) for raw in (plain, many, gzip, bz2)] == [POOL2] * 4
+    assert [lanes.pool_of(InFlight("m", _envelope(b), 0, 0, 99)) for b in others] == [""] * len(others)
+
+
+def test_the_look_ahead_unpacks_a_few_kilobytes_of_a_compressed_message_whatever_it_unpacks_to():
+    import base64
+    import json
+    import zlib
+
+    from worker import envelope
+
+    ev = {"identityPoolId": POOL2, "identityId": _ident(1), "datasetName": "notes", "syncCount": 1}
+    body = json.dumps([[[ev] * 60_000], {}, {}]).encode()
+    assert len(body) > envelope.UNPACKED_MAX  # unpacked whole, it is past what a worker unpacks
+    raw = json.dumps({"body": base64.b64encode(zlib.compress(body, 9)).decode(), "content-type": "application/json",
+                      "headers": {"task": "pushsync.ingest", "compression": "application/x-gzip"},
+                      "properties": {"body_encoding": "base64"}}).encode()
+    whole = envelope.read(intake.InFlight("m", raw, 0, 0, len(raw)), now=1e9)
+    assert isinstance(whole, envelope.Unreadable) and "unpacks to more than" in whole.why
+    assert envelope.first_pool(raw) == POOL2  # its first kilobytes name the pool

@@ -17,7 +17,7 @@ from store.db import session_scope
 from worker import pacing, retry
 from worker.pacing import Covered, Pacing
 
-from ..conftest import IDENT, POOL
+from ..conftest import IDENT, POOL, RETRY_REDIS_URL
 from .conftest import FCM_ONLY, _ev
 
 APNS = {"key": "k", "key_id": "K", "team_id": "T", "topic": "app"}
@@ -50,6 +50,19 @@ def test_counts_near_two_to_the_63_are_compared_exactly(retry_redis):
     # as Lua numbers (doubles) these two are equal; as counts one is newer
     assert p.enter("p", "APNS", [("d", "i", "n", BIG), ("d", "i", "n", BIG - 2)], 10.0, now=1001.0) == [
         pytest.approx(9.0), Covered(BIG - 1)]
+
+
+def test_a_client_that_decodes_replies_reads_the_same_verdicts(retry_redis):
+    decoding = redis.Redis.from_url(RETRY_REDIS_URL, decode_responses=True)
+    p = Pacing(decoding)
+    assert p.enter("p", "APNS", [("d", "i", "n", 5)], 10.0, now=1000.0) == [0.0]
+    assert p.enter("p", "APNS", [("d", "i", "n", 6), ("d", "i", "n", 4)], 10.0, now=1001.0) == [
+        pytest.approx(9.0), Covered(5)]
+
+
+def test_a_stored_count_longer_than_any_count_is_not_a_window(retry_redis):
+    retry_redis.set(f"{pacing.PACE}p:APNS:d:i:n", b"1005000:" + b"9" * 26)  # not a count a producer can send
+    assert Pacing(retry_redis).enter("p", "APNS", [("d", "i", "n", 3)], 10.0, now=1000.0) == [0.0]
 
 
 @pytest.mark.parametrize("stored", [b"garbage", b"5000:", b"x:5", b":", b"1e300:5", b"1005000:07", "\u00e9".encode()])
