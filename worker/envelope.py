@@ -95,6 +95,8 @@ def read(taken: InFlight, now: float | None = None) -> Message | Unreadable:
             body = base64.b64decode(body, validate=True)
         if headers.get("compression"):
             body = _unpack(body, headers["compression"])
+            if len(body) > UNPACKED_MAX:
+                raise ValueError(f"the body unpacks to more than {UNPACKED_MAX} bytes")
         body = json.loads(body)
         if isinstance(body, dict):  # protocol 1: the task and its arguments in the body
             task, args, kwargs = body.get("task"), body.get("args", []), body.get("kwargs", {})
@@ -135,21 +137,19 @@ def first_pool(raw: bytes) -> str | None:
         head = base64.b64decode(envelope["body"][:PEEK_CHARS])
         packed = (envelope.get("headers") or {}).get("compression")
         if packed:
-            head = _UNPACK[packed]().decompress(head, PEEK_UNPACKED)
+            head = _unpack(head, packed, PEEK_UNPACKED)
         found = _FIRST_POOL.match(head.lstrip())
         return found.group(1).decode() if found else None
     except Exception:  # untrusted bytes (an unknown compression too): no answer
         return None
 
 
-def _unpack(body, kind) -> bytes:
+def _unpack(body, kind, most: int = UNPACKED_MAX) -> bytes:
+    """A compressed body unpacked, at most ``most`` bytes and one more (which says it holds more)."""
     unpacker = _UNPACK.get(kind)
     if unpacker is None:
         raise ValueError(f"compression {str(kind)[:40]!r} is not one this worker reads")
-    out = unpacker().decompress(body.encode() if isinstance(body, str) else body, UNPACKED_MAX + 1)
-    if len(out) > UNPACKED_MAX:
-        raise ValueError(f"the body unpacks to more than {UNPACKED_MAX} bytes")
-    return out
+    return unpacker().decompress(body.encode() if isinstance(body, str) else body, most + 1)
 
 
 def from_arguments(mid: str, args: object, kwargs: object, now: float) -> Message:

@@ -204,13 +204,13 @@ def share(ctx, taken: Taken, room: int) -> Taken:
     """This run's share (``choose``); Redis refusing on the way -> the run works on all it took
     (what is past twice its events ``read_batch`` puts back, untried)."""
     try:
-        return choose(ctx.lanes, taken, room, ctx.now())
+        return choose(ctx.lanes, taken, room)
     except redis.RedisError as exc:
         log.warning("could not file ingest messages in their pools' lanes (%s); this run takes them all", exc)
         return taken
 
 
-def choose(lanes: Lanes, taken: Taken, room: int, now: float | None = None) -> Taken:
+def choose(lanes: Lanes, taken: Taken, room: int) -> Taken:
     """What this run works on: its retries, the light messages (the pools without a lane in turn,
     one message each, until the run's events are full), then a share of the lanes; every other new
     message is filed in its pool's lane first."""
