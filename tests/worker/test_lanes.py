@@ -56,8 +56,13 @@ def test_an_event_of_a_pool_without_a_backlog_is_worked_on_by_the_next_run_whate
     # A's backlog is in its lane and A keeps publishing: B's next event still goes first
     _flood(run, POOL, 40, start=40)
     run.publish({"identityPoolId": POOL2, "identityId": _ident(1), "datasetName": "notes", "syncCount": 1})
+    _once(run)  # A's lane was served a moment ago: B's run is B's event alone, as short as without A
+    assert _accepted(engine, POOL2) == 2 and _accepted(engine, POOL) == 9
+    # only light runs for LIGHT_WAIT: the next one gives A's lane a tenth of its room
+    run.clock.advance(lanes.LIGHT_WAIT + 0.01)
+    run.publish({"identityPoolId": POOL2, "identityId": _ident(2), "datasetName": "notes", "syncCount": 1})
     _once(run)
-    assert _accepted(engine, POOL2) == 2 and _accepted(engine, POOL) == 9 + 1  # a tenth of the room for A
+    assert _accepted(engine, POOL2) == 3 and _accepted(engine, POOL) == 9 + 1
     run.runs()
     assert _accepted(engine, POOL) == 80 and _nothing_left(run)
 
