@@ -39,9 +39,10 @@ print(json.dumps({"start": t, "published": time.time()}))
 
 TRICKLE = """
 import json, sys, time
-from pushsync.client import publish
+from pushsync.client import prepare, publish
 from bench.env import identity
 seconds, first = json.loads(sys.stdin.read())
+prepare()  # the producer's connection is open before the first timed publish, as in a server
 sent = []
 start = time.monotonic()
 for i in range(seconds):
@@ -117,8 +118,9 @@ def fairness(sink: Sink, tmp: Path, *, flood: int, seconds: int, db: str) -> dic
         start = flooded.get("start", 0)
         out = {"flood_events": flood, "b_seconds": seconds, "alone": _figures([ms for _, ms in alone], len(alone_sent)),
                "with_flood": _figures([ms for _, ms in with_a], len(with_sent)),
-               # B's events during the flood: seconds from the flood's start, latency (ms)
+               # B's events during the flood: seconds from the flood's start, latency (ms); and alone
                "with_flood_samples": [[round(t - start, 2), round(ms, 1)] for t, ms in with_a],
+               "alone_samples": [round(ms, 1) for _, ms in alone],
                "flood_published_s": round(flooded.get("published", 0) - flooded.get("start", 0), 1),
                "flood_drained_s": round(a_pushes[-1] - flooded["start"], 1) if a_pushes and flooded else None}
         if "p99_ms" in out["alone"] and "p99_ms" in out["with_flood"]:

@@ -52,9 +52,21 @@ def _app():
 
 
 def prepare() -> None:
-    """Build the producer now, so that the first publishes do not wait for it (a server calls this
-    at start-up)."""
-    _app()
+    """Build the producer and open its broker connection now, so that the first publish does not
+    wait for them (about 70 ms on the benchmark's machine, against 1 ms for the next; a server calls
+    this at start-up). The declaration is the one the first publish makes: one Redis command, on
+    a connection from the pool the publishes use. A broker out of reach is no error here, a warning:
+    publishes ride out outages themselves; this waits at most the connection's own bounds
+    (pushsync/broker.py)."""
+    from pushsync.queues import EVENTS_QUEUE
+
+    app = _app()
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=0)  # once: not the publishes' retries
+            app.amqp.queues[EVENTS_QUEUE](producer.channel).declare()
+    except Exception as exc:  # noqa: BLE001 - a warm-up: whatever stops it, the first publish meets again
+        log.warning("could not reach the broker to prepare publishing (%s); the first publish will try", exc)
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
