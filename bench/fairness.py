@@ -42,7 +42,7 @@ import json, sys, time
 from pushsync.client import prepare, publish
 from bench.env import identity
 seconds, first = json.loads(sys.stdin.read())
-prepare()  # the producer's connection is open before the first timed publish, as in a server
+prepare().join(10)  # the producer's connection is open before the first timed publish, as in a server
 sent = []
 start = time.monotonic()
 for i in range(seconds):

@@ -51,20 +51,28 @@ def _app():
     return _producer
 
 
-def prepare() -> None:
-    """Build the producer and open its broker connection now, so that the first publish does not
-    wait for them (about 70 ms on the benchmark's machine, against 1 ms for the next; a server calls
-    this at start-up). The declaration is the one the first publish makes: one Redis command, on
-    a connection from the pool the publishes use. A broker out of reach is no error here, a warning:
-    publishes ride out outages themselves; this waits at most the connection's own bounds
-    (pushsync/broker.py)."""
+def prepare() -> threading.Thread:
+    """Build the producer now, and open its broker connection in a thread of its own, so that the
+    first publish waits for neither (about 70 ms on the benchmark's machine, against 1 ms for the
+    next; a server calls this at start-up). The start-up itself waits for no broker: one that is
+    out of reach, or stops answering, costs that thread its bounds (pushsync/broker.py) and a
+    warning; publishes ride out outages themselves. Returns the thread (join it to wait)."""
     from pushsync.queues import EVENTS_QUEUE
 
     app = _app()
+    # what Celery builds lazily is built here, in the caller's thread, not in two threads at once
+    queue = app.amqp.queues[EVENTS_QUEUE]
+    app.producer_pool  # noqa: B018 - a lazy property, built now
+    thread = threading.Thread(target=_connect, args=(app, queue), name="pushsync-prepare", daemon=True)
+    thread.start()
+    return thread
+
+
+def _connect(app, queue) -> None:
     try:
         with app.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=0)  # once: not the publishes' retries
-            app.amqp.queues[EVENTS_QUEUE](producer.channel).declare()
+            producer.maybe_declare(queue)  # what the first publish declares, remembered on this connection
     except Exception as exc:  # noqa: BLE001 - a warm-up: whatever stops it, the first publish meets again
         log.warning("could not reach the broker to prepare publishing (%s); the first publish will try", exc)
 

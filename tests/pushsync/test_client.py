@@ -1,7 +1,8 @@
 """The producer's start-up (pushsync.client.prepare): a process that prepares publishing has its
 broker connection open before its first publish, so that publish opens nothing (it was about 70 ms
-of the first event's latency); a broker out of reach is a warning at start-up, not a failure.
-Each test runs in a process of its own, against a redis-server of its own."""
+of the first event's latency); a broker out of reach or silent is a warning from prepare's own
+thread, and the start-up does not wait for it. Each test runs in a process of its own, against a
+redis-server of its own."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def opened():
 watch.ping()
 start = opened()
 if sys.argv[1] == "prepare":
-    client.prepare()
+    client.prepare().join(10)
 prepared = opened()
 client.publish("{POOL}", "{IDENT}", "notes", 1)
 print(json.dumps([prepared - start, opened() - prepared, watch.llen("events")]))
@@ -59,12 +60,39 @@ def test_after_prepare_the_first_publish_opens_no_connection(own_redis):
     assert by_prepare == 0 and by_publish >= 1 and queued == 2
 
 
-def test_prepare_with_the_broker_out_of_reach_warns_and_returns():
-    script = ("import logging, time\nfrom pushsync import client\nlogging.basicConfig()\n"
-              "t = time.monotonic()\nclient.prepare()\nprint(round(time.monotonic() - t, 2))\n")
+PREPARE = ("import logging, sys, time\nfrom pushsync import client\nlogging.basicConfig()\n"
+           "t = time.monotonic()\nthread = client.prepare()\nreturned = time.monotonic() - t\n"
+           "thread.join(float(sys.argv[1]))\nprint(round(returned, 2), thread.is_alive())\n")
+
+
+def _prepare(url: str, join: float) -> tuple[float, bool, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
-    env["PUSHSYNC_BROKER_URL"] = "redis://127.0.0.1:1/0"
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    env["PUSHSYNC_BROKER_URL"] = url
+    out = subprocess.run([sys.executable, "-c", PREPARE, str(join)], env=env, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "could not reach the broker to prepare publishing" in out.stderr
-    assert float(out.stdout) < 3  # refused: one try, not the publishes' retries
+    returned, alive = out.stdout.split()
+    return float(returned), alive == "True", out.stderr
+
+
+def test_prepare_with_the_broker_out_of_reach_warns_and_returns():
+    returned, alive, err = _prepare("redis://127.0.0.1:1/0", 3)
+    assert returned < 2 and not alive  # refused: one try, not the publishes' retries
+    assert "could not reach the broker to prepare publishing" in err
+
+
+def test_a_silent_broker_does_not_hold_up_the_start_up(own_redis):
+    """Blackholed (connections accepted, nothing answered): prepare returns at once; its thread
+    gives up within the connection's bounds and says so."""
+    from pushsync.broker import REDIS_CONNECT_TIMEOUT, REDIS_TIMEOUT
+    from tests.e2e.proxy import CuttableProxy
+
+    proxy = CuttableProxy(own_redis.port)
+    try:
+        proxy.blackhole(True)
+        returned, alive, err = _prepare(f"redis://127.0.0.1:{proxy.port}/0", REDIS_CONNECT_TIMEOUT + REDIS_TIMEOUT + 2)
+        assert returned < 2 and not alive
+        assert "could not reach the broker to prepare publishing" in err
+    finally:
+        proxy.blackhole(False)
+        proxy.close()
