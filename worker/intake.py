@@ -44,8 +44,6 @@ LEASED = "pushsync:inflight:leased"
 # the pools' backlogs (worker.lanes): a list per pool, and pool -> when its lane was last served
 LANE = "pushsync:lane:"
 LANES = "pushsync:lanes"
-# when a run without light messages last took from the lanes (ms; worker.lanes.LIGHT_WAIT)
-LANES_FULL = "pushsync:lanes:full"
 # kombu's Redis transport keeps a priority's messages in "<queue>\x06\x16<step>" (steps 0, 3, 6, 9;
 # step 0 is the queue itself) and takes them in this order; a test pins it
 PRIORITY_LISTS = (EVENTS_QUEUE, *(f"{EVENTS_QUEUE}\x06\x16{step}" for step in (3, 6, 9)))

@@ -50,7 +50,6 @@ from worker.intake import (
     INFLIGHT,
     LANE,
     LANES,
-    LANES_FULL,
     LEASED,
     MAX_MESSAGE_BYTES,
     InFlight,
@@ -75,6 +74,8 @@ LOOKAHEAD_MESSAGES = 5
 # takes its share, as many as there are.
 LIGHT_WAIT = 0.5
 LIGHT_SHARE = 0.1
+# when a run without light messages last took from the lanes (ms, by the take's clock)
+LANES_FULL = "pushsync:lanes:full"
 
 # Fenced like ack: only records whose lease is still the caller's move. KEYS: inflight, due,
 # attempts, abandons, leased, lanes. ARGV: now, lease, lane prefix, then (id, pool) pairs.

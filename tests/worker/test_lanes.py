@@ -11,7 +11,7 @@ from sqlalchemy import text
 from store import repo
 from store.db import session_scope
 from worker import ingest, intake, lanes, metrics
-from worker.intake import LANE, LANES, LANES_FULL
+from worker.intake import LANE, LANES
 
 from ..conftest import IDENT, POOL, POOL2
 from .conftest import FCM_ONLY, _nothing_left
@@ -103,7 +103,7 @@ def test_a_future_or_unreadable_time_of_the_last_whole_take_does_not_stop_light_
     _flood(run, POOL, 40)
     _once(run)
     for n, value in enumerate((int((run.clock() + 60) * 1000), "not a time")):
-        run.ctx.redis.set(LANES_FULL, value)
+        run.ctx.redis.set(lanes.LANES_FULL, value)
         before = _accepted(engine, POOL)
         _b_event(run, n)
         _once(run)
