@@ -42,19 +42,20 @@ def own_redis(tmp_path):
     server.stop()
 
 
-def _run(url: str, *args: str) -> subprocess.CompletedProcess:
+def _python(url: str, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh process with the shipped settings, but the broker at ``url``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
     env["PUSHSYNC_BROKER_URL"] = url
-    return subprocess.run([sys.executable, "-c", SCRIPT, *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_after_prepare_the_first_publish_opens_no_connection(own_redis):
-    out = _run(own_redis.url, "prepare")
+    out = _python(own_redis.url, SCRIPT, "prepare")
     assert out.returncode == 0, out.stderr
     by_prepare, by_publish, queued = json.loads(out.stdout)
     assert by_prepare >= 1 and by_publish == 0 and queued == 1
     # without it, the first publish is the one that connects
-    out = _run(own_redis.url, "cold")
+    out = _python(own_redis.url, SCRIPT, "cold")
     assert out.returncode == 0, out.stderr
     by_prepare, by_publish, queued = json.loads(out.stdout)
     assert by_prepare == 0 and by_publish >= 1 and queued == 2
@@ -66,10 +67,7 @@ PREPARE = ("import logging, sys, time\nfrom pushsync import client\nlogging.basi
 
 
 def _prepare(url: str, join: float) -> tuple[float, bool, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSYNC_")}
-    env["PUSHSYNC_BROKER_URL"] = url
-    out = subprocess.run([sys.executable, "-c", PREPARE, str(join)], env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = _python(url, PREPARE, str(join))
     assert out.returncode == 0, out.stderr
     returned, alive = out.stdout.split()
     return float(returned), alive == "True", out.stderr
