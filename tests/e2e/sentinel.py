@@ -34,6 +34,9 @@ class SentinelCluster:
             if name == "b":
                 args += ["--replicaof", "127.0.0.1", str(self.ports["a"])]
             self.servers[name] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # The replica syncs before any sentinel starts: a sentinel reads a replica's INFO every 10 s,
+        # and one whose first read came before the sync waits another 10 s to see a good replica.
+        wait_for(self._replica_synced, 30, 0.1, "the replica's first sync")
         self.sentinel_ports = [free_port() for _ in range(3)]
         for i, port in enumerate(self.sentinel_ports):
             conf = directory / f"sentinel-{i}.conf"
@@ -44,7 +47,8 @@ class SentinelCluster:
                             f"sentinel failover-timeout {self.MASTER} 5000\n")
             self.procs.append(subprocess.Popen(["redis-sentinel", str(conf)], stdout=subprocess.DEVNULL,
                                                stderr=subprocess.STDOUT))
-        wait_for(self._ready, 30, 0.2, "the sentinels to see the replica and each other")
+        # Up to 60 s: on a loaded machine (the full suite on two cores) 30 s was once too short.
+        wait_for(self._ready, 60, 0.2, "the sentinels to see the replica and each other")
 
     @property
     def url(self) -> str:
@@ -61,6 +65,13 @@ class SentinelCluster:
             except (redis.RedisError, TypeError):
                 continue
         return None
+
+    def _replica_synced(self) -> bool:
+        try:
+            info = redis.Redis(port=self.ports["b"], socket_timeout=1).info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("master_link_status") == "up"
 
     def _ready(self) -> bool:
         """Every sentinel knows the other two and sees the replica in sync (its own view, from the
