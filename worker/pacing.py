@@ -10,14 +10,24 @@ end (the trailing edge), where the send-time check drops all but the newest plan
 goes and opens the next window. So a dataset changing all the time costs each device one push a
 window, and the newest count still arrives at most one window after the last change.
 
-Redis decides only *when*, as for ingest's windows: ``pushsync:pace:<pool>:<platform>:<device>:<dataset>``
-holds "<window end ms>:<count sent>". *What* goes is the store's (the planned count at send time).
-A push whose count is below the one its open window sent is dropped (the device has a newer
+Every push goes through the same key, window or none: it also keeps the newest count this pool
+sent the device for the dataset, so that a push older than one already on its way is dropped. The
+send-time check alone cannot do that: a window's flush and the next window's leading push may run
+in two processes, and the flush, having read the store before the lead planned its newer count,
+would send its older one after it (the device sees 74, then 73). Without a window of its own
+the key lasts ``GUARD_MS`` past the send, longer than a store read takes to become a send; two
+sends that pass it within the same moment still race to the device, which no check here closes.
+
+Redis decides only *when* and *in what order*, as for ingest's windows:
+``pushsync:pace:<pool>:<platform>:<device>:<identity>:<dataset>`` holds "<window end ms>:<count sent>".
+*What* goes is the store's (the planned count at send time; the store's counts only rise).
+A push whose count is below the one its key sent is dropped (the device has a newer
 one). One with the same count waits for the window's end like a newer one: the send that opened
 the window may not have happened (a stalled send run again at the same attempt), so it is sent
 again then, a push too many at worst. Retries (attempt 2 and later) and
-pushes that waited for their FCM budget slots pass: they were let through once already. Redis
-away -> the pushes go without the window (a push too many, never one too few).
+pushes that waited for their FCM budget slots pass an open window (they were let through once
+already), but not a newer count. Redis away -> the pushes go without the key (a push too many or
+out of order, never one too few).
 """
 
 from __future__ import annotations
@@ -38,12 +48,17 @@ log = logging.getLogger("pushsync.tasks")
 PACE = "pushsync:pace:"
 # a window key outlives its window by this much (ms), as ingest's do
 KEEP_MS = 60_000
+# the key of a push sent without a window of its own lasts this long (ms): it only needs to outlast
+# the moment between a delivery's store read and its send
+GUARD_MS = 10_000
+# a window never ends further ahead than the widest window a pool may set (contract.MAX_WINDOW)
+MAX_MS = 86_400_000
 
-# KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms), keep (ms), then one count
-# per key. Returns now (ms), then per key: 0 (send: it opened a window), "-<count>" (drop: its open
-# window sent that newer count; as text, which keeps counts near 2^63 exact) or the open window's
-# end (ms: wait until then; the count it sent waits too, since the send that opened the window may
-# have failed before it was made).
+# KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms; 0: no window, only the
+# order), keep (ms), then one count per key. Returns now (ms), then per key: 0 (send; with a width
+# it opened a window), "-<count>" (drop: its key sent that newer count; as text, which keeps counts
+# near 2^63 exact) or the open window's end (ms: wait until then; the count it sent waits too,
+# since the send that opened the window may have failed before it was made).
 _ENTER = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
@@ -58,11 +73,21 @@ for i, key in ipairs(KEYS) do
   local ends = sep and tonumber(string.sub(raw, 1, sep - 1))
   local sent = sep and string.sub(raw, sep + 1)
   if sent and not (sent == '0' or (#sent <= 19 and string.match(sent, '^[1-9]%d*$'))) then sent = nil end
-  -- bytes that are not ours, or a window longer than its width (the width was lowered): a new window
-  if ends and sent and ends > now and ends <= now + width then
-    if older(count, sent) then out[i + 1] = '-' .. sent else out[i + 1] = ends end
+  -- bytes that are not ours (no count, or an end past any window) are as no key
+  local ours = ends and sent and ends <= now + """ + str(MAX_MS) + """
+  if ours and older(count, sent) then
+    out[i + 1] = '-' .. sent
+  elseif width > 0 and ours and ends > now and ends <= now + width then
+    -- (a window longer than its width: the width was lowered, a new window)
+    out[i + 1] = ends
+  elseif width > 0 then
+    redis.call('SET', key, string.format('%.0f:%s', now + width, count), 'PX', width + keep)
+    out[i + 1] = 0
+  elseif ours and ends > now then  -- passing an open window: it keeps its end
+    redis.call('SET', key, string.format('%.0f:%s', ends, count), 'KEEPTTL')
+    out[i + 1] = 0
   else
-    redis.call('SET', key, string.format('%.0f:%s', now + width, ARGV[3 + i]), 'PX', width + keep)
+    redis.call('SET', key, string.format('%.0f:%s', now, count), 'PX', keep)
     out[i + 1] = 0
   end
 end
@@ -87,14 +112,16 @@ class Pacing:
     def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]], width: float,
               now: float | None = None) -> list[float | Covered]:
         """``pushes``: (device id, identity, dataset, count). For each, in order: 0.0 (send now), Covered
-        (drop) or the seconds until its open window ends (wait)."""
+        (drop) or the seconds until its open window ends (wait; only with a ``width``: 0 checks the
+        order alone)."""
         if not pushes:
             return []
         now = now if now is not None else (self.clock() if self.clock else None)
         at = -1 if now is None else int(now * 1000)
         # the identity too: a device that moved to another user starts a window of its own there
         keys = [f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}" for device, identity, dataset, _ in pushes]
-        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), KEEP_MS, *(str(n) for *_, n in pushes)])
+        keep = KEEP_MS if width else GUARD_MS
+        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), keep, *(str(n) for *_, n in pushes)])
         at = int(at)
         # a drop's count comes as text (bytes, or str from a client that decodes replies)
         texts = [v.decode() if isinstance(v, bytes) else v for v in out]
@@ -110,19 +137,18 @@ def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
 
 def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: list[PushRequest],
            result) -> list[PushRequest]:
-    """The pushes whose window lets them go now; those inside an open window go to
-    ``result.later`` until its end (one batch per second of ends), the covered ones are dropped."""
-    if creds is None or batch.attempt > 1 or batch.budgeted:
+    """The pushes that go now: those older than a count their key sent are dropped, and where the
+    pool has a window of its own, those inside an open one go to ``result.later`` until its end
+    (one batch per second of ends)."""
+    if creds is None or not requests:
         return requests
-    wide = width(creds, batch.platform, ctx.settings.coalesce_window)
-    if not wide or not requests:
-        return requests
+    wide = 0.0 if batch.attempt > 1 or batch.budgeted else width(creds, batch.platform, ctx.settings.coalesce_window)
     items = {item.key: item for item in batch.items}
     try:
         verdicts = ctx.pacing.enter(batch.pool, batch.platform,
                                     [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
                                      for r in requests], wide)
-    except redis.RedisError as exc:  # the window is worth less than the pushes: they go
+    except redis.RedisError as exc:  # the order and the window are worth less than the pushes: they go
         log.warning("could not read the %s windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)
         return requests

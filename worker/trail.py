@@ -199,7 +199,7 @@ def delivery(tr: Trail, batch: DeliveryBatch, targets: dict, outcomes: list, res
             fate = ("dead", clean(f"{unsendable[0]}: {unsendable[1]}"))
         elif item.key in waiting:
             fate = (waiting[item.key][0], f"{waiting[item.key][1]:.3f}")
-        elif item.key in result.covered:  # its pool's window sent a newer count
+        elif item.key in result.covered:  # its key in worker.pacing sent a newer count
             fate = ("stale", result.covered[item.key])
         elif o is None:
             continue  # not sent: nothing to say (a batch whose send failed is retried whole)

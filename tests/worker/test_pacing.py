@@ -44,6 +44,26 @@ def test_a_window_sends_its_first_push_holds_newer_counts_to_its_end_and_drops_w
     assert 10_000 < ttl <= 10_000 + pacing.KEEP_MS
 
 
+def test_without_a_window_a_push_older_than_one_sent_is_dropped_for_a_moment(retry_redis):
+    p = Pacing(retry_redis)
+    assert p.enter("p", "APNS", [("d", "i", "n", 74)], 0.0, now=1000.0) == [0.0]
+    # in order within one call: the older count is dropped, the same (a retry) and a newer one go
+    assert p.enter("p", "APNS", [("d", "i", "n", 73), ("d", "i", "n", 74), ("d", "i", "n", 75)], 0.0,
+                   now=1000.5) == [Covered(74), 0.0, 0.0]
+    assert p.enter("p", "APNS", [("d", "i", "n", 74)], 0.0, now=1001.0) == [Covered(75)]
+    assert p.enter("p", "APNS", [("d", "j", "n", 1), ("d", "i", "m", 1)], 0.0, now=1001.0) == [0.0, 0.0]
+    assert pacing.GUARD_MS - 2000 < retry_redis.pttl(f"{pacing.PACE}p:APNS:d:i:n") <= pacing.GUARD_MS
+
+
+def test_a_retry_passes_an_open_window_which_keeps_its_end_but_not_a_count_older_than_it_sent(retry_redis):
+    p = Pacing(retry_redis)
+    assert p.enter("p", "APNS", [("d", "i", "n", 5)], 60.0, now=1000.0) == [0.0]
+    ttl = retry_redis.pttl(f"{pacing.PACE}p:APNS:d:i:n")
+    assert p.enter("p", "APNS", [("d", "i", "n", 5), ("d", "i", "n", 4)], 0.0, now=1001.0) == [0.0, Covered(5)]
+    assert p.enter("p", "APNS", [("d", "i", "n", 6)], 60.0, now=1002.0) == [pytest.approx(58.0)]
+    assert ttl - 5000 < retry_redis.pttl(f"{pacing.PACE}p:APNS:d:i:n") <= ttl
+
+
 def test_counts_near_two_to_the_63_are_compared_exactly(retry_redis):
     p = Pacing(retry_redis)
     assert p.enter("p", "APNS", [("d", "i", "n", BIG - 1)], 10.0, now=1000.0) == [0.0]
@@ -169,7 +189,39 @@ def test_a_pool_without_a_window_of_its_own_pushes_as_ingest_planned(run, engine
         _change(run, n)
         run.clock.advance(2)  # past the ingest window each time
     assert _counts(run, "APNS") == {f"{0:064x}": [1, 2, 3]}
-    assert not run.ctx.redis.keys(pacing.PACE + "*")
+    # the keys keep only the order, for a moment
+    keys = run.ctx.redis.keys(pacing.PACE + "*")
+    assert keys and all(0 < run.ctx.redis.pttl(k) <= pacing.GUARD_MS for k in keys)
+    assert {run.ctx.redis.get(k).split(b":")[1] for k in keys} == {b"3"}
+
+
+def test_a_delivery_that_read_the_store_before_a_newer_count_was_planned_does_not_send_after_it(run, engine,
+                                                                                                monkeypatch):
+    """Two processes: one delivers count 73 and has read the store (73 is the newest planned);
+    before it sends, the other plans and sends 74. The send-time read cannot drop the 73 any more;
+    the device must not get it after the 74."""
+    from worker import delivery
+
+    _pool(engine, None, devices=1)  # no window of the pool's own: the shipped settings
+    run.publish(_ev(IDENT, 73))
+    run.runs()
+    first, run.queued[:] = list(run.queued), []
+    real, lead = delivery.plan, []
+
+    def plan_then_the_other_process(batch, targets, result):
+        out = real(batch, targets, result)
+        if not lead:
+            lead.append(batch.platform)
+            run.clock.advance(2)  # the next window's leading edge
+            run.publish(_ev(IDENT, 74))
+            run.runs()
+            run.drain()
+        return out
+    monkeypatch.setattr(delivery, "plan", plan_then_the_other_process)
+    results = [run.deliver(b) for b in first]
+    assert _counts(run, "APNS") == {f"{0:064x}": [74]}
+    assert _counts(run, "GCM") == {"fcm-tok": [74]}
+    assert [r["stale"] for r in results] == [1, 1] and lead
 
 
 def test_a_retry_passes_its_window_and_redis_away_sends_without_it(run, engine, monkeypatch):
