@@ -12,13 +12,15 @@ up to ``lookahead`` of new messages, and the run reads each one's pool (``choose
   the right end like ``events``), in one fenced step before the run works on anything;
 - a run with room left takes from the lanes (``take``): the pools in turn, the one served
   longest ago first (``pushsync:lanes``, pool -> when it was last served), each an equal share of
-  the room. A run with light messages leaves the lanes a tenth of its room at most, so a flood
-  keeps moving while light pools are served first.
+  the room. A run with light messages leaves the lanes a tenth of its room at most, and nothing
+  while runs without light messages keep taking from them (one did in the last LIGHT_WAIT): light
+  pools are served first and their runs stay short, and a flood keeps moving.
 
 The bound: an event of a pool without a backlog is worked on by the first run that starts after it
 is published and finds a free worker process, whatever another pool has queued; runs are at most
 PUSHSYNC_INGEST_BATCH_MAX events, so it waits at most for the runs in progress. A pool with a
-backlog gets its share of every run. Push queues are not laned: a fan-out above
+backlog gets its share of every run without light messages, and of every light run that starts
+LIGHT_WAIT or more after the last of those. Push queues are not laned: a fan-out above
 PUSHSYNC_INLINE_DELIVERY_MAX pushes still queues in ``push.*`` behind earlier ones.
 
 Nothing is lost on the way: a message is in ``events``, in flight (under the run's lease) or in a
@@ -65,8 +67,15 @@ log = logging.getLogger("pushsync.tasks")
 LOOKAHEAD = 250
 LOOKAHEAD_EVENTS = 50_000
 LOOKAHEAD_MESSAGES = 5
-# the most of a light run's room that goes to the lanes (a flood keeps moving)
+# A run with light messages takes from the lanes at most LIGHT_SHARE of its room, and nothing while
+# a run without light messages took from them less than LIGHT_WAIT seconds ago: while other runs
+# keep the backlogs moving, a light pool's run is as short as it would be without them (a share of
+# one 100-event message beside one event doubled its run); when light runs are all there is, each
+# takes its share, as many as there are.
+LIGHT_WAIT = 0.5
 LIGHT_SHARE = 0.1
+# when a run without light messages last took from the lanes (ms, by the take's clock)
+LANES_FULL = "pushsync:lanes:full"
 
 # Fenced like ack: only records whose lease is still the caller's move. KEYS: inflight, due,
 # attempts, abandons, leased, lanes. ARGV: now, lease, lane prefix, then (id, pool) pairs.
@@ -93,15 +102,26 @@ end
 return filed
 """
 
-# KEYS: inflight, due, leased, lanes. ARGV: now, lease (the run's), room (events), id prefix,
-# envelope bytes, bytes per event, the largest message handed over whole, the bytes kept of a
-# larger one, lane prefix. Returns {messages (id, raw, size) ..., lanes left}.
+# KEYS: inflight, due, leased, lanes, lanes:full. ARGV: now, lease (the run's), room (events), id
+# prefix, envelope bytes, bytes per event, the largest message handed over whole, the bytes kept of
+# a larger one, lane prefix, LIGHT_WAIT in ms for a light run's take (0: a take without light
+# messages). Returns {messages (id, raw, size) ..., lanes left}.
 _TAKE = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
 local lease, room, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local envelope, per_event, biggest, kept, lane = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
   tonumber(ARGV[8]), ARGV[9]
+-- a light run's take (ARGV[10] > 0) takes nothing while a run without light messages took from the lanes
+-- less than ARGV[10] ms ago (a time ahead of now, Redis's clock gone back, is no such take); any other take
+-- is one such run's
+local waited = tonumber(ARGV[10])
+if waited > 0 then
+  local full = tonumber(redis.call('GET', KEYS[5]) or '')
+  if full and full <= now and now - full < waited then return {{}, redis.call('ZCARD', KEYS[4])} end
+else
+  redis.call('SET', KEYS[5], now, 'PX', 60000)
+end
 -- at most a pool per event of room, those served longest ago: forged pool ids cannot make a take walk them all
 local pools = redis.call('ZRANGE', KEYS[4], 0, room - 1)
 local msgs, n, weight = {}, 0, 0
@@ -184,12 +204,13 @@ class Lanes:
             args += [mid, pool]
         return int(self._file(keys=[INFLIGHT, DUE, ATTEMPTS, ABANDONS, LEASED, LANES], args=args))
 
-    def take(self, room: int, lease: int) -> tuple[list[InFlight], bool]:
+    def take(self, room: int, lease: int, waited: float = 0.0) -> tuple[list[InFlight], bool]:
         """Messages from the lanes, the pools in turn, until they hold about ``room`` events, under
-        the run's ``lease``; and whether lanes are left."""
-        msgs, left = self._take(keys=[INFLIGHT, DUE, LEASED, LANES],
+        the run's ``lease``, and whether lanes are left. ``waited``: a light run's take, which
+        takes nothing while a take without it was made less than ``waited`` seconds ago."""
+        msgs, left = self._take(keys=[INFLIGHT, DUE, LEASED, LANES, LANES_FULL],
                                 args=[self._now(), lease, max(1, room), f"{uuid.uuid4().hex}:", ENVELOPE_BYTES,
-                                      EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, LANE])
+                                      EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, LANE, max(0, int(waited * 1000))])
         return ([InFlight(msgs[i].decode(), msgs[i + 1], 0, 0, int(msgs[i + 2])) for i in range(0, len(msgs), 3)],
                 bool(left))
 
@@ -243,7 +264,7 @@ def choose(lanes: Lanes, taken: Taken, room: int) -> Taken:
     more = True  # a lane holds messages still, or did a moment ago: a run too many costs a take
     if share > 0:
         try:  # what was filed is filed: Redis refusing now costs this run its lanes' share only
-            got, more = lanes.take(share, taken.lease)
+            got, more = lanes.take(share, taken.lease, LIGHT_WAIT if light else 0.0)
             keep += got
         except redis.RedisError as exc:
             log.warning("could not take ingest messages from the pools' lanes (%s); later runs will", exc)

@@ -12,6 +12,7 @@ A delivery whose store or broker is out of reach runs again with backoff, at mos
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from celery import Task
@@ -160,6 +161,12 @@ def _consume_runs_for_events(sender=None, instance=None, **_kwargs) -> None:
 @worker_process_init.connect
 def _build_pool_context(**_kwargs) -> None:
     context.current(app)
+    # What the process holds once it is built (modules, Celery, SQLAlchemy, the context) lives as
+    # long as the process: out of the collector's sight, a full collection walks only what runs
+    # made since. Measured (bench.fairness, 2 pool processes): a full collection about every
+    # 0.7 s in each, 50 to 140 ms before, about 5 ms after, each pausing whatever run was going.
+    gc.collect()
+    gc.freeze()
 
 
 @worker_ready.connect

@@ -53,13 +53,61 @@ def test_an_event_of_a_pool_without_a_backlog_is_worked_on_by_the_next_run_whate
     _once(run)  # the pools it looked at in turn: B's one event, nine of A's; A's other 31 in its lane
     assert (_accepted(engine, POOL2), _accepted(engine, POOL)) == (1, 9)
     assert run.ctx.lanes.depth() == {POOL: 31}
-    # A's backlog is in its lane and A keeps publishing: B's next event still goes first
+    _once(run)  # nothing light: the lane's run, a whole room of A's
+    assert _accepted(engine, POOL) == 19
+    # A's backlog is in its lane and A keeps publishing: B's next event still goes first, and its
+    # run is B's event alone while runs without light messages keep A moving (one just did)
     _flood(run, POOL, 40, start=40)
-    run.publish({"identityPoolId": POOL2, "identityId": _ident(1), "datasetName": "notes", "syncCount": 1})
+    _b_event(run, 1)
     _once(run)
-    assert _accepted(engine, POOL2) == 2 and _accepted(engine, POOL) == 9 + 1  # a tenth of the room for A
+    assert _accepted(engine, POOL2) == 2 and _accepted(engine, POOL) == 19
     run.runs()
     assert _accepted(engine, POOL) == 80 and _nothing_left(run)
+
+
+def _b_event(run, n: int) -> None:
+    run.publish({"identityPoolId": POOL2, "identityId": _ident(n), "datasetName": "notes", "syncCount": 1})
+
+
+def test_when_every_run_is_light_each_gives_a_backlog_its_share(run, engine):
+    """No run without light messages for LIGHT_WAIT (a light event before every run): a backlog
+    gets a tenth of every light run, however short the runs, not one share per LIGHT_WAIT."""
+    _pools(engine, POOL, POOL2)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 40)
+    _once(run)  # a room of A's; its lane opened by a run that had light messages
+    assert _accepted(engine, POOL) == ROOM and run.ctx.lanes.depth() == {POOL: 30}
+    for n in range(5):  # B's events one at a time, 20 ms apart, each a light run
+        run.clock.advance(0.02)
+        _b_event(run, n)
+        _once(run)
+    assert _accepted(engine, POOL2) == 5 and _accepted(engine, POOL) == ROOM + 5  # a tenth of each run
+    _once(run)  # a run without light messages: the lanes' whole room
+    assert _accepted(engine, POOL) == 2 * ROOM + 5
+    _b_event(run, 5)
+    _once(run)  # it took from the lanes a moment ago: B's run is B's alone
+    assert _accepted(engine, POOL2) == 6 and _accepted(engine, POOL) == 2 * ROOM + 5
+    run.clock.advance(lanes.LIGHT_WAIT + 0.01)  # none for LIGHT_WAIT: light runs take their share again
+    _b_event(run, 6)
+    _once(run)
+    assert _accepted(engine, POOL2) == 7 and _accepted(engine, POOL) == 2 * ROOM + 6
+    run.runs()
+    assert _accepted(engine, POOL) == 40 and _nothing_left(run)
+
+
+def test_a_future_or_unreadable_time_of_the_last_whole_take_does_not_stop_light_runs_sharing(run, engine):
+    """Redis's clock gone back (a failover to a replica behind) or bytes not ours under the key:
+    light runs take their share as if no such take were known."""
+    _pools(engine, POOL, POOL2)
+    run.set(ingest_batch_max=ROOM)
+    _flood(run, POOL, 40)
+    _once(run)
+    for n, value in enumerate((int((run.clock() + 60) * 1000), "not a time")):
+        run.ctx.redis.set(lanes.LANES_FULL, value)
+        before = _accepted(engine, POOL)
+        _b_event(run, n)
+        _once(run)
+        assert _accepted(engine, POOL) == before + 1
 
 
 def test_with_the_shipped_run_size_a_burst_of_large_messages_is_looked_past_in_three_runs(run, engine):
