@@ -15,8 +15,9 @@ sent the device for the dataset, so that a push older than one already on its wa
 send-time check alone cannot do that: a window's flush and the next window's leading push may run
 in two processes, and the flush, having read the store before the lead planned its newer count,
 would send its older one after it (the device sees 74, then 73). Without a window of its own
-the key lasts ``GUARD_MS`` past the send, longer than a store read takes to become a send; two
-sends that pass it within the same moment still race to the device, which no check here closes.
+the key lasts ``GUARD_MS`` past the check, longer than a store read takes to reach it. Two sends
+of one key that pass it close together still race to the device: after the check a send may
+still wait (an FCM budget reservation, a token, a connection), and no check here closes that.
 
 Redis decides only *when* and *in what order*, as for ingest's windows:
 ``pushsync:pace:<pool>:<platform>:<device>:<identity>:<dataset>`` holds "<window end ms>:<count sent>".
