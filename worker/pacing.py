@@ -76,7 +76,8 @@ for i, key in ipairs(KEYS) do
   if sent and not (sent == '0' or (#sent <= 19 and string.match(sent, '^[1-9]%d*$'))) then sent = nil end
   -- bytes that are not ours (no count, or an end past any window) are as no key
   local ours = ends and sent and ends <= now + """ + str(MAX_MS) + """
-  if ours and older(count, sent) then
+  -- a drop needs a key that will go (our writes all set a TTL): bytes left without one never block a push
+  if ours and older(count, sent) and redis.call('PTTL', key) > 0 then
     out[i + 1] = '-' .. sent
   elseif width > 0 and ours and ends > now and ends <= now + width then
     -- (a window longer than its width: the width was lowered, a new window)
@@ -150,7 +151,7 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: l
                                     [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
                                      for r in requests], wide)
     except redis.RedisError as exc:  # the order and the window are worth less than the pushes: they go
-        log.warning("could not read the %s windows of %d pushes of pool %s (%s); sent without them",
+        log.warning("could not check the %s send order and windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)
         return requests
     going: list[tuple[PushRequest, float]] = []

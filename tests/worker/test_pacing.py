@@ -55,6 +55,13 @@ def test_without_a_window_a_push_older_than_one_sent_is_dropped_for_a_moment(ret
     assert pacing.GUARD_MS - 2000 < retry_redis.pttl(f"{pacing.PACE}p:APNS:d:i:n") <= pacing.GUARD_MS
 
 
+def test_a_count_left_in_redis_without_a_ttl_blocks_no_push(retry_redis):
+    key = f"{pacing.PACE}p:APNS:d:i:n"
+    retry_redis.set(key, b"0:999999999")  # looks like ours, but no write of ours leaves a key for ever
+    assert Pacing(retry_redis).enter("p", "APNS", [("d", "i", "n", 5)], 0.0, now=1000.0) == [0.0]
+    assert retry_redis.get(key) == b"1000000:5" and 0 < retry_redis.pttl(key) <= pacing.GUARD_MS
+
+
 def test_a_retry_passes_an_open_window_which_keeps_its_end_but_not_a_count_older_than_it_sent(retry_redis):
     p = Pacing(retry_redis)
     assert p.enter("p", "APNS", [("d", "i", "n", 5)], 60.0, now=1000.0) == [0.0]
