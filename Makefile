@@ -29,7 +29,7 @@ FAST := tests/test_layout.py tests/worker tests/store tests/scheduler tests/push
 check: lint
 	$(VENV)/bin/mypy
 	bash scripts/services.sh
-	PUSHSYNC_PROPERTY_EXAMPLES=500 PUSHSYNC_COALESCING_EXAMPLES=300 PUSHSYNC_FUZZ_EXAMPLES=500 \
+	PUSHSYNC_PROPERTY_EXAMPLES=500 PUSHSYNC_COALESCING_EXAMPLES=500 PUSHSYNC_FUZZ_EXAMPLES=500 \
 		$(VENV)/bin/pytest -q $(FAST)
 
 bench: install
