@@ -146,7 +146,10 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
     outcomes: list[Outcome] = []
     unsendable = _unsendable(batch, creds, settings.max_attempts) if requests else None
     if requests and not unsendable:
-        requests = budget.within(ctx, batch, creds, pacing.within(ctx, batch, creds, requests, result), result)
+        checked = pacing.within(ctx, batch, creds, requests, result)
+        requests = budget.within(ctx, batch, creds, checked, result)
+        going = {r.key for r in requests}  # the send order forgets those held for their budget now, the rest once sent
+        pacing.over(ctx, batch, [r for r in checked if r.key not in going])
     if unsendable:
         why, detail = unsendable
         sending = {r.key for r in requests}
@@ -161,8 +164,11 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
             assert creds is not None  # _unsendable answered for a batch without credentials
             # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
             with stage("send_wait"):  # this thread waits; the sending loop's thread does the work
-                outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
-                                        timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
+                try:
+                    outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
+                                            timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
+                finally:
+                    pacing.over(ctx, batch, requests)
             budget.lower_on_quota(ctx, batch, creds, outcomes)
         with stage("record"):
             result = _record(ctx, batch, outcomes, result)

@@ -54,6 +54,8 @@ KEEP_MS = 60_000
 GUARD_MS = 10_000
 # a window never ends further ahead than the widest window a pool may set (contract.MAX_WINDOW)
 MAX_MS = 86_400_000
+# a push whose key has a send in flight looks again this soon (ms; the retry set's step is a second)
+RECHECK_MS = 1_000
 
 # KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms; 0: no window, only the
 # order), keep (ms), then one count per key. Returns now (ms), then per key: 0 (send; with a width
@@ -70,30 +72,47 @@ local out = {now}
 for i, key in ipairs(KEYS) do
   local count = ARGV[3 + i]
   local raw = redis.call('GET', key) or ''
-  local sep = string.find(raw, ':', 1, true)
-  local ends = sep and tonumber(string.sub(raw, 1, sep - 1))
-  local sent = sep and string.sub(raw, sep + 1)
+  -- "<end>:<count sent>", and ":<until>" while that send is in flight
+  local e, sent, b = string.match(raw, '^([^:]*):([^:]*):([^:]*)$')
+  if not e then e, sent = string.match(raw, '^([^:]*):([^:]*)$') end
+  local ends, busy = tonumber(e or ''), b and tonumber(b)
   if sent and not (sent == '0' or (#sent <= 19 and string.match(sent, '^[1-9]%d*$'))) then sent = nil end
-  -- bytes that are not ours (no count, or an end past any window) are as no key
-  local ours = ends and sent and ends <= now + """ + str(MAX_MS) + """
+  -- bytes that are not ours (no count, an end past any window, a send in flight for longer than one
+  -- may be) are as no key
+  local ours = ends and sent and ends <= now + """ + str(MAX_MS) + """ and (not b or (busy and busy <= now + """ \
+    + str(GUARD_MS) + """))
+  local till = string.format('%.0f', now + """ + str(GUARD_MS) + """)
   -- a drop needs a key that will go (our writes all set a TTL): bytes left without one never block a push
   if ours and older(count, sent) and redis.call('PTTL', key) > 0 then
     out[i + 1] = '-' .. sent
   elseif width > 0 and ours and ends > now and ends <= now + width then
     -- (a window longer than its width: the width was lowered, a new window)
     out[i + 1] = ends
+  elseif ours and busy and busy > now then
+    -- another send of this key is on its way: this one goes after it, however long the first takes
+    out[i + 1] = math.min(busy, now + """ + str(RECHECK_MS) + """)
   elseif width > 0 then
-    redis.call('SET', key, string.format('%.0f:%s', now + width, count), 'PX', width + keep)
+    redis.call('SET', key, string.format('%.0f:%s:', now + width, count) .. till, 'PX', width + keep)
     out[i + 1] = 0
   elseif ours and ends > now then  -- passing an open window: it keeps its end
-    redis.call('SET', key, string.format('%.0f:%s', ends, count), 'KEEPTTL')
+    redis.call('SET', key, string.format('%.0f:%s:', ends, count) .. till, 'KEEPTTL')
     out[i + 1] = 0
   else
-    redis.call('SET', key, string.format('%.0f:%s', now, count), 'PX', keep)
+    redis.call('SET', key, string.format('%.0f:%s:', now, count) .. till, 'PX', keep)
     out[i + 1] = 0
   end
 end
 return out
+"""
+
+# KEYS: one per push sent (or handed on) after ``_ENTER`` let it go. ARGV: one count per key. Its
+# send is over: the key forgets the send in flight, unless a later send of another count owns it.
+_DONE = """
+for i, key in ipairs(KEYS) do
+  local e, sent = string.match(redis.call('GET', key) or '', '^([^:]*):([^:]*):[^:]*$')
+  if e and sent == ARGV[i] then redis.call('SET', key, e .. ':' .. sent, 'KEEPTTL') end
+end
+return 0
 """
 
 
@@ -110,6 +129,7 @@ class Pacing:
     def __init__(self, client: redis.Redis, clock=None):
         self.client, self.clock = client, clock
         self._enter = client.register_script(_ENTER)
+        self._done = client.register_script(_DONE)
 
     def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]], width: float,
               now: float | None = None) -> list[float | Covered]:
@@ -121,7 +141,7 @@ class Pacing:
         now = now if now is not None else (self.clock() if self.clock else None)
         at = -1 if now is None else int(now * 1000)
         # the identity too: a device that moved to another user starts a window of its own there
-        keys = [f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}" for device, identity, dataset, _ in pushes]
+        keys = [_key(pool, platform, device, identity, dataset) for device, identity, dataset, _ in pushes]
         keep = KEEP_MS if width else GUARD_MS
         at, *out = self._enter(keys=keys, args=[at, int(width * 1000), keep, *(str(n) for *_, n in pushes)])
         at = int(at)
@@ -129,6 +149,15 @@ class Pacing:
         texts = [v.decode() if isinstance(v, bytes) else v for v in out]
         return [Covered(int(v[1:])) if isinstance(v, str) and v.startswith("-") else
                 0.0 if int(v) == 0 else max(0.001, (int(v) - at) / 1000) for v in texts]
+
+    def done(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]]) -> None:
+        """The sends ``enter`` let go are over (sent, failed or handed on): their keys' next push may go."""
+        if pushes:
+            self._done(keys=[_key(pool, platform, *p[:3]) for p in pushes], args=[str(n) for *_, n in pushes])
+
+
+def _key(pool: str, platform: str, device: str, identity: str, dataset: str) -> str:
+    return f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}"
 
 
 def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
@@ -167,3 +196,17 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: l
         result.later.append((batch.held(held, str(uuid.uuid4()), budgeted=False), wait))
         result.paced += len(held)
     return [r for r, v in going if v == 0]
+
+
+def over(ctx, batch: DeliveryBatch, requests: list[PushRequest]) -> None:
+    """The sends that ``within`` let go are over; Redis away -> their keys forget them by themselves
+    (GUARD_MS), and a newer count for them waits that long at most."""
+    if not requests:
+        return
+    items = {item.key: item for item in batch.items}
+    try:
+        ctx.pacing.done(batch.pool, batch.platform, [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
+                                                     for r in requests])
+    except redis.RedisError as exc:
+        log.warning("could not mark %d %s sends of pool %s as over (%s); their keys forget them in %d s",
+                    len(requests), batch.platform, batch.pool, exc, GUARD_MS // 1000)
