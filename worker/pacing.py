@@ -15,12 +15,15 @@ sent the device for the dataset, so that a push older than one already on its wa
 send-time check alone cannot do that: a window's flush and the next window's leading push may run
 in two processes, and the flush, having read the store before the lead planned its newer count,
 would send its older one after it (the device sees 74, then 73). Without a window of its own
-the key lasts ``GUARD_MS`` past the check, longer than a store read takes to reach it. Two sends
-of one key that pass it close together still race to the device: after the check a send may
-still wait (an FCM budget reservation, a token, a connection), and no check here closes that.
+the key lasts ``GUARD_MS`` past the check, longer than a store read takes to reach it. And while a
+send is on its way (after the check it may still wait for an FCM budget, a token, a connection) the
+key says so: another push of the key waits in the retry set (``RECHECK_MS``) until ``done`` says
+that send is over, or ``GUARD_MS`` has passed (its process was killed), so a newer count passing
+the check cannot overtake an older one on its way (the device saw 70, then 69).
 
 Redis decides only *when* and *in what order*, as for ingest's windows:
-``pushsync:pace:<pool>:<platform>:<device>:<identity>:<dataset>`` holds "<window end ms>:<count sent>".
+``pushsync:pace:<pool>:<platform>:<device>:<identity>:<dataset>`` holds "<window end ms>:<count sent>",
+and ":<until ms>" while that send is on its way.
 *What* goes is the store's (the planned count at send time; the store's counts only rise).
 A push whose count is below the one its key sent is dropped (the device has a newer
 one). One with the same count waits for the window's end like a newer one: the send that opened
