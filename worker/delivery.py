@@ -145,11 +145,12 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
         requests = plan(batch, targets, result)
     outcomes: list[Outcome] = []
     unsendable = _unsendable(batch, creds, settings.max_attempts) if requests else None
+    token = ""
     if requests and not unsendable:
-        checked = pacing.within(ctx, batch, creds, requests, result)
+        checked, token = pacing.within(ctx, batch, creds, requests, result)
         requests = budget.within(ctx, batch, creds, checked, result)
         going = {r.key for r in requests}  # the send order forgets those held for their budget now, the rest once sent
-        pacing.over(ctx, batch, [r for r in checked if r.key not in going])
+        pacing.over(ctx, batch, [r for r in checked if r.key not in going], token)
     if unsendable:
         why, detail = unsendable
         sending = {r.key for r in requests}
@@ -164,11 +165,10 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
             assert creds is not None  # _unsendable answered for a batch without credentials
             # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
             with stage("send_wait"):  # this thread waits; the sending loop's thread does the work
-                try:
-                    outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
-                                            timeout=min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8))
-                finally:
-                    pacing.over(ctx, batch, requests)
+                outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
+                                        timeout=pacing.send_bound(settings))
+            # (a send that stalled or raised may still be writing: its keys forget it by themselves)
+            pacing.over(ctx, batch, requests, token)
             budget.lower_on_quota(ctx, batch, creds, outcomes)
         with stage("record"):
             result = _record(ctx, batch, outcomes, result)

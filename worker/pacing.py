@@ -61,30 +61,32 @@ MAX_MS = 86_400_000
 RECHECK_MS = 1_000
 
 # KEYS: one per push. ARGV: now (ms; below 0: Redis's clock), width (ms; 0: no window, only the
-# order), keep (ms), then one count per key. Returns now (ms), then per key: 0 (send; with a width
-# it opened a window), "-<count>" (drop: its key sent that newer count; as text, which keeps counts
-# near 2^63 exact) or the open window's end (ms: wait until then; the count it sent waits too,
-# since the send that opened the window may have failed before it was made).
+# order), keep (ms), hold (ms: how long a send let go here may take), this call's token, then one
+# count per key. Returns now (ms), then per key: 0 (send; with a width it opened a window),
+# "-<count>" (drop: its key sent that newer count; as text, which keeps counts near 2^63 exact),
+# "b<ms>" (wait until then: another send of the key is on its way) or the open window's end (ms:
+# wait until then; the count it sent waits too, since the send that opened the window may have
+# failed before it was made).
 _ENTER = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
-local width, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local width, keep, hold, token = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 -- counts compared as decimal text: they reach 2^63, past what a Lua number holds exactly
 local function older(a, b) if #a ~= #b then return #a < #b end return a < b end
+local till = string.format('%.0f', now + hold) .. ':' .. token
 local out = {now}
 for i, key in ipairs(KEYS) do
-  local count = ARGV[3 + i]
-  local raw = redis.call('GET', key) or ''
-  -- "<end>:<count sent>", and ":<until>" while that send is in flight
-  local e, sent, b = string.match(raw, '^([^:]*):([^:]*):([^:]*)$')
+  local count = ARGV[5 + i]
+  -- a key of another type than ours is as no key (SET below replaces it)
+  local raw = redis.call('TYPE', key).ok == 'string' and redis.call('GET', key) or ''
+  -- "<end>:<count sent>", and ":<until>:<token>" while that send is on its way
+  local e, sent, b = string.match(raw, '^([^:]*):([^:]*):([^:]*):[^:]+$')
   if not e then e, sent = string.match(raw, '^([^:]*):([^:]*)$') end
   local ends, busy = tonumber(e or ''), b and tonumber(b)
   if sent and not (sent == '0' or (#sent <= 19 and string.match(sent, '^[1-9]%d*$'))) then sent = nil end
-  -- bytes that are not ours (no count, an end past any window, a send in flight for longer than one
-  -- may be) are as no key
-  local ours = ends and sent and ends <= now + """ + str(MAX_MS) + """ and (not b or (busy and busy <= now + """ \
-    + str(GUARD_MS) + """))
-  local till = string.format('%.0f', now + """ + str(GUARD_MS) + """)
+  -- bytes that are not ours (no count, an end past any window, a send on its way for longer than one
+  -- may take) are as no key
+  local ours = ends and sent and ends <= now + """ + str(MAX_MS) + """ and (not b or (busy and busy <= now + hold))
   -- a drop needs a key that will go (our writes all set a TTL): bytes left without one never block a push
   if ours and older(count, sent) and redis.call('PTTL', key) > 0 then
     out[i + 1] = '-' .. sent
@@ -93,27 +95,28 @@ for i, key in ipairs(KEYS) do
     out[i + 1] = ends
   elseif ours and busy and busy > now then
     -- another send of this key is on its way: this one goes after it, however long the first takes
-    out[i + 1] = math.min(busy, now + """ + str(RECHECK_MS) + """)
+    out[i + 1] = string.format('b%.0f', math.min(busy, now + """ + str(RECHECK_MS) + """))
   elseif width > 0 then
-    redis.call('SET', key, string.format('%.0f:%s:', now + width, count) .. till, 'PX', width + keep)
+    redis.call('SET', key, string.format('%.0f:%s:', now + width, count) .. till, 'PX', width + math.max(keep, hold))
     out[i + 1] = 0
   elseif ours and ends > now then  -- passing an open window: it keeps its end
     redis.call('SET', key, string.format('%.0f:%s:', ends, count) .. till, 'KEEPTTL')
     out[i + 1] = 0
   else
-    redis.call('SET', key, string.format('%.0f:%s:', now, count) .. till, 'PX', keep)
+    redis.call('SET', key, string.format('%.0f:%s:', now, count) .. till, 'PX', math.max(keep, hold))
     out[i + 1] = 0
   end
 end
 return out
 """
 
-# KEYS: one per push sent (or handed on) after ``_ENTER`` let it go. ARGV: one count per key. Its
-# send is over: the key forgets the send in flight, unless a later send of another count owns it.
+# KEYS: one per push that ``_ENTER`` let go. ARGV: that call's token, then one count per key. Their
+# sends are over: each key forgets its send on its way, unless another call's send owns it now.
 _DONE = """
 for i, key in ipairs(KEYS) do
-  local e, sent = string.match(redis.call('GET', key) or '', '^([^:]*):([^:]*):[^:]*$')
-  if e and sent == ARGV[i] then redis.call('SET', key, e .. ':' .. sent, 'KEEPTTL') end
+  local raw = redis.call('TYPE', key).ok == 'string' and redis.call('GET', key) or ''
+  local e, sent, token = string.match(raw, '^([^:]*):([^:]*):[^:]*:([^:]+)$')
+  if e and sent == ARGV[i + 1] and token == ARGV[1] then redis.call('SET', key, e .. ':' .. sent, 'KEEPTTL') end
 end
 return 0
 """
@@ -126,6 +129,13 @@ class Covered:
     count: int
 
 
+@dataclass(frozen=True)
+class Busy:
+    """A push that waits ``seconds`` because another send of its key is on its way."""
+
+    seconds: float
+
+
 class Pacing:
     """``clock``: None for Redis's own time (production); a function for a test's clock."""
 
@@ -135,10 +145,12 @@ class Pacing:
         self._done = client.register_script(_DONE)
 
     def enter(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]], width: float,
-              now: float | None = None) -> list[float | Covered]:
-        """``pushes``: (device id, identity, dataset, count). For each, in order: 0.0 (send now), Covered
-        (drop) or the seconds until its open window ends (wait; only with a ``width``: 0 checks the
-        order alone)."""
+              now: float | None = None, hold: float = GUARD_MS / 1000, token: str = "-"
+              ) -> list[float | Covered | Busy]:
+        """``pushes``: (device id, identity, dataset, count). For each, in order: 0.0 (send now; on its
+        way until ``done`` with the same ``token``, or ``hold`` seconds), Covered (drop), Busy (wait:
+        another send of the key is on its way) or the seconds until its open window ends (wait; only
+        with a ``width``: 0 checks the order alone)."""
         if not pushes:
             return []
         now = now if now is not None else (self.clock() if self.clock else None)
@@ -146,21 +158,29 @@ class Pacing:
         # the identity too: a device that moved to another user starts a window of its own there
         keys = [_key(pool, platform, device, identity, dataset) for device, identity, dataset, _ in pushes]
         keep = KEEP_MS if width else GUARD_MS
-        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), keep, *(str(n) for *_, n in pushes)])
+        at, *out = self._enter(keys=keys, args=[at, int(width * 1000), keep, max(1, int(hold * 1000)), token,
+                                                *(str(n) for *_, n in pushes)])
         at = int(at)
-        # a drop's count comes as text (bytes, or str from a client that decodes replies)
+        # a drop's count and a busy wait come as text (bytes, or str from a client that decodes replies)
         texts = [v.decode() if isinstance(v, bytes) else v for v in out]
         return [Covered(int(v[1:])) if isinstance(v, str) and v.startswith("-") else
+                Busy(max(0.001, (int(v[1:]) - at) / 1000)) if isinstance(v, str) and v.startswith("b") else
                 0.0 if int(v) == 0 else max(0.001, (int(v) - at) / 1000) for v in texts]
 
-    def done(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]]) -> None:
-        """The sends ``enter`` let go are over (sent, failed or handed on): their keys' next push may go."""
+    def done(self, pool: str, platform: str, pushes: list[tuple[str, str, str, int]], token: str = "-") -> None:
+        """The sends ``enter`` let go with ``token`` are over (sent, failed or handed on): their keys'
+        next push may go."""
         if pushes:
-            self._done(keys=[_key(pool, platform, *p[:3]) for p in pushes], args=[str(n) for *_, n in pushes])
+            self._done(keys=[_key(pool, platform, *p[:3]) for p in pushes], args=[token, *(str(n) for *_, n in pushes)])
 
 
 def _key(pool: str, platform: str, device: str, identity: str, dataset: str) -> str:
     return f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}"
+
+
+def send_bound(settings) -> float:
+    """How long a delivery waits for its sends (seconds): past it they end as Stalled."""
+    return min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8)
 
 
 def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
@@ -170,46 +190,51 @@ def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
 
 
 def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: list[PushRequest],
-           result) -> list[PushRequest]:
-    """The pushes that go now: those older than a count their key sent are dropped, and where the
-    pool has a window of its own, those inside an open one go to ``result.later`` until its end
-    (one batch per second of ends)."""
+           result) -> tuple[list[PushRequest], str]:
+    """The pushes that go now, and the token that ``over`` says their sends are over with: those
+    older than a count their key sent are dropped; those whose key has a send on its way, and where
+    the pool has a window of its own those inside an open one, go to ``result.later`` until it is
+    over or the window ends (one batch per second)."""
+    token = uuid.uuid4().hex[:16]
     if creds is None or not requests:
-        return requests
+        return requests, token
     wide = 0.0 if batch.attempt > 1 or batch.budgeted else width(creds, batch.platform, ctx.settings.coalesce_window)
     items = {item.key: item for item in batch.items}
-    try:
+    try:  # a send may take send_bound, and a few seconds more to say it is over
         verdicts = ctx.pacing.enter(batch.pool, batch.platform,
                                     [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
-                                     for r in requests], wide)
+                                     for r in requests], wide, hold=send_bound(ctx.settings) + 5, token=token)
     except redis.RedisError as exc:  # the order and the window are worth less than the pushes: they go
         log.warning("could not check the %s send order and windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)
-        return requests
-    going: list[tuple[PushRequest, float]] = []
+        return requests, token
+    going: list[tuple[PushRequest, float | Busy]] = []
     for r, v in zip(requests, verdicts, strict=True):
         if isinstance(v, Covered):  # the device has a newer count than this one: on the trail as stale
             result.stale += 1
             result.covered[r.key] = v.count
         else:
             going.append((r, v))
-    groups = budget.slots([v for _, v in going])  # one retry entry per second of window ends, as the budget's
-    for wait, indexes in groups.items():
-        held = [items[going[i][0].key] for i in indexes]
-        result.later.append((batch.held(held, str(uuid.uuid4()), budgeted=False), wait))
-        result.paced += len(held)
-    return [r for r, v in going if v == 0]
+    for busy in (False, True):  # a push that waited for its budget and now for a send keeps its slot
+        mine = [(r, v) for r, v in going if isinstance(v, Busy) == busy]
+        groups = budget.slots([v.seconds if isinstance(v, Busy) else v for _, v in mine])
+        for wait, indexes in groups.items():
+            held = [items[mine[i][0].key] for i in indexes]
+            result.later.append((batch.held(held, str(uuid.uuid4()), budgeted=busy and batch.budgeted), wait))
+            result.paced += len(held)
+    return [r for r, v in going if v == 0], token
 
 
-def over(ctx, batch: DeliveryBatch, requests: list[PushRequest]) -> None:
-    """The sends that ``within`` let go are over; Redis away -> their keys forget them by themselves
-    (GUARD_MS), and a newer count for them waits that long at most."""
+def over(ctx, batch: DeliveryBatch, requests: list[PushRequest], token: str) -> None:
+    """The sends that ``within`` let go with ``token`` are over. Redis away (or anything else on
+    the way) -> their keys forget them by themselves (after the send's bound), and a newer count
+    for them waits that long at most; the outcomes are recorded all the same."""
     if not requests:
         return
     items = {item.key: item for item in batch.items}
     try:
         ctx.pacing.done(batch.pool, batch.platform, [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
-                                                     for r in requests])
-    except redis.RedisError as exc:
-        log.warning("could not mark %d %s sends of pool %s as over (%s); their keys forget them in %d s",
-                    len(requests), batch.platform, batch.pool, exc, GUARD_MS // 1000)
+                                                     for r in requests], token)
+    except Exception as exc:  # noqa: BLE001 - the outcomes of sends that were made are worth more
+        log.warning("could not mark %d %s sends of pool %s as over (%s); their keys forget them by themselves",
+                    len(requests), batch.platform, batch.pool, exc)

@@ -6,12 +6,10 @@ ingest window and the test's clock, store: SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import pytest
-
 from worker import pacing, retry
-from worker.pacing import Covered, Pacing
+from worker.pacing import Busy, Covered, Pacing
 
-from ..conftest import IDENT
+from ..conftest import IDENT, POOL
 from .conftest import _ev
 from .test_pacing import _counts, _due, _pool
 
@@ -33,7 +31,7 @@ def test_a_count_left_in_redis_without_a_ttl_blocks_no_push(retry_redis):
     key = f"{pacing.PACE}p:APNS:d:i:n"
     retry_redis.set(key, b"0:999999999")  # looks like ours, but no write of ours leaves a key for ever
     assert Pacing(retry_redis).enter("p", "APNS", [("d", "i", "n", 5)], 0.0, now=1000.0) == [0.0]
-    assert retry_redis.get(key) == b"1000000:5:1010000" and 0 < retry_redis.pttl(key) <= pacing.GUARD_MS
+    assert retry_redis.get(key) == b"1000000:5:1010000:-" and 0 < retry_redis.pttl(key) <= pacing.GUARD_MS
 
 
 def test_a_push_waits_while_an_older_send_of_its_key_is_on_its_way_and_goes_once_that_is_over(retry_redis):
@@ -41,19 +39,56 @@ def test_a_push_waits_while_an_older_send_of_its_key_is_on_its_way_and_goes_once
     connection to wait for); the other comes with 74. If 74 went now it could reach the device
     first, and 73 after it."""
     p = Pacing(retry_redis)
-    assert p.enter("p", "GCM", [("d", "i", "n", 73)], 0.0, now=1000.0) == [0.0]
-    assert p.enter("p", "GCM", [("d", "i", "n", 74), ("d", "i", "n", 73)], 0.0, now=1000.2) == [
-        pytest.approx(pacing.RECHECK_MS / 1000), pytest.approx(pacing.RECHECK_MS / 1000)]
-    assert p.enter("p", "GCM", [("d", "i", "n", 74)], 0.0, now=1000.2) != [0.0]
-    p.done("p", "GCM", [("d", "i", "n", 72)])  # not the count in flight: the key keeps it
-    assert p.enter("p", "GCM", [("d", "i", "n", 74)], 0.0, now=1000.3) == [pytest.approx(pacing.RECHECK_MS / 1000)]
-    p.done("p", "GCM", [("d", "i", "n", 73)])
-    assert p.enter("p", "GCM", [("d", "i", "n", 74)], 0.0, now=1001.2) == [0.0]
-    # a send that never says it is over (its process was killed) holds the key GUARD_MS at most
-    assert p.enter("p", "GCM", [("d", "i", "n", 75)], 0.0, now=1001.2 + pacing.GUARD_MS / 1000 - 0.5) == [
-        pytest.approx(0.5)]
-    assert p.enter("p", "GCM", [("d", "i", "n", 75)], 0.0, now=1001.2 + pacing.GUARD_MS / 1000) == [0.0]
+    wait = Busy(pacing.RECHECK_MS / 1000)
+    assert p.enter("p", "GCM", [("d", "i", "n", 73)], 0.0, now=1000.0, hold=30, token="a") == [0.0]
+    assert p.enter("p", "GCM", [("d", "i", "n", 74), ("d", "i", "n", 73)], 0.0, now=1000.2, hold=30,
+                   token="b") == [wait, wait]
+    p.done("p", "GCM", [("d", "i", "n", 72)], "a")  # not the count on its way: the key keeps it
+    p.done("p", "GCM", [("d", "i", "n", 73)], "b")  # nor another call's (a copy of the batch, say)
+    assert p.enter("p", "GCM", [("d", "i", "n", 74)], 0.0, now=1000.3, hold=30, token="b") == [wait]
+    p.done("p", "GCM", [("d", "i", "n", 73)], "a")
+    assert p.enter("p", "GCM", [("d", "i", "n", 74)], 0.0, now=1001.2, hold=30, token="c") == [0.0]
+    # a send that never says it is over (its process was killed) holds the key its hold at most
+    assert p.enter("p", "GCM", [("d", "i", "n", 75)], 0.0, now=1030.7, hold=30, token="d") == [Busy(0.5)]
+    assert p.enter("p", "GCM", [("d", "i", "n", 75)], 0.0, now=1031.2, hold=30, token="d") == [0.0]
+    key = f"{pacing.PACE}p:GCM:d:i:n"
+    assert 29_000 < retry_redis.pttl(key) <= 30_000  # the key outlives the send it waits for
 
+
+def test_a_key_of_another_type_is_no_key_and_stops_no_other_push(retry_redis):
+    retry_redis.hset(f"{pacing.PACE}p:GCM:d:i:n", "x", "1")
+    p = Pacing(retry_redis)
+    assert p.enter("p", "GCM", [("e", "i", "n", 5), ("d", "i", "n", 5)], 0.0, now=1000.0, token="t") == [0.0, 0.0]
+    p.done("p", "GCM", [("e", "i", "n", 5), ("d", "i", "n", 5)], "t")
+    assert retry_redis.get(f"{pacing.PACE}p:GCM:d:i:n") == b"1000000:5"
+    retry_redis.delete(f"{pacing.PACE}p:GCM:e:i:n")
+    retry_redis.hset(f"{pacing.PACE}p:GCM:e:i:n", "x", "1")
+    p.done("p", "GCM", [("e", "i", "n", 5)], "t")  # nor does it fail the end of a send
+
+
+def test_a_push_that_waited_for_its_budget_keeps_its_slot_when_it_waits_for_a_send(run, engine):
+    """A push held for its budget slot comes back budgeted (it passes its pool's window, its slot
+    paid). If a send of its key is on its way then, it waits for that send still budgeted: not for
+    a whole window again, nor for a second slot."""
+    from pushsync.messages import DeliveryBatch, Item
+    from store.db import session_scope
+    from worker.delivery import DeliveryResult
+    from worker.senders.base import PushRequest
+
+    _pool(engine, 1200.0, devices=1)
+    with session_scope(engine) as s:
+        creds = run.ctx.pools.credentials(s, [POOL])[POOL]
+    run.ctx.pacing.enter(POOL, "APNS", [("dev", IDENT, "notes", 3)], 0.0, token="another")  # on its way
+    batch = DeliveryBatch(POOL, "APNS", (Item("dev", IDENT, "notes", 4),), budgeted=True, id="b1")
+    result = DeliveryResult()
+    push = PushRequest(device_id="dev", token="tok", data={}, dataset="notes", identity_id=IDENT)
+    going, _token = pacing.within(run.ctx, batch, creds, [push], result)
+    assert going == [] and result.paced == 1
+    [(held, wait)] = result.later
+    assert held.budgeted and wait == pacing.RECHECK_MS / 1000
+    run.ctx.pacing.done(POOL, "APNS", [("dev", IDENT, "notes", 3)], "another")
+    going, _token = pacing.within(run.ctx, held, creds, [push], result)
+    assert len(going) == 1  # it goes, though the window the 3 opened is open
 
 def test_a_delivery_that_read_the_store_before_a_newer_count_was_planned_does_not_send_after_it(run, engine,
                                                                                                 monkeypatch):
