@@ -15,10 +15,11 @@ sent the device for the dataset, so that a push older than one already on its wa
 send-time check alone cannot do that: a window's flush and the next window's leading push may run
 in two processes, and the flush, having read the store before the lead planned its newer count,
 would send its older one after it (the device sees 74, then 73). Without a window of its own
-the key lasts ``GUARD_MS`` past the check, longer than a store read takes to reach it. And while a
+the key lasts at least ``GUARD_MS`` past the check, longer than a store read takes to reach it. And while a
 send is on its way (after the check it may still wait for an FCM budget, a token, a connection) the
 key says so: another push of the key waits in the retry set (``RECHECK_MS``) until ``done`` says
-that send is over, or ``GUARD_MS`` has passed (its process was killed), so a newer count passing
+that send is over, or the send's hold has passed (its process was killed, or the send stalled and
+may still be writing: ``send_bound`` plus 5 s), so a newer count passing
 the check cannot overtake an older one on its way (the device saw 70, then 69).
 
 Redis decides only *when* and *in what order*, as for ingest's windows:
