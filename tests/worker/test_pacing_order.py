@@ -6,6 +6,8 @@ ingest window and the test's clock, store: SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import pytest
+
 from worker import pacing, retry
 from worker.pacing import Busy, Covered, Pacing
 
@@ -153,3 +155,32 @@ def test_a_newer_count_checked_while_an_older_one_waits_to_be_sent_goes_after_it
     _due(run)
     assert _counts(run, platform) == {token[platform]: [73, 74]}
     assert run.ctx.redis.zcard(retry.RETRY_KEY) == 0
+
+
+def test_a_send_that_stalled_keeps_its_key_and_a_failed_release_costs_no_outcome(run, engine, monkeypatch):
+    """A send that ended as Stalled may still be writing its bytes: its key is not freed, so a newer
+    count waits (for the hold at most). Marking sends over that fails (anything raised on the way)
+    costs the outcomes nothing: they are recorded."""
+    from worker.errors import Stalled
+
+    _pool(engine, None, devices=1)
+    run.publish(_ev(IDENT, 5))
+    run.runs()
+    batches, run.queued[:] = list(run.queued), []
+    stalled = run.ctx.senders.send
+
+    async def stall(creds, platform, requests):
+        raise Stalled("the send did not finish")
+    monkeypatch.setattr(run.ctx.senders, "send", stall)
+    with pytest.raises(Stalled):
+        run.deliver(batches[0])
+    platform = batches[0]["platform"]
+    keys = run.ctx.redis.keys(f"{pacing.PACE}*:{platform}:*")
+    assert len(keys) == 1 and run.ctx.redis.get(keys[0]).count(b":") == 3  # still on its way
+    monkeypatch.setattr(run.ctx.senders, "send", stalled)
+
+    def broken(*_a, **_k):
+        raise ValueError("not Redis's fault")
+    monkeypatch.setattr(run.ctx.pacing, "done", broken)
+    result = run.deliver(batches[1])
+    assert result["sent"] == 1 and len(run.delivered) == 1
