@@ -102,6 +102,11 @@ class Settings:
     def soft_time_limit(self) -> int:  # seconds: SoftTimeLimitExceeded is raised in the task
         return max(1, self.task_time_limit - 5)
 
+    @property
+    def send_bound(self) -> float:
+        """Seconds a delivery waits for its sends (then Stalled), inside the soft time limit."""
+        return min(self.send_timeout * 3 + 30, self.soft_time_limit * 0.8)
+
     def keyring(self):
         """The keys that seal and open push credentials at rest (PUSHSYNC_SECRET_KEY)."""
         from pushsync.secrets import Keyring

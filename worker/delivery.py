@@ -166,7 +166,7 @@ def deliver(ctx: Context, batch: DeliveryBatch, rec: metrics.Recorder) -> Delive
             # inside the soft time limit: a stalled send ends as Stalled (transient), cancelled
             with stage("send_wait"):  # this thread waits; the sending loop's thread does the work
                 outcomes = ctx.loop.run(ctx.senders.send(creds, batch.platform, requests),
-                                        timeout=pacing.send_bound(settings))
+                                        timeout=settings.send_bound)
             # (a send that stalled or raised may still be writing: its keys forget it by themselves)
             pacing.over(ctx, batch, requests, token)
             budget.lower_on_quota(ctx, batch, creds, outcomes)

@@ -19,12 +19,12 @@ the key lasts at least ``GUARD_MS`` past the check, longer than a store read tak
 send is on its way (after the check it may still wait for an FCM budget, a token, a connection) the
 key says so: another push of the key waits in the retry set (``RECHECK_MS``) until ``done`` says
 that send is over, or the send's hold has passed (its process was killed, or the send stalled and
-may still be writing: ``send_bound`` plus 5 s), so a newer count passing
+may still be writing: ``Settings.send_bound`` plus 5 s), so a newer count passing
 the check cannot overtake an older one on its way (the device saw 70, then 69).
 
 Redis decides only *when* and *in what order*, as for ingest's windows:
 ``pushsync:pace:<pool>:<platform>:<device>:<identity>:<dataset>`` holds "<window end ms>:<count sent>",
-and ":<until ms>" while that send is on its way.
+and ":<until ms>:<token>" while that send is on its way (the token: the ``enter`` call that let it go).
 *What* goes is the store's (the planned count at send time; the store's counts only rise).
 A push whose count is below the one its key sent is dropped (the device has a newer
 one). One with the same count waits for the window's end like a newer one: the send that opened
@@ -179,9 +179,10 @@ def _key(pool: str, platform: str, device: str, identity: str, dataset: str) -> 
     return f"{PACE}{pool}:{platform}:{device}:{identity}:{dataset}"
 
 
-def send_bound(settings) -> float:
-    """How long a delivery waits for its sends (seconds): past it they end as Stalled."""
-    return min(settings.send_timeout * 3 + 30, settings.soft_time_limit * 0.8)
+def _pushes(batch: DeliveryBatch, requests: list[PushRequest]) -> list[tuple[str, str, str, int]]:
+    """The (device, identity, dataset, count) of each request, as ``enter`` and ``done`` take them."""
+    items = {item.key: item for item in batch.items}
+    return [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count) for r in requests]
 
 
 def width(creds: PoolCredentials, platform: str, ingest_width: float) -> float:
@@ -201,10 +202,9 @@ def within(ctx, batch: DeliveryBatch, creds: PoolCredentials | None, requests: l
         return requests, token
     wide = 0.0 if batch.attempt > 1 or batch.budgeted else width(creds, batch.platform, ctx.settings.coalesce_window)
     items = {item.key: item for item in batch.items}
-    try:  # a send may take send_bound, and a few seconds more to say it is over
-        verdicts = ctx.pacing.enter(batch.pool, batch.platform,
-                                    [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
-                                     for r in requests], wide, hold=send_bound(ctx.settings) + 5, token=token)
+    try:  # a send may take the send bound, and a few seconds more to say it is over
+        verdicts = ctx.pacing.enter(batch.pool, batch.platform, _pushes(batch, requests), wide,
+                                    hold=ctx.settings.send_bound + 5, token=token)
     except redis.RedisError as exc:  # the order and the window are worth less than the pushes: they go
         log.warning("could not check the %s send order and windows of %d pushes of pool %s (%s); sent without them",
                     batch.platform, len(requests), batch.pool, exc)
@@ -232,10 +232,8 @@ def over(ctx, batch: DeliveryBatch, requests: list[PushRequest], token: str) -> 
     for them waits that long at most; the outcomes are recorded all the same."""
     if not requests:
         return
-    items = {item.key: item for item in batch.items}
     try:
-        ctx.pacing.done(batch.pool, batch.platform, [(r.device_id, r.identity_id, r.dataset, items[r.key].sync_count)
-                                                     for r in requests], token)
+        ctx.pacing.done(batch.pool, batch.platform, _pushes(batch, requests), token)
     except Exception as exc:  # noqa: BLE001 - the outcomes of sends that were made are worth more
         log.warning("could not mark %d %s sends of pool %s as over (%s); their keys forget them by themselves",
                     len(requests), batch.platform, batch.pool, exc)

@@ -184,7 +184,7 @@ def test_a_pool_without_a_window_of_its_own_pushes_as_ingest_planned(run, engine
     assert _counts(run, "APNS") == {f"{0:064x}": [1, 2, 3]}
     # the keys keep only the order, for a moment
     keys = run.ctx.redis.keys(pacing.PACE + "*")
-    hold = (pacing.send_bound(run.ctx.settings) + 5) * 1000  # a send's bound: the longest one is on its way
+    hold = (run.ctx.settings.send_bound + 5) * 1000  # a send's bound: the longest one is on its way
     assert keys and all(0 < run.ctx.redis.pttl(k) <= hold for k in keys)
     assert {run.ctx.redis.get(k).split(b":")[1] for k in keys} == {b"3"}
 
