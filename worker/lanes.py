@@ -59,13 +59,15 @@ from worker.intake import (
 log = logging.getLogger("pushsync.tasks")
 
 # How far a run looks ahead for light messages: up to LOOKAHEAD runs' worth of new events, at
-# most LOOKAHEAD_EVENTS events (by their size: about 11 MB, plus envelopes and a last message) and
+# most LOOKAHEAD_EVENTS events (by their size: about 2.3 MB, plus envelopes and a last message) and
 # at most LOOKAHEAD_MESSAGES runs' worth of messages. Each message's pool is read from the start of its
 # body (envelope.first_pool: about 25 µs for a message of 100 events), so a burst of large
 # messages is filed in a few runs, not dozens: a light pool's event published behind 1,000
-# messages of 100 events is worked on by the third run, not the 25th.
+# messages of 100 events is worked on by the tenth run, not the 500th. A larger look-ahead files a
+# burst in fewer runs, but each is longer (about 130 ms for 500 such messages, on an idle machine)
+# and holds Redis longer; in the fairness benchmark 50,000 events did no better than 10,000.
 LOOKAHEAD = 250
-LOOKAHEAD_EVENTS = 50_000
+LOOKAHEAD_EVENTS = 10_000
 LOOKAHEAD_MESSAGES = 5
 # A run with light messages takes from the lanes at most LIGHT_SHARE of its room, and nothing while
 # a run without light messages took from them less than LIGHT_WAIT seconds ago: while other runs
@@ -74,8 +76,17 @@ LOOKAHEAD_MESSAGES = 5
 # takes its share, as many as there are.
 LIGHT_WAIT = 0.5
 LIGHT_SHARE = 0.1
-# when a run without light messages last took from the lanes (ms, by the take's clock)
+# A run without light messages takes at most CONTENDED_SHARE of its room from the lanes while a
+# light run took from them less than LIGHT_RECENT seconds ago. A light pool's event waits for the
+# runs in progress, and on a busy machine a run of 200 pushes lasts about 90 ms: while light pools
+# publish, the backlogs move in short runs (20 events: a few per cent of their throughput in the
+# fairness benchmark); a backlog alone keeps full runs.
+CONTENDED_SHARE = 0.1
+LIGHT_RECENT = 3.0
+# when a run without light messages last took from the lanes, and when a light run last did (ms,
+# by the take's clock)
 LANES_FULL = "pushsync:lanes:full"
+LANES_LIGHT = "pushsync:lanes:light"
 
 # Fenced like ack: only records whose lease is still the caller's move. KEYS: inflight, due,
 # attempts, abandons, leased, lanes. ARGV: now, lease, lane prefix, then (id, pool) pairs.
@@ -102,10 +113,11 @@ end
 return filed
 """
 
-# KEYS: inflight, due, leased, lanes, lanes:full. ARGV: now, lease (the run's), room (events), id
-# prefix, envelope bytes, bytes per event, the largest message handed over whole, the bytes kept of
-# a larger one, lane prefix, LIGHT_WAIT in ms for a light run's take (0: a take without light
-# messages). Returns {messages (id, raw, size) ..., lanes left}.
+# KEYS: inflight, due, leased, lanes, lanes:full, lanes:light. ARGV: now, lease (the run's), room
+# (events), id prefix, envelope bytes, bytes per event, the largest message handed over whole, the
+# bytes kept of a larger one, lane prefix, LIGHT_WAIT in ms for a light run's take (0: a take without
+# light messages), then a take without light messages' room and LIGHT_RECENT (ms) while light runs
+# take. Returns {messages (id, raw, size) ..., lanes left}.
 _TAKE = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
@@ -117,10 +129,14 @@ local envelope, per_event, biggest, kept, lane = tonumber(ARGV[5]), tonumber(ARG
 -- is one such run's
 local waited = tonumber(ARGV[10])
 if waited > 0 then
+  redis.call('SET', KEYS[6], now, 'PX', 60000)
   local full = tonumber(redis.call('GET', KEYS[5]) or '')
   if full and full <= now and now - full < waited then return {{}, redis.call('ZCARD', KEYS[4])} end
 else
   redis.call('SET', KEYS[5], now, 'PX', 60000)
+  -- a light run took from the lanes less than ARGV[12] ms ago (not ahead of now): ARGV[11] events at most
+  local light = tonumber(redis.call('GET', KEYS[6]) or '')
+  if light and light <= now and now - light < tonumber(ARGV[12]) then room = math.min(room, tonumber(ARGV[11])) end
 end
 -- at most a pool per event of room, those served longest ago: forged pool ids cannot make a take walk them all
 local pools = redis.call('ZRANGE', KEYS[4], 0, room - 1)
@@ -208,9 +224,11 @@ class Lanes:
         """Messages from the lanes, the pools in turn, until they hold about ``room`` events, under
         the run's ``lease``, and whether lanes are left. ``waited``: a light run's take, which
         takes nothing while a take without it was made less than ``waited`` seconds ago."""
-        msgs, left = self._take(keys=[INFLIGHT, DUE, LEASED, LANES, LANES_FULL],
-                                args=[self._now(), lease, max(1, room), f"{uuid.uuid4().hex}:", ENVELOPE_BYTES,
-                                      EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, LANE, max(0, int(waited * 1000))])
+        room = max(1, room)
+        msgs, left = self._take(keys=[INFLIGHT, DUE, LEASED, LANES, LANES_FULL, LANES_LIGHT],
+                                args=[self._now(), lease, room, f"{uuid.uuid4().hex}:", ENVELOPE_BYTES,
+                                      EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, LANE, max(0, int(waited * 1000)),
+                                      max(1, int(room * CONTENDED_SHARE)), int(LIGHT_RECENT * 1000)])
         return ([InFlight(msgs[i].decode(), msgs[i + 1], 0, 0, int(msgs[i + 2])) for i in range(0, len(msgs), 3)],
                 bool(left))
 
