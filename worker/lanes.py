@@ -14,7 +14,9 @@ up to ``lookahead`` of new messages, and the run reads each one's pool (``choose
   longest ago first (``pushsync:lanes``, pool -> when it was last served), each an equal share of
   the room. A run with light messages leaves the lanes a tenth of its room at most, and nothing
   while runs without light messages keep taking from them (one did in the last LIGHT_WAIT): light
-  pools are served first and their runs stay short, and a flood keeps moving.
+  pools are served first and their runs stay short, and a flood keeps moving. While light runs
+  take (one did in the last LIGHT_RECENT), a run without light messages takes CONTENDED_SHARE of
+  its room: the runs a light pool's event may wait for are short.
 
 The bound: an event of a pool without a backlog is worked on by the first run that starts after it
 is published and finds a free worker process, whatever another pool has queued; runs are at most
