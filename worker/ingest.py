@@ -54,7 +54,7 @@ def run(ctx: Context, rec: metrics.Recorder) -> IngestResult:
     room = ctx.settings.ingest_batch_max
     try:
         with stage("take"):
-            taken = ctx.intake.take(room, FLUSHES_PER_RUN, *lanes.lookahead(room), *lanes.newest(ctx.lanes))
+            taken = ctx.intake.take(room, FLUSHES_PER_RUN, *lanes.lookahead(room))
     except redis.RedisError as exc:  # nothing was taken: the dispatcher starts a run again later
         log.warning("could not take ingest messages: %s", exc)
         return IngestResult()

@@ -9,10 +9,9 @@ when it is due again), so at any instant a message is either on the list or in f
 
 - ``take``: due in-flight messages first (a retry whose wait is over, or one whose lease ran out
   because its run died), then new ones, oldest first, through kombu's priority lists in kombu's
-  order (and, for ``worker.lanes``, some of the newest where they are); the lease is the
-  visibility timeout, longer than a run may last. A message whose run died (its lease ran out) is
-  taken again alone, so that a message that kills its runs takes no neighbours with it; after
-  ``MAX_ABANDONS`` such deaths it is dead-lettered as it is.
+  order; the lease is the visibility timeout, longer than a run may last. A message whose run died
+  (its lease ran out) is taken again alone, so that a message that kills its runs takes no
+  neighbours with it; after ``MAX_ABANDONS`` such deaths it is dead-lettered as it is.
 - ``defer``: a run that could not finish (the store out of reach) gives its messages a later due
   time, counting the try; nothing is published again, so nothing can exist twice.
 - ``ack``: the run is done; the records go.
@@ -49,10 +48,12 @@ LANES = "pushsync:lanes"
 # step 0 is the queue itself) and takes them in this order; a test pins it
 PRIORITY_LISTS = (EVENTS_QUEUE, *(f"{EVENTS_QUEUE}\x06\x16{step}" for step in (3, 6, 9)))
 # Runs that may die holding a message before it is dead-lettered (a run that can still reach Redis
-# defers what it holds: only a killed process, or Redis away longer than the run's tries, counts).
+# defers what it holds instead: only a killed process, or Redis away for longer than the run's own
+# tries, counts).
 MAX_ABANDONS = 5
-# What a Celery message's bytes say of its events (the take's arithmetic only): about 1.2 kB of
-# envelope (headers with the arguments' repr, properties, base64) and 230 to 400 bytes per event.
+# What a Celery message's bytes say of its events: about 1.2 kB of envelope (headers with the
+# arguments' repr, properties, base64) and 230 to 400 bytes per event (measured with the producer
+# client). Only the take's arithmetic uses it.
 ENVELOPE_BYTES, EVENT_BYTES = 1200, 230
 # A message larger than this is never handed to Python whole (a run reading it could run out of
 # memory on every try): the take returns its first RAW_KEPT bytes, and the run dead-letters it.
@@ -60,34 +61,31 @@ MAX_MESSAGE_BYTES = 4 << 20
 
 # Every script takes the time from Redis (ARGV[1] < 0) or from the caller's clock (tests): one
 # clock for every host, so that windows, leases and due times agree whatever the hosts' clocks say.
-NOW_LUA = """
+_NOW = """
 local now = tonumber(ARGV[1])
 if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
 """
 
-# A message's in-flight records gone (a script's KEYS begin inflight, due, attempts, abandons, leased)
-FORGET_LUA = """local function forget(id) redis.call('HDEL', KEYS[1], id) redis.call('ZREM', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id) redis.call('HDEL', KEYS[4], id) redis.call('SREM', KEYS[5], id) end
-"""
-
 # KEYS: inflight, due, attempts, abandons, leased, flush, lanes, the queue's priority lists.
 # ARGV: now, lease (ms), events wanted, flushes wanted, this take's id prefix, the envelope's bytes,
-# bytes per event, the largest message handed over whole, the bytes kept of a larger one, then how
-# far new messages are looked at past the events wanted, how many of the newest, and the starts of
-# the laned pools' messages (worker.lanes). A message weighs what its size says it holds (at least
-# one event), so that a run of single-event messages takes ~200 of them and one of 100-event
-# messages two; the message that crosses the limit is the last. Ids are the take's own prefix and
-# a number: unique whatever Redis forgot.
-_TAKE = NOW_LUA + FORGET_LUA + """
+# bytes per event, the largest message handed over whole, the bytes kept of a larger one, then
+# how far new messages are looked at past the events wanted (worker.lanes): events, messages. A
+# message weighs what its size says it holds (at least one event), so that a run of single-event
+# messages takes ~200 of them and one of 100-event messages two; the message that crosses the
+# limit is the last. Ids are the take's own prefix and a number: unique whatever Redis forgot.
+_TAKE = _NOW + """
 local lease, limit, flimit, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local envelope, per_event, biggest, kept = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local window, most, fresh = math.max(limit, tonumber(ARGV[10])), tonumber(ARGV[11]), 0
 local till = now + lease
 local msgs, n, weight, alone = {}, 0, 0, false
 local function hand(id, raw, tries, ab, fresh)
-  for _, v in ipairs({id, #raw <= biggest and raw or string.sub(raw, 1, kept), tries, ab, #raw, fresh}) do
-    msgs[#msgs + 1] = v
-  end
+  msgs[#msgs + 1] = id
+  msgs[#msgs + 1] = #raw <= biggest and raw or string.sub(raw, 1, kept)
+  msgs[#msgs + 1] = tries
+  msgs[#msgs + 1] = ab
+  msgs[#msgs + 1] = #raw
+  msgs[#msgs + 1] = fresh
   n = n + 1
   weight = weight + math.max(1, math.floor((math.min(#raw, biggest) - envelope) / per_event))
 end
@@ -95,7 +93,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
   if weight >= limit then break end
   local raw = redis.call('HGET', KEYS[1], id)
   if not raw then
-    forget(id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('SREM', KEYS[5], id)
   else
     local abandoned = redis.call('SISMEMBER', KEYS[5], id) == 1
     if abandoned and n > 0 then break end
@@ -110,30 +111,17 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     if abandoned then alone = true break end
   end
 end
-local function new(raw)
-  fresh = fresh + 1
-  local id = prefix .. n
-  redis.call('HSET', KEYS[1], id, raw)
-  redis.call('ZADD', KEYS[2], till, id)
-  redis.call('SADD', KEYS[5], id)
-  hand(id, raw, 0, 0, 1)
-end
 if not alone then
-  -- of the ARGV[12] newest, those that do not start as a laned pool's do (ARGV[13...]), up to the
-  -- events wanted and one more (a pool with more than that opens its lane), from where they are: a
-  -- pool without a backlog is not behind another's burst, and the run looks no further ahead
-  local scan, wanted = tonumber(ARGV[12]), weight + limit + 1
-  for _, raw in ipairs(scan > 0 and redis.call('LRANGE', KEYS[8], 0, scan - 1) or {}) do
-    if weight >= wanted then break end
-    local laned = false
-    for i = 13, #ARGV do laned = laned or string.sub(raw, 1, #ARGV[i]) == ARGV[i] end
-    if not laned and redis.call('LREM', KEYS[8], 1, raw) == 1 then new(raw) end
-  end
-  if fresh > 0 then window = limit end
   for q = 8, #KEYS do
     while weight < limit or (weight < window and fresh < most) do
       local raw = redis.call('RPOP', KEYS[q])
-      if raw then new(raw) else break end
+      if not raw then break end
+      fresh = fresh + 1
+      local id = prefix .. n
+      redis.call('HSET', KEYS[1], id, raw)
+      redis.call('ZADD', KEYS[2], till, id)
+      redis.call('SADD', KEYS[5], id)
+      hand(id, raw, 0, 0, 1)
     end
   end
 end
@@ -149,7 +137,9 @@ if #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
    or #redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1) > 0 then
   more = 1
 else
-  for q = 8, #KEYS do if redis.call('LLEN', KEYS[q]) > 0 then more = 1 break end end
+  for q = 8, #KEYS do
+    if redis.call('LLEN', KEYS[q]) > 0 then more = 1 break end
+  end
 end
 return {msgs, flushes, till, more, alone and 1 or 0, redis.call('ZRANGE', KEYS[7], 0, -1)}
 """
@@ -157,7 +147,7 @@ return {msgs, flushes, till, more, alone and 1 or 0, redis.call('ZRANGE', KEYS[7
 # Fencing: a record is touched only while its lease is still the caller's (another run that took
 # it over after the lease ran out holds it now). KEYS: due, attempts, leased, flush.
 # ARGV: now, lease, count a try (1/0), n, (id, wait ms) x n, then (flush member, wait ms)...
-_DEFER = NOW_LUA + """
+_DEFER = _NOW + """
 local lease, count, n = tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 for i = 5, 4 + 2 * n, 2 do
   if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == lease then
@@ -176,25 +166,35 @@ return 1
 
 # KEYS: inflight, due, attempts, abandons, leased, flush.
 # ARGV: lease, n, ids x n, m, flush members done x m, then (member, due ms) to schedule again
-_ACK = FORGET_LUA + """
+_ACK = """
 local lease, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 3, n + 2 do
-  if tonumber(redis.call('ZSCORE', KEYS[2], ARGV[i])) == lease then forget(ARGV[i]) end
+  if tonumber(redis.call('ZSCORE', KEYS[2], ARGV[i])) == lease then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    redis.call('HDEL', KEYS[4], ARGV[i])
+    redis.call('SREM', KEYS[5], ARGV[i])
+  end
 end
 local m = tonumber(ARGV[n + 3])
 for i = n + 4, n + 3 + m do
   if tonumber(redis.call('ZSCORE', KEYS[6], ARGV[i])) == lease then redis.call('ZREM', KEYS[6], ARGV[i]) end
 end
-for i = n + 4 + m, #ARGV, 2 do redis.call('ZADD', KEYS[6], 'LT', tonumber(ARGV[i + 1]), ARGV[i]) end
+for i = n + 4 + m, #ARGV, 2 do
+  redis.call('ZADD', KEYS[6], 'LT', tonumber(ARGV[i + 1]), ARGV[i])
+end
 return 1
 """
 
 # Is there work, how many run triggers wait, and in how many ms is the next retry or flush due?
 # KEYS: due, flush, the runs queue, lanes, the queue's priority lists.
-_STATUS = NOW_LUA + """
+_STATUS = _NOW + """
 local work = 0
 if redis.call('ZCARD', KEYS[4]) > 0 then work = 1 end
-for q = 5, #KEYS do if redis.call('LLEN', KEYS[q]) > 0 then work = 1 break end end
+for q = 5, #KEYS do
+  if redis.call('LLEN', KEYS[q]) > 0 then work = 1 break end
+end
 local nxt = -1
 for _, z in ipairs({KEYS[1], KEYS[2]}) do
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
@@ -252,15 +252,14 @@ class Intake:
     def _now(self) -> int:
         return -1 if self.clock is None else _ms(self.clock())
 
-    def take(self, events: int, flush_limit: int, window=0, most=0, newest=0, starts: Sequence[bytes] = ()) -> Taken:
+    def take(self, events: int, flush_limit: int, window: int = 0, most: int = 0) -> Taken:
         """Messages until they hold about ``events`` events (by their size), new ones until
-        ``window`` events or ``most`` messages, of the ``newest`` those not beginning with one of
-        ``starts`` (worker.lanes chooses), up to ``flush_limit`` due flushes; one whose run died alone."""
+        ``window`` events or ``most`` messages (worker.lanes chooses among them), and up to
+        ``flush_limit`` due flushes. A message whose run died is taken alone."""
         msgs, flushes, lease, more, alone, lanes = self._take(
             keys=[INFLIGHT, DUE, ATTEMPTS, ABANDONS, LEASED, FLUSH, LANES, *PRIORITY_LISTS],
             args=[self._now(), self.lease_ms, max(1, events), max(0, flush_limit), f"{uuid.uuid4().hex}:",
-                  ENVELOPE_BYTES, EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, max(events, window), most,
-                  max(0, newest), *starts])
+                  ENVELOPE_BYTES, EVENT_BYTES, MAX_MESSAGE_BYTES, RAW_KEPT, max(events, window), most])
         messages = [InFlight(msgs[i].decode(), msgs[i + 1], int(msgs[i + 2]), int(msgs[i + 3]), int(msgs[i + 4]),
                              msgs[i + 5] == 1) for i in range(0, len(msgs), 6)]
         laned = [p.decode(errors="replace") for p in lanes]  # a member not ours must not fail every run

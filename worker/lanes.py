@@ -14,8 +14,9 @@ up to ``lookahead`` of new messages, and the run reads each one's pool (``choose
   longest ago first (``pushsync:lanes``, pool -> when it was last served), each an equal share of
   the room. A run with light messages leaves the lanes a tenth of its room at most, and nothing
   while runs without light messages keep taking from them (one did in the last LIGHT_WAIT): light
-  pools are served first and their runs stay short, and a flood keeps moving; while light runs
-  take, the others take CONTENDED_SHARE of their room (LIGHT_RECENT).
+  pools are served first and their runs stay short, and a flood keeps moving. While light runs
+  take (one did in the last LIGHT_RECENT), a run without light messages takes CONTENDED_SHARE of
+  its room: the runs a light pool's event may wait for are short.
 
 The bound: an event of a pool without a backlog is worked on by the first run that starts after it
 is published and finds a free worker process, whatever another pool has queued; runs are at most
@@ -32,7 +33,6 @@ taken again, one at a time, as any message whose run died (``worker.intake``).
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from dataclasses import replace
@@ -49,32 +49,28 @@ from worker.intake import (
     DUE,
     ENVELOPE_BYTES,
     EVENT_BYTES,
-    FORGET_LUA,
     INFLIGHT,
     LANE,
     LANES,
     LEASED,
     MAX_MESSAGE_BYTES,
-    NOW_LUA,
     InFlight,
     Taken,
 )
 
 log = logging.getLogger("pushsync.tasks")
 
-# How far a run looks ahead for light messages: up to LOOKAHEAD runs' worth of new events, at most
-# LOOKAHEAD_EVENTS events (by their size: about 2.3 MB) and LOOKAHEAD_MESSAGES runs' worth of
-# messages, each message's pool read from the start of its body (envelope.first_pool: about 25 µs
-# for 100 events). A larger look-ahead files a burst in fewer runs, each longer (about 130 ms for
-# 500 messages of 100 events, idle); in the fairness benchmark 50,000 events did no better.
+# How far a run looks ahead for light messages: up to LOOKAHEAD runs' worth of new events, at
+# most LOOKAHEAD_EVENTS events (by their size: about 2.3 MB, plus envelopes and a last message) and
+# at most LOOKAHEAD_MESSAGES runs' worth of messages. Each message's pool is read from the start of its
+# body (envelope.first_pool: about 25 µs for a message of 100 events), so a burst of large
+# messages is filed in a few runs, not dozens: a light pool's event published behind 1,000
+# messages of 100 events is worked on by the tenth run, not the 500th. A larger look-ahead files a
+# burst in fewer runs, but each is longer (about 130 ms for 500 such messages, on an idle machine)
+# and holds Redis longer; in the fairness benchmark 50,000 events did no better than 10,000.
 LOOKAHEAD = 250
 LOOKAHEAD_EVENTS = 10_000
 LOOKAHEAD_MESSAGES = 5
-# It also takes, from where they are, those of the NEWEST messages that do not start as a laned
-# pool's do when this project's client wrote them (``start``): a light pool's event published in
-# another's burst is taken by the next run, not once the burst in front of it is filed. A process
-# knows the laned pools from its last run; a change since costs a run.
-NEWEST = 64
 # A run with light messages takes from the lanes at most LIGHT_SHARE of its room, and nothing while
 # a run without light messages took from them less than LIGHT_WAIT seconds ago: while other runs
 # keep the backlogs moving, a light pool's run is as short as it would be without them (a share of
@@ -83,19 +79,23 @@ NEWEST = 64
 LIGHT_WAIT = 0.5
 LIGHT_SHARE = 0.1
 # A run without light messages takes at most CONTENDED_SHARE of its room from the lanes while a
-# light run took from them less than LIGHT_RECENT seconds ago: a light pool's event waits for the
-# runs in progress (200 pushes: about 90 ms on a busy machine), so those are short while light pools
-# publish; a backlog alone keeps whole runs.
+# light run took from them less than LIGHT_RECENT seconds ago. A light pool's event waits for the
+# runs in progress, and on a busy machine a run of 200 pushes lasts about 90 ms: while light pools
+# publish, the backlogs move in short runs (20 events: a few per cent of their throughput in the
+# fairness benchmark); a backlog alone keeps full runs.
 CONTENDED_SHARE = 0.1
 LIGHT_RECENT = 3.0
-# when a run without light messages last took from the lanes, and a light run (ms, the take's clock)
+# when a run without light messages last took from the lanes, and when a light run last did (ms,
+# by the take's clock)
 LANES_FULL = "pushsync:lanes:full"
 LANES_LIGHT = "pushsync:lanes:light"
 
 # Fenced like ack: only records whose lease is still the caller's move. KEYS: inflight, due,
 # attempts, abandons, leased, lanes. ARGV: now, lease, lane prefix, then (id, pool) pairs.
-_FILE = NOW_LUA + FORGET_LUA + """
-local lease, prefix, filed = tonumber(ARGV[2]), ARGV[3], 0
+_FILE = """
+local now, lease, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
+local filed = 0
 for i = 4, #ARGV, 2 do
   local id, pool = ARGV[i], ARGV[i + 1]
   if tonumber(redis.call('ZSCORE', KEYS[2], id)) == lease then
@@ -105,7 +105,11 @@ for i = 4, #ARGV, 2 do
       redis.call('ZADD', KEYS[6], 'NX', now, pool)
       filed = filed + 1
     end
-    forget(id)
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('SREM', KEYS[5], id)
   end
 end
 return filed
@@ -116,7 +120,9 @@ return filed
 # bytes kept of a larger one, lane prefix, LIGHT_WAIT in ms for a light run's take (0: a take without
 # light messages), then a take without light messages' room and LIGHT_RECENT (ms) while light runs
 # take. Returns {messages (id, raw, size) ..., lanes left}.
-_TAKE = NOW_LUA + """
+_TAKE = """
+local now = tonumber(ARGV[1])
+if now < 0 then local t = redis.call('TIME') now = t[1] * 1000 + math.floor(t[2] / 1000) end
 local lease, room, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local envelope, per_event, biggest, kept, lane = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
   tonumber(ARGV[8]), ARGV[9]
@@ -177,19 +183,6 @@ def lookahead(room: int) -> tuple[int, int]:
     return max(room, min(LOOKAHEAD * room, LOOKAHEAD_EVENTS)), LOOKAHEAD_MESSAGES * room
 
 
-def start(pool: str, one: bool = False) -> bytes:
-    """How ``publish`` and ``publish_many`` start a message of ``pool``'s (``one``: a Celery client
-    sending one event, not a list): kombu's JSON envelope, the base64 of the body up to the pool id."""
-    head = b'[[{"identityPoolId": "' if one else b'[[[{"identityPoolId": "'
-    head += pool.encode() + b'"'
-    return b'{"body": "' + base64.b64encode(head[:len(head) - len(head) % 3])  # whole base64 groups
-
-
-def newest(lanes: Lanes) -> tuple[int, list[bytes]]:
-    """How many of the newest messages a run looks at, and the starts it leaves where they are."""
-    return (NEWEST, [start(p, one) for p in lanes.laned if p for one in (False, True)]) if lanes.laned else (0, [])
-
-
 def weight(t: InFlight) -> int:
     """A message's events by its size, as ``intake``'s take counts them."""
     return max(1, (min(t.size, MAX_MESSAGE_BYTES) - ENVELOPE_BYTES) // EVENT_BYTES)
@@ -214,7 +207,6 @@ class Lanes:
 
     def __init__(self, client: redis.Redis, clock=None):
         self.client, self.clock = client, clock
-        self.laned: list[str] = []  # the laned pools as this process's last run saw them
         self._file = client.register_script(_FILE)
         self._take = client.register_script(_TAKE)
 
@@ -284,7 +276,6 @@ def choose(lanes: Lanes, taken: Taken, room: int) -> Taken:
                 if not groups[pool]:
                     del groups[pool]
         lanes.file(filed, taken.lease)
-    lanes.laned = sorted(laned)
     if taken.alone or not laned:
         return replace(taken, messages=keep)
     used = sum(weight(t) for t in keep)

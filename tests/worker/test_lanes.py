@@ -118,11 +118,10 @@ def test_a_future_or_unreadable_time_of_the_last_whole_take_does_not_stop_light_
         assert _accepted(engine, POOL) == before + ROOM
 
 
-def test_with_the_shipped_run_size_a_burst_of_large_messages_is_looked_past_by_the_second_run(run, engine):
+def test_with_the_shipped_run_size_a_burst_of_large_messages_is_looked_past_in_ten_runs(run, engine):
     """The fairness benchmark's flood: another pool publishes 100 events to a message (publish_many),
-    1,000 messages in a burst; an event published behind them is worked on by the second run (the
-    first opens the burst's lane), not once the look-ahead has filed the burst (about the tenth) or a
-    run's room of 200 events has crept to it (the 500th)."""
+    1,000 messages in a burst; an event published behind them is worked on by the tenth run or
+    sooner, not only once a run's room of 200 events has crept to it (the 500th)."""
     _pools(engine, POOL, POOL2)
     room = run.ctx.settings.ingest_batch_max
     assert room == 200  # the shipped size
@@ -131,7 +130,8 @@ def test_with_the_shipped_run_size_a_burst_of_large_messages_is_looked_past_by_t
                       "syncCount": 1} for k in range(100)])
     run.publish({"identityPoolId": POOL2, "identityId": _ident(0), "datasetName": "notes", "syncCount": 1})
     runs = next(k for k in range(1, 501) if _once(run) is not None and _accepted(engine, POOL2))
-    assert runs == 2 and run.ctx.redis.llen("events") > 800 and run.ctx.lanes.depth()[POOL] > 0
+    assert runs <= 11  # a run looks past about 100 messages of 100 events
+    assert run.ctx.redis.llen("events") == 0 and run.ctx.lanes.depth()[POOL] > 900
 
 
 def test_backlogs_are_served_in_turn_and_each_gets_its_share(run, engine):
