@@ -78,11 +78,11 @@ LOOKAHEAD_MESSAGES = 5
 # takes its share, as many as there are.
 LIGHT_WAIT = 0.5
 LIGHT_SHARE = 0.1
-# A run without light messages takes at most CONTENDED_SHARE of its room from the lanes while a
-# light run took from them less than LIGHT_RECENT seconds ago. A light pool's event waits for the
-# runs in progress, and on a busy machine a run of 200 pushes lasts about 90 ms: while light pools
-# publish, the backlogs move in short runs (20 events: a few per cent of their throughput in the
-# fairness benchmark); a backlog alone keeps full runs.
+# A run without light messages takes at most CONTENDED_SHARE of its room from the lanes (one
+# message at least: one of publish_many's 100 events) while a light run took from them less than
+# LIGHT_RECENT seconds ago. A light pool's event waits for the runs in progress, and a run of 200
+# pushes lasts about 90 ms on a busy machine; the backlogs drain more slowly meanwhile (up to a
+# third in the fairness benchmark), and a backlog alone keeps whole runs.
 CONTENDED_SHARE = 0.1
 LIGHT_RECENT = 3.0
 # when a run without light messages last took from the lanes, and when a light run last did (ms,
@@ -128,17 +128,21 @@ local envelope, per_event, biggest, kept, lane = tonumber(ARGV[5]), tonumber(ARG
   tonumber(ARGV[8]), ARGV[9]
 -- a light run's take (ARGV[10] > 0) takes nothing while a run without light messages took from the lanes
 -- less than ARGV[10] ms ago (a time ahead of now, Redis's clock gone back, is no such take); any other take
--- is one such run's
+-- is one such run's. A mark that is not a time, or not a string at all, is no mark: it cannot fail every take.
+local function ago(key)
+  local t = redis.call('TYPE', key).ok == 'string' and tonumber(redis.call('GET', key))
+  return t and t <= now and now - t or nil
+end
 local waited = tonumber(ARGV[10])
 if waited > 0 then
+  local full = ago(KEYS[5])
   redis.call('SET', KEYS[6], now, 'PX', 60000)
-  local full = tonumber(redis.call('GET', KEYS[5]) or '')
-  if full and full <= now and now - full < waited then return {{}, redis.call('ZCARD', KEYS[4])} end
+  if full and full < waited then return {{}, redis.call('ZCARD', KEYS[4])} end
 else
   redis.call('SET', KEYS[5], now, 'PX', 60000)
-  -- a light run took from the lanes less than ARGV[12] ms ago (not ahead of now): ARGV[11] events at most
-  local light = tonumber(redis.call('GET', KEYS[6]) or '')
-  if light and light <= now and now - light < tonumber(ARGV[12]) then room = math.min(room, tonumber(ARGV[11])) end
+  -- a light run took from the lanes less than ARGV[12] ms ago: ARGV[11] events at most
+  local light = ago(KEYS[6])
+  if light and light < tonumber(ARGV[12]) then room = math.min(room, tonumber(ARGV[11])) end
 end
 -- at most a pool per event of room, those served longest ago: forged pool ids cannot make a take walk them all
 local pools = redis.call('ZRANGE', KEYS[4], 0, room - 1)
@@ -225,7 +229,8 @@ class Lanes:
     def take(self, room: int, lease: int, waited: float = 0.0) -> tuple[list[InFlight], bool]:
         """Messages from the lanes, the pools in turn, until they hold about ``room`` events, under
         the run's ``lease``, and whether lanes are left. ``waited``: a light run's take, which
-        takes nothing while a take without it was made less than ``waited`` seconds ago."""
+        takes nothing while a take without it was made less than ``waited`` seconds ago; a take
+        without it takes CONTENDED_SHARE of ``room`` while light runs take (LIGHT_RECENT)."""
         room = max(1, room)
         msgs, left = self._take(keys=[INFLIGHT, DUE, LEASED, LANES, LANES_FULL, LANES_LIGHT],
                                 args=[self._now(), lease, room, f"{uuid.uuid4().hex}:", ENVELOPE_BYTES,
